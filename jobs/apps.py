@@ -1,0 +1,14 @@
+from importlib import import_module
+
+from django.apps import AppConfig
+
+
+class JobsConfig(AppConfig):
+    name = "jobs"
+    verbose_name = "Jobs"
+
+    def ready(self):
+        from jobs import conf, handlers  # noqa: F401 - registers the built-in handlers
+
+        for module in conf.get("JOBS_HANDLER_MODULES"):
+            import_module(module)

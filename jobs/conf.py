@@ -1,0 +1,40 @@
+"""Typed JOBS_* settings with their defaults, read when asked for."""
+
+from django.conf import settings
+
+DEFAULTS = {
+    # Retry backoff: about BASE, 2*BASE, 4*BASE, ... seconds, never above CAP.
+    "JOBS_BACKOFF_BASE": 5.0,
+    "JOBS_BACKOFF_CAP": 3600.0,
+    "JOBS_BACKOFF_JITTER": 0.1,
+    # A running job's lease; workers renew it every third of this.
+    "JOBS_LEASE_SECONDS": 30.0,
+    # How often an idle worker polls when no NOTIFY arrives.
+    "JOBS_POLL_INTERVAL": 1.0,
+    # Per-job timeout when neither the job nor its handler sets one.
+    "JOBS_DEFAULT_TIMEOUT": 300.0,
+    # A worker whose heartbeat is older than this is shown as gone.
+    "JOBS_WORKER_STALE_AFTER": 30.0,
+    "JOBS_DEFAULT_MAX_RETRIES": 3,
+    "JOBS_DEFAULT_QUEUE": "default",
+    # Payloads above this many bytes of JSON are refused.
+    "JOBS_MAX_PAYLOAD_BYTES": 64 * 1024,
+    "JOBS_MAX_PAYLOAD_DEPTH": 32,
+    # Finished jobs are deleted this many seconds after they finish (0 keeps them).
+    "JOBS_RETENTION_SECONDS": 7 * 24 * 3600.0,
+    # Off unless an operator turns it on; even then only staff may submit.
+    "JOBS_ENABLE_SHELL_COMMANDS": False,
+    # scrape_website refuses loopback, private and link-local addresses unless set.
+    "JOBS_SCRAPE_ALLOW_PRIVATE": False,
+    "JOBS_SCRAPE_MAX_BYTES": 2 * 1024 * 1024,
+    "JOBS_SCRAPE_TIMEOUT": 10.0,
+    # Modules imported at startup so the handlers they define register.
+    "JOBS_HANDLER_MODULES": (),
+    # Weights of the priority a claim serves first: high, normal, low.
+    "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
+}
+
+
+def get(name: str):
+    """Return the JOBS_* setting `name`, or its default."""
+    return getattr(settings, name, DEFAULTS[name])

@@ -1,0 +1,29 @@
+"""Exceptions raised by the queue and by job handlers."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler for a failure a retry cannot fix: the job goes straight to the DLQ."""
+
+
+class JobTimeout(Exception):
+    """Raised inside a handler thread whose job ran past its timeout."""
+
+
+class UnknownJobType(LookupError):
+    def __init__(self, name: str):
+        super().__init__(f"Unknown job type {name!r}.")
+        self.name = name
+
+
+class PayloadError(ValueError):
+    """A payload that fails its type's schema. `errors` maps field names to messages."""
+
+    def __init__(self, errors: dict[str, list[str]] | str):
+        if isinstance(errors, str):
+            errors = {"payload": [errors]}
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in errors.items()))
+
+
+class IllegalTransition(Exception):
+    """A state change the job's current status does not allow."""

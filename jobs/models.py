@@ -1,0 +1,158 @@
+"""The jobs table is the queue.
+
+Rows are read here; every change of a job's state is made by jobs.queue,
+always as a guarded UPDATE.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+
+class JobStatus(models.TextChoices):
+    # Waiting to run; its run_at has passed or was never in the future.
+    QUEUED = "queued"
+    # Waiting for a run_at that was in the future when it was enqueued.
+    SCHEDULED = "scheduled"
+    # Claimed by a worker that holds its lease.
+    RUNNING = "running"
+    # Failed and waiting out its backoff before the next attempt.
+    RETRYING = "retrying"
+    # Finished; `result` holds what the handler returned.
+    COMPLETED = "completed"
+    # In the dead-letter queue: retries ran out or the failure was permanent.
+    DEAD = "dead"
+    # Cancelled before it finished.
+    CANCELLED = "cancelled"
+    # Its TTL passed before a worker could start it.
+    EXPIRED = "expired"
+
+
+# Statuses a worker may claim from (once run_at has passed).
+READY_STATUSES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING)
+# Statuses of a job that has not finished.
+ACTIVE_STATUSES = (*READY_STATUSES, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
+
+
+class Priority(models.IntegerChoices):
+    # Lower numbers are served first; see jobs.queue.claim_jobs for the weighting.
+    HIGH = 0, "high"
+    NORMAL = 1, "normal"
+    LOW = 2, "low"
+
+
+class JobQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def dead(self):
+        return self.filter(status=JobStatus.DEAD)
+
+    def for_user(self, user):
+        """Return the jobs `user` may see: their own, or every job for staff."""
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+
+class Job(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    queue = models.CharField(max_length=64, default="default")
+    type = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+
+    # `attempts` counts claims: it is incremented when a worker starts the job,
+    # so a job with max_retries=3 runs at most 4 times.
+    attempts = models.PositiveIntegerField(default=0)
+    max_retries = models.PositiveIntegerField(default=3)
+    run_at = models.DateTimeField(db_default=Now())
+    # Seconds a single attempt may run; null takes the handler's or the global default.
+    timeout = models.FloatField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Not started by then: expired.")
+    unique_key = models.CharField(max_length=255, null=True, blank=True)
+
+    # The lease of a running job. Every write a worker makes carries the
+    # token, so a worker that lost its lease to a rescue changes nothing.
+    leased_by = models.UUIDField(null=True, blank=True, help_text="Worker holding the lease.")
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    # One entry per finished attempt: attempt, worker, started_at,
+    # finished_at, outcome, error, traceback.
+    history = models.JSONField(default=list, blank=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    trace_id = models.CharField(max_length=64, blank=True, default="")
+
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The claim: one index range scan per priority, oldest run_at first.
+            models.Index(
+                fields=["priority", "run_at", "id"],
+                name="job_claim_idx",
+                condition=Q(status__in=READY_STATUSES),
+            ),
+            # The rescuer looks only at running jobs whose lease ran out.
+            models.Index(
+                fields=["lease_expires_at"], name="job_lease_idx", condition=Q(status=JobStatus.RUNNING)
+            ),
+            models.Index(fields=["owner", "status", "-id"], name="job_owner_status_idx"),
+            models.Index(fields=["status", "-id"], name="job_status_idx"),
+            models.Index(
+                fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "unique_key"],
+                condition=Q(unique_key__isnull=False, status__in=ACTIVE_STATUSES),
+                nulls_distinct=False,
+                name="job_unique_active_key",
+            ),
+            models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_lte_100"),
+        ]
+
+    def __str__(self):
+        return f"{self.type}#{self.pk} ({self.status})"
+
+    @property
+    def priority_label(self) -> str:
+        return Priority(self.priority).label
+
+
+class Worker(models.Model):
+    """A running `runworker` process, kept fresh by its heartbeat."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list, help_text="Queues served; empty means all.")
+    concurrency = models.PositiveIntegerField()
+    busy = models.PositiveIntegerField(default=0, help_text="Slots running a job at the last heartbeat.")
+    processed = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    started_at = models.DateTimeField(db_default=Now())
+    heartbeat_at = models.DateTimeField(db_default=Now())
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-heartbeat_at"]
+
+    def __str__(self):
+        return f"{self.hostname}:{self.pid}"

@@ -1,0 +1,585 @@
+"""Every change of a job's state happens here.
+
+Each transition is one guarded UPDATE: it names the statuses it may start
+from (and, for a worker's writes, the lease token it holds) and treats zero
+updated rows as "not allowed" or "no longer ours". Nothing reads a job,
+changes it in Python and saves it back.
+
+    queued/scheduled/retrying --claim--> running --complete--> completed
+                                          running --fail--> retrying | dead
+                                          running --release--> queued      (graceful shutdown)
+                                          running --rescue--> retrying | dead  (lease expired)
+    queued/scheduled/retrying --expire--> expired
+    any unfinished --cancel--> cancelled
+    dead/cancelled/expired --requeue--> queued
+    scheduled/retrying --retry_now--> queued
+"""
+
+import json
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from jobs import conf
+from jobs.errors import IllegalTransition
+from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
+from jobs.registry import get_handler, validate_payload
+from jobs.retry import backoff_seconds
+
+logger = logging.getLogger("jobs.queue")
+
+NOTIFY_CHANNEL = "skipjack_jobs"
+JOB_TABLE = Job._meta.db_table
+
+# Statuses from which a dead-letter style requeue is legal.
+REQUEUEABLE_STATUSES = (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
+
+
+def parse_priority(value: Any) -> int:
+    """Return the Priority for "high"/"normal"/"low", 0/1/2 or a Priority; raise ValueError otherwise."""
+    if isinstance(value, str):
+        for choice in Priority:
+            if choice.label == value.lower():
+                return choice
+        raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
+    if isinstance(value, int) and not isinstance(value, bool) and value in Priority.values:
+        return Priority(value)
+    raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
+
+
+def _job_options(type_name, *, owner, queue, priority, max_retries, timeout, run_at, delay, ttl, now):
+    handler = get_handler(type_name)
+    if run_at is not None and delay is not None:
+        raise ValueError("Give run_at or delay, not both.")
+    if delay is not None:
+        run_at = now + timedelta(seconds=float(delay))
+    if max_retries is None:
+        max_retries = handler.max_retries if handler.max_retries is not None else conf.get("JOBS_DEFAULT_MAX_RETRIES")
+    options = {
+        "owner": owner,
+        "queue": queue or conf.get("JOBS_DEFAULT_QUEUE"),
+        "priority": parse_priority(priority),
+        "max_retries": max_retries,
+        "timeout": timeout,
+        "status": JobStatus.SCHEDULED if run_at and run_at > now else JobStatus.QUEUED,
+        "expires_at": now + timedelta(seconds=float(ttl)) if ttl is not None else None,
+    }
+    if run_at is not None:  # otherwise the database's clock sets it
+        options["run_at"] = run_at
+    return options
+
+
+def _notify(queue: str) -> None:
+    # Delivered at commit, and only once per transaction and queue however
+    # many jobs it inserts. NOTIFY takes a global lock at commit, so bulk
+    # inserts send one.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
+
+
+def enqueue(
+    type: str,
+    payload: Any = None,
+    *,
+    owner=None,
+    queue: str | None = None,
+    priority: Any = Priority.NORMAL,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    ttl: float | None = None,
+    unique_key: str | None = None,
+    trace_id: str = "",
+) -> Job:
+    """Validate and store a job; return it.
+
+    The insert joins the caller's transaction: if that transaction rolls
+    back, the job never existed. With `unique_key`, an unfinished job of the
+    same owner and key is returned instead of a new one, with its attribute
+    `deduplicated` set to True.
+
+    Raise UnknownJobType or PayloadError for a job that must not be stored,
+    and ValueError for a bad option.
+    """
+    payload = validate_payload(type, {} if payload is None else payload)
+    now = timezone.now()
+    options = _job_options(
+        type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
+        timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
+    )
+    job = Job(type=type, payload=payload, unique_key=unique_key, trace_id=trace_id or uuid.uuid4().hex, **options)
+    if unique_key is None:
+        job.save(force_insert=True)
+    else:
+        try:
+            # A savepoint, so a duplicate key leaves the caller's transaction usable.
+            with transaction.atomic():
+                job.save(force_insert=True)
+        except IntegrityError:
+            existing = Job.objects.active().filter(owner=owner, unique_key=unique_key).first()
+            if existing is None:  # finished between the insert and this read: try once more
+                job.save(force_insert=True)
+            else:
+                existing.deduplicated = True
+                return existing
+    job.deduplicated = False
+    if job.status == JobStatus.QUEUED:
+        _notify(job.queue)
+    return job
+
+
+def enqueue_many(type: str, payloads: Iterable[Any], *, owner=None, queue=None, priority=Priority.NORMAL,
+                 max_retries=None, timeout=None, run_at=None, delay=None, ttl=None, trace_id: str = "") -> list[int]:
+    """Validate and store one job per payload, all of `type`, in one INSERT; return their ids.
+
+    Like enqueue(), the insert joins the caller's transaction.
+    """
+    payloads = [validate_payload(type, {} if p is None else p) for p in payloads]
+    if not payloads:
+        return []
+    now = timezone.now()
+    o = _job_options(
+        type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
+        timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
+    )
+    trace_id = trace_id or uuid.uuid4().hex
+    # One statement for the whole batch; the per-row values travel as one
+    # array, everything shared as scalars.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {JOB_TABLE} (owner_id, queue, type, payload, priority, status, attempts,
+                max_retries, run_at, timeout, expires_at, trace_id, created_at, error, history, progress)
+            SELECT %s, %s, %s, p::jsonb, %s, %s, 0, %s, coalesce(%s, statement_timestamp()), %s, %s, %s,
+                   statement_timestamp(), '', '[]'::jsonb, 0
+            FROM unnest(%s::text[]) AS p
+            RETURNING id
+            """,
+            [
+                getattr(o["owner"], "pk", o["owner"]), o["queue"], type, o["priority"], o["status"],
+                o["max_retries"], o.get("run_at"), o["timeout"], o["expires_at"], trace_id,
+                [json.dumps(p) for p in payloads],
+            ],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+    if o["status"] == JobStatus.QUEUED:
+        _notify(o["queue"])
+    return ids
+
+
+# --- The worker's side --------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job a worker holds the lease of, as the claim returned it."""
+
+    id: int
+    type: str
+    payload: Any
+    attempts: int
+    max_retries: int
+    timeout: float | None
+    trace_id: str
+    queue: str
+    lease_token: uuid.UUID
+    owner_id: int | None
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime
+
+
+_CLAIM_COLUMNS = "id, type, payload, attempts, max_retries, timeout, trace_id, queue, lease_token, owner_id, created_at, run_at, started_at"
+
+
+def _ready_filter(queues: list[str] | None) -> str:
+    clause = "status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp() AND (expires_at IS NULL OR expires_at > statement_timestamp())"
+    if queues:
+        clause += " AND queue = ANY(%(queues)s)"
+    return clause
+
+
+def priority_order(rng: random.Random | None = None) -> list[int]:
+    """Return the order in which one claim serves the priorities.
+
+    The first priority is drawn with JOBS_PRIORITY_WEIGHTS (60/30/10 by
+    default), the others follow in their natural order. High priority thus
+    goes first in most claims, but a steady stream of high jobs cannot
+    starve normal or low ones: each still leads its share of the claims.
+    """
+    weights = conf.get("JOBS_PRIORITY_WEIGHTS")
+    first = (rng or random).choices(list(Priority), weights=weights)[0]
+    return [first, *(p for p in Priority if p != first)]
+
+
+def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
+               lease_seconds: float | None = None, order: list[int] | None = None) -> list[ClaimedJob]:
+    """Claim up to `limit` ready jobs for `worker_id` and return them, now running.
+
+    One statement in one short transaction. Rows other transactions hold
+    locked are skipped rather than waited for, so any number of workers can
+    claim at once without blocking each other or claiming a row twice.
+    """
+    if limit <= 0:
+        return []
+    order = order or priority_order()
+    where = _ready_filter(queues)
+    # Each priority gets its own index range scan on job_claim_idx (ordered
+    # by run_at), filling what the previous ones left of the limit. The
+    # locking sub-selects are MATERIALIZED CTEs so Postgres evaluates each
+    # exactly once: inlined into the UPDATE, a LIMITed FOR UPDATE sub-select
+    # may be re-run and claim more than `limit` rows (PG bug #15715).
+    sql = f"""
+        WITH p1 AS MATERIALIZED (
+            SELECT id FROM {JOB_TABLE} WHERE {where} AND priority = %(p1)s
+            ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+        ), p2 AS MATERIALIZED (
+            SELECT id FROM {JOB_TABLE} WHERE {where} AND priority = %(p2)s
+            ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) FOR UPDATE SKIP LOCKED
+        ), p3 AS MATERIALIZED (
+            SELECT id FROM {JOB_TABLE} WHERE {where} AND priority = %(p3)s
+            ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) - (SELECT count(*) FROM p2)
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {JOB_TABLE} AS j
+        SET status = 'running', attempts = j.attempts + 1, leased_by = %(worker)s,
+            lease_token = gen_random_uuid(), lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s),
+            started_at = statement_timestamp(), finished_at = NULL, progress = 0
+        FROM (SELECT id FROM p1 UNION ALL SELECT id FROM p2 UNION ALL SELECT id FROM p3) AS claimed
+        WHERE j.id = claimed.id
+        RETURNING {", ".join("j." + c.strip() for c in _CLAIM_COLUMNS.split(","))}
+    """
+    params = {
+        "p1": order[0], "p2": order[1], "p3": order[2], "limit": limit, "worker": worker_id,
+        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "queues": queues,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    claimed = [ClaimedJob(*row) for row in rows]
+    for job in claimed:
+        if isinstance(job.payload, str):  # Django registers jsonb as text for psycopg
+            job.payload = json.loads(job.payload)
+    return claimed
+
+
+_HISTORY_ENTRY = """jsonb_build_array(jsonb_build_object(
+    'attempt', j.attempts, 'worker', j.leased_by, 'started_at', j.started_at,
+    'finished_at', statement_timestamp(), 'outcome', {outcome}, 'error', {error}, 'traceback', {traceback}))"""
+
+
+def complete_jobs(completions: list[tuple[int, uuid.UUID, Any]]) -> set[int]:
+    """Mark running jobs completed with their results, in one statement.
+
+    `completions` holds (job_id, lease_token, result) triples. Return the ids
+    that were completed; a job missing from it had lost its lease (rescued
+    or cancelled) and keeps whatever state it has now.
+    """
+    if not completions:
+        return set()
+    ids, tokens, results = zip(*completions)
+    history = _HISTORY_ENTRY.format(outcome="'completed'", error="''", traceback="''")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {JOB_TABLE} AS j
+            SET status = 'completed', result = c.result::jsonb, finished_at = statement_timestamp(), progress = 100,
+                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+                history = j.history || {history}
+            FROM unnest(%s::bigint[], %s::uuid[], %s::text[]) AS c(id, token, result)
+            WHERE j.id = c.id AND j.status = 'running' AND j.lease_token = c.token
+            RETURNING j.id
+            """,
+            [list(ids), list(tokens), [json.dumps(r) for r in results]],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def complete_job(job: ClaimedJob, result: Any) -> bool:
+    """Mark a running job completed. Return False if its lease was lost."""
+    return bool(complete_jobs([(job.id, job.lease_token, result)]))
+
+
+def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: bool = False,
+             outcome: str = "failed") -> str | None:
+    """Record a failed attempt; return the job's new status, or None if its lease was lost.
+
+    The job goes to `retrying` with an exponential backoff, or to `dead`
+    (the DLQ) when the failure is permanent or its retries are used up.
+    """
+    dead = permanent or job.attempts > job.max_retries
+    try:
+        handler = get_handler(job.type)
+        base, cap = handler.backoff_base, handler.backoff_cap
+    except LookupError:
+        base = cap = None
+    delay = 0.0 if dead else backoff_seconds(
+        job.attempts,
+        base=base if base is not None else conf.get("JOBS_BACKOFF_BASE"),
+        cap=cap if cap is not None else conf.get("JOBS_BACKOFF_CAP"),
+        jitter=conf.get("JOBS_BACKOFF_JITTER"),
+    )
+    status = JobStatus.DEAD if dead else JobStatus.RETRYING
+    history = _HISTORY_ENTRY.format(outcome="%(outcome)s::text", error="%(error)s::text", traceback="%(traceback)s::text")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {JOB_TABLE} AS j
+            SET status = %(status)s, error = %(error)s,
+                run_at = CASE WHEN %(dead)s THEN j.run_at ELSE statement_timestamp() + make_interval(secs => %(delay)s) END,
+                finished_at = CASE WHEN %(dead)s THEN statement_timestamp() ELSE NULL END,
+                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+                history = j.history || {history}
+            WHERE j.id = %(id)s AND j.status = 'running' AND j.lease_token = %(token)s
+            """,
+            {"status": status, "error": error, "dead": dead, "delay": delay, "id": job.id,
+             "token": job.lease_token, "outcome": outcome, "traceback": traceback[-20000:]},
+        )
+        return status if cursor.rowcount else None
+
+
+def release_jobs(jobs: list[ClaimedJob]) -> int:
+    """Put running jobs back in the queue without counting their attempt.
+
+    Used by a worker that stops before it could finish them. Return how
+    many were still ours to release.
+    """
+    if not jobs:
+        return 0
+    history = _HISTORY_ENTRY.format(outcome="'released'", error="'worker shut down'", traceback="''")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {JOB_TABLE} AS j
+            SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = statement_timestamp(), progress = 0,
+                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
+                history = j.history || {history}
+            FROM unnest(%s::bigint[], %s::uuid[]) AS c(id, token)
+            WHERE j.id = c.id AND j.status = 'running' AND j.lease_token = c.token
+            """,
+            [[j.id for j in jobs], [j.lease_token for j in jobs]],
+        )
+        released = cursor.rowcount
+    if released:
+        _notify_queues({j.queue for j in jobs})
+    return released
+
+
+def _notify_queues(queues: Iterable[str]) -> None:
+    for queue in queues:
+        _notify(queue)
+
+
+def set_progress(job: ClaimedJob, percent: int) -> bool:
+    """Record a running job's progress (0-100). Return False if its lease was lost."""
+    return bool(
+        Job.objects.filter(pk=job.id, status=JobStatus.RUNNING, lease_token=job.lease_token)
+        .update(progress=max(0, min(100, int(percent))))
+    )
+
+
+def rescue_expired_leases(limit: int = 1000) -> list[tuple[int, str]]:
+    """Take back running jobs whose worker stopped renewing their lease.
+
+    The lost attempt counts: the job goes to `retrying` (due at once) or, if
+    that was its last attempt, to `dead`. Its old lease token is cleared, so
+    the worker that lost it, should it wake up, can no longer write to it.
+    Return (job_id, new_status) pairs.
+    """
+    history = _HISTORY_ENTRY.format(outcome="'lost'", error="'lease expired'", traceback="''")
+    with transaction.atomic(), connection.cursor() as cursor:
+        # SKIP LOCKED: a job being completed right now by its (late) worker
+        # is left alone, and two rescuers never fight over the same row.
+        cursor.execute(
+            f"""
+            WITH stale AS MATERIALIZED (
+                SELECT id FROM {JOB_TABLE}
+                WHERE status = 'running' AND lease_expires_at < statement_timestamp()
+                ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {JOB_TABLE} AS j
+            SET status = CASE WHEN j.attempts > j.max_retries THEN 'dead' ELSE 'retrying' END,
+                finished_at = CASE WHEN j.attempts > j.max_retries THEN statement_timestamp() ELSE NULL END,
+                run_at = CASE WHEN j.attempts > j.max_retries THEN j.run_at ELSE statement_timestamp() END,
+                error = 'Lease expired: worker ' || coalesce(j.leased_by::text, '?')
+                        || ' stopped renewing it during attempt ' || j.attempts,
+                history = j.history || {history},
+                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL
+            FROM stale WHERE j.id = stale.id
+            RETURNING j.id, j.status, j.queue
+            """,
+            [limit],
+        )
+        rows = cursor.fetchall()
+        if any(status == JobStatus.RETRYING for _, status, _ in rows):
+            _notify_queues({queue for _, status, queue in rows if status == JobStatus.RETRYING})
+    return [(job_id, status) for job_id, status, _ in rows]
+
+
+def expire_jobs() -> int:
+    """Move jobs whose TTL passed before any worker started them to `expired`."""
+    return Job.objects.filter(status__in=READY_STATUSES, expires_at__lte=Now()).update(
+        status=JobStatus.EXPIRED, finished_at=Now(), error="Expired before it could start."
+    )
+
+
+def prune_finished(older_than_seconds: float | None = None) -> int:
+    """Delete jobs that finished more than `older_than_seconds` ago (JOBS_RETENTION_SECONDS)."""
+    seconds = conf.get("JOBS_RETENTION_SECONDS") if older_than_seconds is None else older_than_seconds
+    if not seconds:
+        return 0
+    cutoff = timezone.now() - timedelta(seconds=seconds)
+    # Dead jobs stay until someone requeues or deletes them: they are the DLQ.
+    deleted, _ = Job.objects.filter(
+        status__in=(JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED), finished_at__lt=cutoff
+    ).delete()
+    return deleted
+
+
+# --- Workers ----------------------------------------------------------------------
+
+
+def register_worker(*, hostname: str, pid: int, queues: list[str], concurrency: int) -> Worker:
+    return Worker.objects.create(hostname=hostname, pid=pid, queues=queues, concurrency=concurrency)
+
+
+def heartbeat(worker_id: uuid.UUID, *, busy: int, processed: int, failed: int,
+              running: list[ClaimedJob], lease_seconds: float | None = None) -> set[int]:
+    """Record that the worker is alive and renew the leases of its running jobs.
+
+    Return the ids of `running` jobs whose lease is still ours; any other
+    was cancelled or rescued, and its handler should stop.
+    """
+    lease = lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS")
+    Worker.objects.filter(pk=worker_id).update(heartbeat_at=Now(), busy=busy, processed=processed, failed=failed)
+    if not running:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {JOB_TABLE} AS j SET lease_expires_at = statement_timestamp() + make_interval(secs => %s)
+            FROM unnest(%s::bigint[], %s::uuid[]) AS c(id, token)
+            WHERE j.id = c.id AND j.status = 'running' AND j.lease_token = c.token
+            RETURNING j.id
+            """,
+            [lease, [j.id for j in running], [j.lease_token for j in running]],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def stop_worker(worker_id: uuid.UUID, *, processed: int, failed: int) -> None:
+    Worker.objects.filter(pk=worker_id).update(
+        stopped_at=Now(), heartbeat_at=Now(), busy=0, processed=processed, failed=failed
+    )
+
+
+def prune_workers(older_than_seconds: float = 24 * 3600) -> int:
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    deleted, _ = Worker.objects.filter(heartbeat_at__lt=cutoff).delete()
+    return deleted
+
+
+# --- Operator and user actions ------------------------------------------------
+
+
+def _guarded(job_id: int, allowed: tuple[str, ...], action: str, **changes) -> None:
+    """Apply `changes` to one job if its status is in `allowed`; raise IllegalTransition otherwise."""
+    updated = Job.objects.filter(pk=job_id, status__in=allowed).update(**changes)
+    if not updated:
+        current = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if current is None:
+            raise Job.DoesNotExist(f"Job {job_id} does not exist.")
+        raise IllegalTransition(f"Cannot {action} job {job_id}: it is {current}.")
+
+
+def _requeue_changes() -> dict:
+    return {
+        "status": JobStatus.QUEUED, "attempts": 0, "run_at": Now(), "finished_at": None,
+        "started_at": None, "result": None, "progress": 0, "expires_at": None,
+        "leased_by": None, "lease_token": None, "lease_expires_at": None,
+    }
+
+
+def cancel_job(job_id: int) -> None:
+    """Cancel a job that has not finished. A running job's worker loses its lease and stops it."""
+    _guarded(job_id, ACTIVE_STATUSES, "cancel", status=JobStatus.CANCELLED, finished_at=Now(),
+             leased_by=None, lease_token=None, lease_expires_at=None)
+
+
+def retry_job(job_id: int) -> None:
+    """Requeue a dead, cancelled or expired job with a fresh set of retries."""
+    _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes())
+    _notify(Job.objects.values_list("queue", flat=True).get(pk=job_id))
+
+
+def retry_now(job_id: int) -> None:
+    """Run a scheduled or retrying job as soon as a worker is free, instead of at its run_at."""
+    _guarded(job_id, (JobStatus.SCHEDULED, JobStatus.RETRYING), "run now", status=JobStatus.QUEUED, run_at=Now())
+    _notify(Job.objects.values_list("queue", flat=True).get(pk=job_id))
+
+
+def cancel_jobs(queryset) -> int:
+    """Cancel every unfinished job in `queryset`; return how many were cancelled."""
+    return queryset.filter(status__in=ACTIVE_STATUSES).update(
+        status=JobStatus.CANCELLED, finished_at=Now(), leased_by=None, lease_token=None, lease_expires_at=None
+    )
+
+
+def retry_jobs_now(queryset) -> int:
+    """Make every scheduled or retrying job in `queryset` due now; return how many."""
+    ids = list(
+        queryset.filter(status__in=(JobStatus.SCHEDULED, JobStatus.RETRYING)).values_list("pk", flat=True)
+    )
+    updated = Job.objects.filter(pk__in=ids, status__in=(JobStatus.SCHEDULED, JobStatus.RETRYING)).update(
+        status=JobStatus.QUEUED, run_at=Now()
+    )
+    if updated:
+        _notify_queues(set(Job.objects.filter(pk__in=ids).values_list("queue", flat=True)))
+    return updated
+
+
+def dead_jobs(*, ids: list[int] | None = None, type: str | None = None, queue: str | None = None,
+              older_than: timedelta | None = None, owner=None):
+    """Return the dead jobs matching every given filter."""
+    jobs = Job.objects.dead()
+    if ids is not None:
+        jobs = jobs.filter(pk__in=ids)
+    if type:
+        jobs = jobs.filter(type=type)
+    if queue:
+        jobs = jobs.filter(queue=queue)
+    if older_than is not None:
+        jobs = jobs.filter(finished_at__lt=timezone.now() - older_than)
+    if owner is not None:
+        jobs = jobs.filter(owner=owner)
+    return jobs
+
+
+def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
+    """Requeue the dead jobs in `queryset` (at most `limit`); return their ids.
+
+    Jobs in any other status are left alone, so a stale selection is safe.
+    """
+    candidates = queryset.filter(status=JobStatus.DEAD).order_by("pk").values_list("pk", flat=True)
+    if limit is not None:
+        candidates = candidates[:limit]
+    with transaction.atomic():
+        # Lock the chosen dead rows first, so two operators requeueing at
+        # once each report only the jobs they actually requeued.
+        ids = list(
+            Job.objects.filter(pk__in=list(candidates), status=JobStatus.DEAD)
+            .select_for_update(skip_locked=True).values_list("pk", flat=True)
+        )
+        Job.objects.filter(pk__in=ids).update(**_requeue_changes())
+        if ids:
+            _notify_queues(set(Job.objects.filter(pk__in=ids).values_list("queue", flat=True)))
+    return sorted(ids)

