@@ -15,6 +15,10 @@ class UnknownJobType(LookupError):
         self.name = name
 
 
+class JobTypeNotAllowed(PermissionError):
+    """The submitting user may not create jobs of this type (e.g. shell commands for non-staff)."""
+
+
 class PayloadError(ValueError):
     """A payload that fails its type's schema. `errors` maps field names to messages."""
 

@@ -114,6 +114,8 @@ class Job(models.Model):
             ),
             models.Index(fields=["owner", "status", "-id"], name="job_owner_status_idx"),
             models.Index(fields=["status", "-id"], name="job_status_idx"),
+            models.Index(fields=["queue", "status"], name="job_queue_status_idx"),
+            models.Index(fields=["created_at"], name="job_created_idx"),
             models.Index(
                 fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)
             ),

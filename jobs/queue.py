@@ -17,6 +17,7 @@ changes it in Python and saves it back.
 
 import json
 import logging
+import math
 import random
 import uuid
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs import conf
-from jobs.errors import IllegalTransition
+from jobs.errors import IllegalTransition, JobTypeNotAllowed
 from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
 from jobs.registry import get_handler, validate_payload
 from jobs.retry import backoff_seconds
@@ -37,6 +38,9 @@ logger = logging.getLogger("jobs.queue")
 
 NOTIFY_CHANNEL = "skipjack_jobs"
 JOB_TABLE = Job._meta.db_table
+
+# The longest delay, timeout or TTL accepted: a year.
+MAX_SECONDS = 365 * 24 * 3600.0
 
 # Statuses from which a dead-letter style requeue is legal.
 REQUEUEABLE_STATUSES = (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
@@ -56,8 +60,15 @@ def parse_priority(value: Any) -> int:
 
 def _job_options(type_name, *, owner, queue, priority, max_retries, timeout, run_at, delay, ttl, now):
     handler = get_handler(type_name)
+    if handler.staff_only and owner is not None and not owner.is_staff:
+        raise JobTypeNotAllowed(f"Only staff may submit {type_name} jobs.")
     if run_at is not None and delay is not None:
         raise ValueError("Give run_at or delay, not both.")
+    if max_retries is not None and not 0 <= max_retries <= 100:
+        raise ValueError("max_retries must be between 0 and 100.")
+    for name, value, allow_zero in (("timeout", timeout, False), ("ttl", ttl, False), ("delay", delay, True)):
+        if value is not None and not (math.isfinite(value) and (value > 0 or allow_zero and value == 0) and value <= MAX_SECONDS):
+            raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds up to {MAX_SECONDS:g}.")
     if delay is not None:
         run_at = now + timedelta(seconds=float(delay))
     if max_retries is None:

@@ -116,13 +116,13 @@ def validate_payload(type_name: str, payload: Any) -> Any:
     max_depth = conf.get("JOBS_MAX_PAYLOAD_DEPTH")
     if json_depth(payload, max_depth) > max_depth:
         raise PayloadError(f"Payload is nested more than {max_depth} levels deep.")
+    if handler.validate is not None:
+        payload = handler.validate(payload)
     try:
-        size = len(json.dumps(payload, separators=(",", ":")).encode())
+        size = len(json.dumps(payload, separators=(",", ":"), allow_nan=False).encode())
     except (TypeError, ValueError) as exc:
-        raise PayloadError(f"Payload is not JSON-serializable: {exc}.") from exc
+        raise PayloadError(f"Payload is not valid JSON: {exc}.") from exc
     max_bytes = conf.get("JOBS_MAX_PAYLOAD_BYTES")
     if size > max_bytes:
         raise PayloadError(f"Payload is {size} bytes; the limit is {max_bytes}.")
-    if handler.validate is not None:
-        return handler.validate(payload)
     return payload

