@@ -30,8 +30,16 @@ DEFAULTS = {
     "JOBS_SCRAPE_TIMEOUT": 10.0,
     # Modules imported at startup so the handlers they define register.
     "JOBS_HANDLER_MODULES": (),
+    # Per-user submission limits for non-staff users (API and dashboard).
+    "JOBS_USER_SUBMISSIONS_PER_MINUTE": 10,
+    "JOBS_USER_MAX_ACTIVE": 5,
     # Weights of the priority a claim serves first: high, normal, low.
     "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
+    # Live events (jobs.events): on/off, the coalescing window in seconds,
+    # and how many job ids one message lists before it says "resync" instead.
+    "JOBS_EVENTS": True,
+    "JOBS_EVENTS_FLUSH_INTERVAL": 0.25,
+    "JOBS_EVENTS_MAX_JOBS": 100,
 }
 
 

@@ -78,6 +78,8 @@ class Job(models.Model):
     timeout = models.FloatField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Not started by then: expired.")
     unique_key = models.CharField(max_length=255, null=True, blank=True)
+    # From the API's Idempotency-Key header: a retried request finds its job here.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
 
     # The lease of a running job. Every write a worker makes carries the
     # token, so a worker that lost its lease to a rescue changes nothing.
@@ -116,6 +118,8 @@ class Job(models.Model):
             models.Index(fields=["status", "-id"], name="job_status_idx"),
             models.Index(fields=["queue", "status"], name="job_queue_status_idx"),
             models.Index(fields=["created_at"], name="job_created_idx"),
+            # The per-user submission rate limit counts a user's jobs of the last minute.
+            models.Index(fields=["owner", "created_at"], name="job_owner_created_idx"),
             models.Index(
                 fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)
             ),
@@ -126,6 +130,11 @@ class Job(models.Model):
                 condition=Q(unique_key__isnull=False, status__in=ACTIVE_STATUSES),
                 nulls_distinct=False,
                 name="job_unique_active_key",
+            ),
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="job_unique_idempotency_key",
             ),
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_lte_100"),
         ]

@@ -108,6 +108,7 @@ def enqueue(
     delay: float | None = None,
     ttl: float | None = None,
     unique_key: str | None = None,
+    idempotency_key: str | None = None,
     trace_id: str = "",
 ) -> Job:
     """Validate and store a job; return it.
@@ -126,7 +127,10 @@ def enqueue(
         type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
-    job = Job(type=type, payload=payload, unique_key=unique_key, trace_id=trace_id or uuid.uuid4().hex, **options)
+    job = Job(
+        type=type, payload=payload, unique_key=unique_key, idempotency_key=idempotency_key,
+        trace_id=trace_id or uuid.uuid4().hex, **options,
+    )
     if unique_key is None:
         job.save(force_insert=True)
     else:

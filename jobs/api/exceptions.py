@@ -1,0 +1,35 @@
+import math
+
+from rest_framework import status
+from rest_framework.exceptions import Throttled
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from jobs.errors import IllegalTransition
+from jobs.models import Job
+from jobs.submission import IdempotencyConflict, SubmissionRefused
+
+
+def rate_limited_response(message: str, retry_after: int | None) -> Response:
+    body = {"detail": message}
+    headers = {}
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+        headers["Retry-After"] = str(retry_after)
+    return Response(body, status=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
+
+
+def exception_handler(exc, context):
+    """Map the queue's refusals to HTTP: 404, 409 and 429 with Retry-After."""
+    if isinstance(exc, Job.DoesNotExist):
+        return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, IllegalTransition):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, IdempotencyConflict):
+        return Response({"detail": str(exc)}, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    if isinstance(exc, SubmissionRefused):
+        return rate_limited_response(exc.message, exc.retry_after)
+    if isinstance(exc, Throttled):
+        wait = math.ceil(exc.wait) if exc.wait is not None else None
+        return rate_limited_response(f"Too many requests. Try again in {wait or 1} seconds.", wait)
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,170 @@
+from rest_framework import serializers
+
+from jobs.errors import PayloadError, UnknownJobType
+from jobs.models import JobStatus, Priority
+from jobs.queue import MAX_SECONDS
+from jobs.registry import validate_payload
+from jobs.selectors import JOB_ORDERINGS, visible_status
+
+PRIORITY_CHOICES = Priority.labels
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuse fields it does not declare, so nothing unexpected is silently ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                raise serializers.ValidationError({name: ["This field cannot be set."] for name in sorted(unknown)})
+        return super().to_internal_value(data)
+
+
+class JobCreateSerializer(StrictSerializer):
+    type = serializers.CharField(max_length=100)
+    payload = serializers.JSONField(required=False, default=dict)
+    priority = serializers.ChoiceField(choices=PRIORITY_CHOICES, default="normal")
+    queue = serializers.RegexField(
+        r"^[A-Za-z0-9_.-]{1,64}$", required=False,
+        error_messages={"invalid": "Use 1 to 64 letters, digits and . - _ only."},
+    )
+    max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
+    timeout = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
+    run_at = serializers.DateTimeField(required=False)
+    delay = serializers.FloatField(min_value=0, max_value=MAX_SECONDS, required=False)
+    ttl = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
+    unique_key = serializers.CharField(max_length=255, required=False)
+
+    def validate(self, data):
+        if "run_at" in data and "delay" in data:
+            raise serializers.ValidationError({"delay": ["Give run_at or delay, not both."]})
+        try:
+            data["payload"] = validate_payload(data["type"], data.get("payload"))
+        except UnknownJobType as exc:
+            raise serializers.ValidationError({"type": [str(exc)]}) from exc
+        except PayloadError as exc:
+            raise serializers.ValidationError({"payload": exc.errors}) from exc
+        data["priority"] = Priority.labels.index(data["priority"])
+        return data
+
+
+class AttemptSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField()
+    worker = serializers.CharField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    outcome = serializers.CharField()
+    error = serializers.CharField(allow_blank=True)
+    traceback = serializers.CharField(allow_blank=True)
+
+
+class JobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    type = serializers.CharField()
+    payload = serializers.JSONField()
+    status = serializers.SerializerMethodField()
+    priority = serializers.CharField(source="priority_label")
+    queue = serializers.CharField()
+    attempts = serializers.IntegerField()
+    max_retries = serializers.IntegerField()
+    run_at = serializers.DateTimeField()
+    timeout = serializers.FloatField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    unique_key = serializers.CharField(allow_null=True)
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+    progress = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    trace_id = serializers.CharField()
+
+    def get_status(self, job) -> str:
+        return visible_status(job)
+
+
+class JobDetailSerializer(JobSerializer):
+    history = AttemptSerializer(many=True)
+
+
+class DeadJobSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    type = serializers.CharField()
+    queue = serializers.CharField()
+    payload = serializers.JSONField()
+    attempts = serializers.IntegerField()
+    error = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobFilterSerializer(StrictSerializer):
+    """The query parameters of the job list."""
+
+    status = serializers.CharField(required=False, help_text="One status, or several separated by commas.")
+    type = serializers.CharField(required=False, max_length=100)
+    queue = serializers.CharField(required=False, max_length=64)
+    priority = serializers.CharField(required=False, help_text="high, normal or low; several separated by commas.")
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    ordering = serializers.ChoiceField(
+        choices=[*JOB_ORDERINGS, *(f"-{field}" for field in JOB_ORDERINGS)], default="-id", required=False
+    )
+    page = serializers.IntegerField(min_value=1, required=False)
+    page_size = serializers.IntegerField(min_value=1, max_value=200, required=False)
+
+    def validate_status(self, value):
+        statuses = [s.strip() for s in value.split(",") if s.strip()]
+        unknown = [s for s in statuses if s not in JobStatus.values]
+        if unknown:
+            raise serializers.ValidationError(f"Unknown status {', '.join(unknown)}; use {', '.join(JobStatus.values)}.")
+        return statuses
+
+    def validate_priority(self, value):
+        labels = [p.strip() for p in value.split(",") if p.strip()]
+        unknown = [p for p in labels if p not in PRIORITY_CHOICES]
+        if unknown:
+            raise serializers.ValidationError(f"Unknown priority {', '.join(unknown)}; use high, normal or low.")
+        return [PRIORITY_CHOICES.index(p) for p in labels]
+
+
+class StatsSerializer(serializers.Serializer):
+    by_status = serializers.DictField(child=serializers.IntegerField())
+    by_priority = serializers.DictField(child=serializers.IntegerField())
+    by_type = serializers.DictField(child=serializers.IntegerField())
+    finished_last_minute = serializers.IntegerField()
+    finished_last_hour = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True)
+    run_time_mean_seconds = serializers.FloatField(allow_null=True)
+    run_time_p95_seconds = serializers.FloatField(allow_null=True)
+
+
+class RequeueSerializer(StrictSerializer):
+    job_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+    max_jobs = serializers.IntegerField(min_value=1, max_value=10000, required=False)
+
+
+class RequeueResultSerializer(serializers.Serializer):
+    requeued = serializers.IntegerField()
+    job_ids = serializers.ListField(child=serializers.IntegerField())
+
+
+class WorkerSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    hostname = serializers.CharField()
+    pid = serializers.IntegerField()
+    queues = serializers.ListField(child=serializers.CharField())
+    concurrency = serializers.IntegerField()
+    busy = serializers.IntegerField()
+    processed = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+    heartbeat_at = serializers.DateTimeField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class RateLimitSerializer(ErrorSerializer):
+    retry_after = serializers.IntegerField(required=False)

@@ -1,0 +1,14 @@
+from django.urls import path
+
+from jobs.api import views
+
+urlpatterns = [
+    path("jobs/", views.JobListCreateApi.as_view(), name="job-list"),
+    path("jobs/stats/", views.JobStatsApi.as_view(), name="job-stats"),
+    path("jobs/<int:job_id>/", views.JobDetailApi.as_view(), name="job-detail"),
+    path("jobs/<int:job_id>/cancel/", views.JobCancelApi.as_view(), name="job-cancel"),
+    path("jobs/<int:job_id>/retry/", views.JobRetryApi.as_view(), name="job-retry"),
+    path("dlq/", views.DeadJobListApi.as_view(), name="dlq-list"),
+    path("dlq/requeue/", views.DeadJobRequeueApi.as_view(), name="dlq-requeue"),
+    path("workers/", views.WorkerListApi.as_view(), name="worker-list"),
+]

@@ -1,0 +1,168 @@
+"""The REST API. Each view validates its input, calls a service or a selector, and serializes."""
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs import queue, selectors
+from jobs.api.serializers import (
+    DeadJobSerializer,
+    ErrorSerializer,
+    JobCreateSerializer,
+    JobDetailSerializer,
+    JobFilterSerializer,
+    JobSerializer,
+    RateLimitSerializer,
+    RequeueResultSerializer,
+    RequeueSerializer,
+    StatsSerializer,
+    WorkerSerializer,
+)
+from jobs.errors import JobTypeNotAllowed
+from jobs.models import Job
+from jobs.submission import requeue_dead_for_user, retry_for_user, submit_job
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="Repeat a request with the same key to get the same job back instead of a second one.",
+)
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input, with messages per field."),
+    401: ErrorSerializer,
+    404: ErrorSerializer,
+}
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+def owned_job(request, job_id: int) -> Job:
+    """Return the job if the user may see it; 404 otherwise, whether or not it exists."""
+    return get_object_or_404(Job.objects.for_user(request.user), pk=job_id)
+
+
+class JobListCreateApi(APIView):
+    @extend_schema(
+        parameters=[JobFilterSerializer],
+        responses={200: JobSerializer(many=True), 400: ERRORS[400], 401: ErrorSerializer},
+        summary="List your jobs",
+    )
+    def get(self, request):
+        filters = JobFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        f = filters.validated_data
+        jobs = selectors.job_list_for_user(
+            request.user, statuses=f.get("status", ()), type=f.get("type"), queue=f.get("queue"),
+            priorities=f.get("priority", ()), created_after=f.get("created_after"),
+            created_before=f.get("created_before"), ordering=f.get("ordering", "-id"),
+        )
+        paginator = Pagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(JobSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=JobCreateSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={
+            201: JobDetailSerializer,
+            200: OpenApiResponse(JobDetailSerializer, description="Replay of an earlier request with this Idempotency-Key."),
+            400: ERRORS[400], 401: ErrorSerializer, 413: ErrorSerializer,
+            422: OpenApiResponse(ErrorSerializer, description="Idempotency-Key reused for a different request."),
+            429: RateLimitSerializer,
+        },
+        summary="Submit a job",
+    )
+    def post(self, request):
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not (0 < len(key) <= 255):
+            raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
+        data = JobCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            submission = submit_job(user=request.user, idempotency_key=key, **data.validated_data)
+        except JobTypeNotAllowed as exc:
+            raise ValidationError({"type": [str(exc)]}) from exc
+        except ValueError as exc:
+            raise ValidationError({"non_field_errors": [str(exc)]}) from exc
+        return Response(
+            JobDetailSerializer(submission.job).data,
+            status=status.HTTP_200_OK if submission.replayed else status.HTTP_201_CREATED,
+        )
+
+
+class JobDetailApi(APIView):
+    @extend_schema(responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer}, summary="One job")
+    def get(self, request, job_id: int):
+        return Response(JobDetailSerializer(owned_job(request, job_id)).data)
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
+                   409: OpenApiResponse(ErrorSerializer, description="The job has already finished.")},
+        summary="Cancel a job that has not finished",
+    )
+    def post(self, request, job_id: int):
+        queue.cancel_job(owned_job(request, job_id).pk)
+        return Response(JobDetailSerializer(owned_job(request, job_id)).data)
+
+
+class JobRetryApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
+                   409: OpenApiResponse(ErrorSerializer, description="The job is not dead or cancelled."),
+                   429: RateLimitSerializer},
+        summary="Requeue a dead, cancelled or expired job",
+    )
+    def post(self, request, job_id: int):
+        retry_for_user(request.user, owned_job(request, job_id).pk)
+        return Response(JobDetailSerializer(owned_job(request, job_id)).data)
+
+
+class JobStatsApi(APIView):
+    @extend_schema(responses={200: StatsSerializer, 401: ErrorSerializer}, summary="Counts and timings of your jobs")
+    def get(self, request):
+        return Response(StatsSerializer(selectors.job_stats(Job.objects.for_user(request.user))).data)
+
+
+class DeadJobListApi(APIView):
+    @extend_schema(responses={200: DeadJobSerializer(many=True), 401: ErrorSerializer}, summary="Your dead jobs (the DLQ)")
+    def get(self, request):
+        jobs = Job.objects.for_user(request.user).dead().order_by("-finished_at", "-id")
+        paginator = Pagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(DeadJobSerializer(page, many=True).data)
+
+
+class DeadJobRequeueApi(APIView):
+    @extend_schema(
+        request=RequeueSerializer,
+        responses={200: RequeueResultSerializer, 400: ERRORS[400], 401: ErrorSerializer, 429: RateLimitSerializer},
+        summary="Requeue dead jobs: the ones given, or all of yours",
+    )
+    def post(self, request):
+        data = RequeueSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        ids = requeue_dead_for_user(
+            request.user, job_ids=data.validated_data.get("job_ids"), max_jobs=data.validated_data.get("max_jobs")
+        )
+        return Response(RequeueResultSerializer({"requeued": len(ids), "job_ids": ids}).data)
+
+
+class WorkerListApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: WorkerSerializer(many=True), 401: ErrorSerializer, 403: ErrorSerializer},
+                   summary="Live workers (staff only)")
+    def get(self, request):
+        return Response(WorkerSerializer(selectors.live_workers(), many=True).data)

@@ -1,0 +1,143 @@
+"""Submitting jobs on behalf of a user, within that user's limits.
+
+The REST API and the dashboard both submit through `submit_job`. Its limits
+hold across any number of web processes because they are checked in the
+database, inside the transaction that inserts the job, while the user's row
+is locked: two concurrent submissions of one user are serialized there.
+"""
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Count, Min
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from jobs import conf, queue
+from jobs.models import Job
+from jobs.registry import validate_payload
+
+RATE_WINDOW = timedelta(minutes=1)
+
+
+class SubmissionRefused(Exception):
+    """A submission the user's limits do not allow right now."""
+
+    kind = "refused"
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class RateLimited(SubmissionRefused):
+    kind = "rate"
+
+
+class TooManyActiveJobs(SubmissionRefused):
+    kind = "active"
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key reused for a different request."""
+
+
+@dataclass
+class Submission:
+    job: Job
+    # True when an earlier request with the same Idempotency-Key made the job.
+    replayed: bool = False
+
+
+def limits_apply(user) -> bool:
+    return not user.is_staff
+
+
+def lock_user(user) -> None:
+    """Lock the user's row until the end of the transaction.
+
+    Every limited action of one user takes this lock first, so the counts
+    each one reads include everything the others committed.
+    """
+    get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists()
+
+
+def check_active_limit(user, adding: int = 1) -> None:
+    """Raise TooManyActiveJobs if `adding` more unfinished jobs would pass the user's cap."""
+    limit = conf.get("JOBS_USER_MAX_ACTIVE")
+    active = Job.objects.active().filter(owner=user).count()
+    if active + adding > limit:
+        raise TooManyActiveJobs(
+            f"You have {active} unfinished jobs; the limit is {limit}. "
+            "Wait for some to finish or cancel them, then try again."
+        )
+
+
+def check_rate_limit(user) -> None:
+    """Raise RateLimited if the user already submitted the per-minute maximum."""
+    limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
+    recent = Job.objects.filter(owner=user, created_at__gt=Now() - RATE_WINDOW)
+    stats = recent.aggregate(count=Count("pk"), oldest=Min("created_at"))
+    if stats["count"] >= limit:
+        wait = (stats["oldest"] + RATE_WINDOW - timezone.now()).total_seconds()
+        raise RateLimited(
+            f"You may submit {limit} jobs a minute. Try again in {max(1, math.ceil(wait))} seconds.",
+            retry_after=max(1, math.ceil(wait)),
+        )
+
+
+def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, **options) -> Submission:
+    """Enqueue a job owned by `user` if their limits allow it.
+
+    With an `idempotency_key`, a repeat of a request that already made a
+    job returns that job (even if the limits are reached meanwhile); the
+    same key with a different type or payload raises IdempotencyConflict.
+    Raise RateLimited or TooManyActiveJobs when a limit is reached, and the
+    errors of queue.enqueue for an invalid job.
+    """
+    payload = validate_payload(type, {} if payload is None else payload)
+    with transaction.atomic():
+        lock_user(user)
+        if idempotency_key:
+            earlier = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+            if earlier is not None:
+                if earlier.type != type or earlier.payload != payload:
+                    raise IdempotencyConflict(
+                        "This Idempotency-Key was already used for a different request."
+                    )
+                return Submission(job=earlier, replayed=True)
+        if limits_apply(user):
+            check_rate_limit(user)
+            check_active_limit(user)
+        job = queue.enqueue(type, payload, owner=user, idempotency_key=idempotency_key, **options)
+    return Submission(job=job)
+
+
+def retry_for_user(user, job_id: int) -> None:
+    """Requeue one of the user's dead, cancelled or expired jobs, within their active-job cap."""
+    with transaction.atomic():
+        lock_user(user)
+        if limits_apply(user):
+            check_active_limit(user)
+        queue.retry_job(job_id)
+
+
+def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: int | None = None) -> list[int]:
+    """Requeue the user's dead jobs (all of them, or `job_ids`), at most `max_jobs`; return the ids.
+
+    For users with limits, the number requeued is capped by the room left
+    under their active-job cap; with no room at all, raise TooManyActiveJobs.
+    """
+    dead = queue.dead_jobs(ids=job_ids, owner=None if user.is_staff else user)
+    with transaction.atomic():
+        lock_user(user)
+        if limits_apply(user):
+            room = conf.get("JOBS_USER_MAX_ACTIVE") - Job.objects.active().filter(owner=user).count()
+            if room <= 0 and dead.exists():
+                check_active_limit(user)
+            max_jobs = room if max_jobs is None else min(max_jobs, room)
+        return queue.requeue_dead(dead, limit=max_jobs)
