@@ -4,6 +4,8 @@ Their counters live in the shared cache (Redis), so the limits hold across
 every web process.
 """
 
+import hashlib
+
 from rest_framework.throttling import SimpleRateThrottle
 
 
@@ -25,7 +27,8 @@ class LoginUsernameThrottle(SimpleRateThrottle):
         username = request.data.get("username") if hasattr(request.data, "get") else None
         if not isinstance(username, str) or not username:
             return None
-        return self.cache_format % {"scope": self.scope, "ident": username.strip().lower()[:200]}
+        ident = hashlib.sha256(username.strip().lower().encode()).hexdigest()  # safe as a cache key
+        return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
 class RegisterThrottle(SimpleRateThrottle):

@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,75 @@ def start_worker(transactional_db):
     yield start
     for worker in started:
         worker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """A real uvicorn process serving the project on the test database."""
+
+    def __init__(self, env=None):
+        from django.conf import settings
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        child_env = {
+            **os.environ,
+            "DATABASE_URL": database_url_for_tests(),
+            "REDIS_URL": settings.REDIS_URL,
+            "JOBS_HANDLER_MODULES": "tests.sample_handlers",
+            **(env or {}),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-access-log"],
+            cwd=ROOT, env=child_env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def wait_until_up(self, timeout=30):
+        import urllib.request
+
+        def up():
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                pytest.fail(f"server exited: {self.log.read()}")
+            try:
+                urllib.request.urlopen(self.url + "/api/schema/", timeout=1)
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout=timeout, interval=0.2, message=f"server on {self.url}")
+        return self
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def start_server(transactional_db):
+    """Start uvicorn processes serving the app on the test database; stop them at teardown."""
+    started = []
+
+    def start(env=None):
+        server = ServerProcess(env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):

@@ -168,3 +168,16 @@ class ErrorSerializer(serializers.Serializer):
 
 class RateLimitSerializer(ErrorSerializer):
     retry_after = serializers.IntegerField(required=False)
+
+
+def paginated(serializer_class):
+    """Return the serializer of one page of `serializer_class` items, for the schema."""
+
+    class Page(serializers.Serializer):
+        count = serializers.IntegerField()
+        next = serializers.URLField(allow_null=True)
+        previous = serializers.URLField(allow_null=True)
+        results = serializer_class(many=True)
+
+    Page.__name__ = f"Paginated{serializer_class.__name__.removesuffix('Serializer')}List"
+    return Page

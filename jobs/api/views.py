@@ -22,6 +22,7 @@ from jobs.api.serializers import (
     RequeueSerializer,
     StatsSerializer,
     WorkerSerializer,
+    paginated,
 )
 from jobs.errors import JobTypeNotAllowed
 from jobs.models import Job
@@ -52,7 +53,7 @@ def owned_job(request, job_id: int) -> Job:
 class JobListCreateApi(APIView):
     @extend_schema(
         parameters=[JobFilterSerializer],
-        responses={200: JobSerializer(many=True), 400: ERRORS[400], 401: ErrorSerializer},
+        responses={200: paginated(JobSerializer), 400: ERRORS[400], 401: ErrorSerializer, 404: ErrorSerializer},
         summary="List your jobs",
     )
     def get(self, request):
@@ -136,7 +137,11 @@ class JobStatsApi(APIView):
 
 
 class DeadJobListApi(APIView):
-    @extend_schema(responses={200: DeadJobSerializer(many=True), 401: ErrorSerializer}, summary="Your dead jobs (the DLQ)")
+    @extend_schema(
+        parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+        responses={200: paginated(DeadJobSerializer), 401: ErrorSerializer, 404: ErrorSerializer},
+        summary="Your dead jobs (the DLQ)",
+    )
     def get(self, request):
         jobs = Job.objects.for_user(request.user).dead().order_by("-finished_at", "-id")
         paginator = Pagination()

@@ -1,0 +1,81 @@
+"""The API over real HTTP: several server processes, concurrent clients, a real worker."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from django.core.cache import cache
+
+from jobs.models import Job
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles():
+    cache.clear()
+
+
+def register_and_login(base: str, username: str) -> dict:
+    password = "a-long-passphrase-9"
+    created = requests.post(f"{base}/api/auth/register/", json={"username": username, "email": f"{username}@example.com", "password": password})
+    assert created.status_code == 201, created.text
+    tokens = requests.post(f"{base}/api/auth/token/", json={"username": username, "password": password})
+    assert tokens.status_code == 200, tokens.text
+    return {"Authorization": f"Bearer {tokens.json()['access']}"}
+
+
+def submit_in_parallel(servers, headers, count: int) -> list[int]:
+    """POST `count` jobs at once, spread over every server process; return the status codes."""
+
+    def submit(n):
+        base = servers[n % len(servers)].url
+        return requests.post(f"{base}/api/jobs/", json={"type": "reverse_string", "payload": f"job {n}"}, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(submit, range(count)))
+
+
+def test_twenty_parallel_creates_leave_exactly_five_active_jobs(start_server):
+    """Hold the active-job cap across two server processes under 20 concurrent requests."""
+    env = {"JOBS_USER_MAX_ACTIVE": "5", "JOBS_USER_SUBMISSIONS_PER_MINUTE": "1000"}
+    servers = [start_server(env).wait_until_up(), start_server(env).wait_until_up()]
+    headers = register_and_login(servers[0].url, "racer")
+    codes = submit_in_parallel(servers, headers, 20)
+    assert sorted(codes) == [201] * 5 + [429] * 15
+    assert Job.objects.active().filter(owner__username="racer").count() == 5
+
+
+def test_parallel_creates_hold_the_per_minute_limit(start_server):
+    """Hold the 10-a-minute cap across two server processes under 20 concurrent requests."""
+    env = {"JOBS_USER_MAX_ACTIVE": "1000", "JOBS_USER_SUBMISSIONS_PER_MINUTE": "10"}
+    servers = [start_server(env).wait_until_up(), start_server(env).wait_until_up()]
+    headers = register_and_login(servers[0].url, "burst")
+    codes = submit_in_parallel(servers, headers, 20)
+    assert sorted(codes) == [201] * 10 + [429] * 10
+    assert Job.objects.filter(owner__username="burst").count() == 10
+
+
+def test_readme_walkthrough(start_server, start_worker):
+    """Register, log in, submit reverse_string, poll to completed, watch a failure reach the DLQ, requeue it."""
+    base = start_server().wait_until_up().url
+    start_worker("--poll-interval", "0.2", env={"JOBS_BACKOFF_BASE": "0.1"})
+    headers = register_and_login(base, "walker")
+
+    job = requests.post(f"{base}/api/jobs/", json={"type": "reverse_string", "payload": {"text": "hello world"}}, headers=headers).json()
+    done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers).json())["status"] == "completed" and r)
+    assert done["result"] == "dlrow olleh"
+
+    failing = requests.post(f"{base}/api/jobs/", json={"type": "fail", "payload": {"message": "always fails"}, "max_retries": 1}, headers=headers).json()
+    wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["status"] == "dead")
+    dlq = requests.get(f"{base}/api/dlq/", headers=headers).json()
+    assert [j["id"] for j in dlq["results"]] == [failing["id"]]
+    assert "always fails" in dlq["results"][0]["error"]
+
+    requeued = requests.post(f"{base}/api/dlq/requeue/", json={"job_ids": [failing["id"]]}, headers=headers).json()
+    assert requeued == {"requeued": 1, "job_ids": [failing["id"]]}
+    wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["status"] == "dead")
+    history = requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["history"]
+    assert len(history) == 4  # two attempts, requeued, two more
