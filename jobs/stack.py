@@ -45,15 +45,17 @@ def run_stack(*, host: str, port: int, processes: int, concurrency: int, stdout)
     # Children use the same databases, embedded or not.
     env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL}
     manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+    # Each child in its own process group, so Ctrl-C reaches only this
+    # process, which stops the children once and gracefully.
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", host, "--port", str(port),
              "--no-access-log"],
-            env=env, cwd=settings.BASE_DIR,
+            env=env, cwd=settings.BASE_DIR, process_group=0,
         ),
         subprocess.Popen(
             [*manage, "runworker", "--processes", str(processes), "--concurrency", str(concurrency)],
-            env=env, cwd=settings.BASE_DIR,
+            env=env, cwd=settings.BASE_DIR, process_group=0,
         ),
     ]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

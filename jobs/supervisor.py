@@ -26,13 +26,19 @@ def supervise(child_argv: list[str], processes: int, *, burst: bool) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    children = [subprocess.Popen(child_argv) for _ in range(processes)]
+    def spawn():
+        # Its own process group: a Ctrl-C in the terminal reaches only this
+        # supervisor, which passes it on once. Children that got it twice
+        # would take the second as "stop now" and skip the grace period.
+        return subprocess.Popen(child_argv, process_group=0)
+
+    children = [spawn() for _ in range(processes)]
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     exit_code = 0
     while children:
         time.sleep(0.2)
-        for index, child in enumerate(list(children)):
+        for child in list(children):
             code = child.poll()
             if code is None:
                 continue
@@ -41,7 +47,7 @@ def supervise(child_argv: list[str], processes: int, *, burst: bool) -> int:
                 exit_code = exit_code or (code if code > 0 else 0)
                 continue
             logger.warning("worker process %s exited with %s; starting a new one", child.pid, code)
-            children[children.index(child)] = subprocess.Popen(child_argv)
+            children[children.index(child)] = spawn()
     return exit_code
 
 
