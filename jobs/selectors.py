@@ -7,12 +7,12 @@ the same thing to every caller however far its clock has drifted.
 
 from datetime import timedelta
 
-from django.db.models import Aggregate, Avg, BooleanField, Count, ExpressionWrapper, F, FloatField, Q
+from django.db.models import Aggregate, Avg, BooleanField, Count, DurationField, ExpressionWrapper, F, FloatField, Min, Q, Sum
 from django.db.models.functions import Extract, Now
 from django.utils import timezone
 
 from jobs import conf
-from jobs.models import Job, JobStatus, Priority, Worker
+from jobs.models import READY_STATUSES, Job, JobStatus, Priority, Worker
 
 
 def status_counts() -> dict[str, int]:
@@ -48,6 +48,29 @@ def with_liveness(workers=None):
 def live_workers():
     """Return the workers that are alive, by hostname and pid."""
     return with_liveness().filter(worker_alive_condition()).order_by("hostname", "pid")
+
+
+def worker_capacity() -> dict[str, int]:
+    """Return how many workers are alive, their handler slots, and how many were busy at the last heartbeat."""
+    totals = Worker.objects.filter(worker_alive_condition()).aggregate(
+        alive=Count("pk"), slots=Sum("concurrency", default=0), busy=Sum("busy", default=0)
+    )
+    return {name: int(value) for name, value in totals.items()}
+
+
+def oldest_waiting_by_queue() -> dict[str, float]:
+    """Return, per queue with a job that is due and unclaimed, the seconds since the oldest became due.
+
+    Only ready rows are read (the claim index covers them), not the whole table.
+    """
+    rows = (
+        Job.objects.order_by()
+        .filter(status__in=READY_STATUSES, run_at__lte=Now())
+        .values("queue")
+        .annotate(age=ExpressionWrapper(Now() - Min("run_at"), output_field=DurationField()))
+        .values_list("queue", "age")
+    )
+    return {queue: max(age.total_seconds(), 0.0) for queue, age in rows}  # one row per queue
 
 
 def queue_overview() -> dict:

@@ -60,7 +60,7 @@ def run_stack(*, host: str, port: int, processes: int, concurrency: int, stdout)
     ]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     stdout.write(
-        f"\nSkipjack is running.\n  Admin:  {url}/admin/\n  Login:  {username} / {password}\n"
+        f"\nSkipjack is running.\n  Dashboard: {url}/dashboard/\n  Admin:  {url}/admin/\n  Login:  {username} / {password}\n"
         f"  Database: {'embedded (.data/postgres)' if 'DATABASE_URL' not in os.environ else 'DATABASE_URL'}\n"
         "Press Ctrl-C to stop.\n\n"
     )

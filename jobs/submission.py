@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs import conf, queue
+from jobs.metrics import count_rate_limit_rejection
 from jobs.models import Job
 from jobs.registry import validate_payload
 
@@ -71,6 +72,7 @@ def check_active_limit(user, adding: int = 1) -> None:
     limit = conf.get("JOBS_USER_MAX_ACTIVE")
     active = Job.objects.active().filter(owner=user).count()
     if active + adding > limit:
+        count_rate_limit_rejection("active_jobs")
         raise TooManyActiveJobs(
             f"You have {active} unfinished jobs; the limit is {limit}. "
             "Wait for some to finish or cancel them, then try again."
@@ -84,6 +86,7 @@ def check_rate_limit(user) -> None:
     stats = recent.aggregate(count=Count("pk"), oldest=Min("created_at"))
     if stats["count"] >= limit:
         wait = (stats["oldest"] + RATE_WINDOW - timezone.now()).total_seconds()
+        count_rate_limit_rejection("submissions_per_minute")
         raise RateLimited(
             f"You may submit {limit} jobs a minute. Try again in {max(1, math.ceil(wait))} seconds.",
             retry_after=max(1, math.ceil(wait)),

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
-from jobs import conf, queue
+from jobs import conf, counters, queue, tracing
 from jobs.errors import JobTimeout, PayloadError, PermanentError, UnknownJobType
 from jobs.registry import JobContext, get_handler, validate_payload
 
@@ -121,6 +121,7 @@ class Worker:
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._next_prune = 0.0
+        self._next_roll_up = 0.0
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -199,15 +200,21 @@ class Worker:
             self._heartbeat()
             self._next_heartbeat = now + self.heartbeat_interval
         claimed = 0
+        rescued = False
         free = self.capacity - len(self._held)
-        if free > 0 and (self._more_likely or self._notified.is_set() or now >= self._next_poll):
+        poll_due = now >= self._next_poll
+        if free > 0 and (self._more_likely or self._notified.is_set() or poll_due):
             self._notified.clear()
-            if now >= self._next_poll:
-                self._maintain(now)
-                self._next_poll = now + self.poll_interval
             claimed = self._claim(free)
             self._more_likely = claimed == free
-        return not claimed and not wrote and not self._held and not self._unwritten
+            if poll_due:
+                # After the claim, so that the sweeps (a few ms, more with a
+                # counters roll-up) never delay the pickup of a waiting job.
+                # What a rescue makes ready again is claimed next round.
+                rescued = self._maintain(now)
+                self._more_likely = self._more_likely or rescued
+                self._next_poll = now + self.poll_interval
+        return not claimed and not rescued and not wrote and not self._held and not self._unwritten
 
     def _sleep(self) -> None:
         if self._done or (self._more_likely and len(self._held) < self.capacity):
@@ -269,7 +276,9 @@ class Worker:
         successes = [o for o in pending if o.ok]
         failures = [o for o in pending if not o.ok]
         try:
-            completed = queue.complete_jobs([(o.running.job.id, o.running.job.lease_token, o.result) for o in successes])
+            completed = queue.complete_jobs(
+                [(o.running.job.id, o.running.job.lease_token, o.result, o.duration) for o in successes]
+            )
         except DB_ERRORS:
             self._unwritten = pending
             raise
@@ -282,7 +291,8 @@ class Worker:
                 self._log(logging.WARNING, "lease_lost", o.running.job, duration=o.duration)
         for index, o in enumerate(failures):
             try:
-                status = queue.fail_job(o.running.job, error=o.error, traceback=o.traceback, permanent=o.permanent)
+                status = queue.fail_job(o.running.job, error=o.error, traceback=o.traceback, permanent=o.permanent,
+                                        run_seconds=o.duration)
             except DB_ERRORS:
                 self._unwritten = failures[index:]
                 raise
@@ -308,7 +318,7 @@ class Worker:
                 continue
             self._abandon(running)
             error = f"Timed out after {running.timeout:g}s"
-            status = queue.fail_job(running.job, error=error, outcome="timeout")
+            status = queue.fail_job(running.job, error=error, outcome="timeout", run_seconds=now - running.started)
             self._forget(running)
             self._count_failure(running.job, status, error=error, duration=now - running.started)
 
@@ -340,15 +350,21 @@ class Worker:
                 self._abandon(running)
                 self._forget(running)
 
-    def _maintain(self, now: float) -> None:
-        for job_id, status in queue.rescue_expired_leases():
-            logger.warning("rescued job %s -> %s", job_id, status,
-                           extra={"event": "rescued", "job_id": job_id, "worker_id": str(self.worker_id)})
+    def _maintain(self, now: float) -> bool:
+        """Rescue expired leases, expire jobs, roll up counters, prune; return True if any job was rescued."""
+        rescued = queue.rescue_expired_leases()
+        for job in rescued:
+            self._log(logging.WARNING, "rescued", job, error=f"lease expired; the job is now {job.status}")
         queue.expire_jobs()
+        if now >= self._next_roll_up:
+            # Keeps the metric counters' table small; any one worker's roll-up is enough.
+            self._next_roll_up = now + 15
+            counters.roll_up()
         if now >= self._next_prune:
             self._next_prune = now + 300
             queue.prune_finished()
             queue.prune_workers()
+        return bool(rescued)
 
     # --- slots ---------------------------------------------------------------
 
@@ -368,7 +384,11 @@ class Worker:
             if running.abandoned:
                 continue
             try:
-                outcome = self._execute(running)
+                job = running.job
+                # The handler's own log lines, and any job it enqueues, carry this job's trace id.
+                with tracing.bound(trace_id=job.trace_id, job_id=job.id, type=job.type, queue=job.queue,
+                                   attempt=job.attempts, user_id=job.owner_id, worker_id=str(self.worker_id)):
+                    outcome = self._execute(running)
             except JobTimeout:
                 # Delivered asynchronously after the handler returned; the
                 # main thread already gave up on this job.
@@ -395,8 +415,6 @@ class Worker:
             return self._failure(running, exc, permanent=True, prefix="Invalid payload: ")
         except PermanentError as exc:
             return self._failure(running, exc, permanent=True)
-        except (TypeError, ValueError) as exc:
-            return self._failure(running, exc)
         except JobTimeout as exc:
             if running.abandoned:
                 raise

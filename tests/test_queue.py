@@ -305,7 +305,7 @@ def test_worker_writes_are_refused_once_the_lease_is_lost():
     JobFactory()
     (zombie,) = claim(lease_seconds=30)
     Job.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert queue.rescue_expired_leases() == [(zombie.id, JobStatus.RETRYING)]
+    assert [(job.id, job.status) for job in queue.rescue_expired_leases()] == [(zombie.id, JobStatus.RETRYING)]
     (rescuer,) = claim()
     assert rescuer.attempts == 2
     assert not queue.complete_job(zombie, "stale result")
@@ -322,7 +322,8 @@ def test_rescue_counts_the_lost_attempt():
     retry = JobFactory(stale=True, attempts=1, max_retries=3)
     last = JobFactory(stale=True, attempts=4, max_retries=3)
     fresh = JobFactory(status=JobStatus.RUNNING, attempts=1)
-    assert sorted(queue.rescue_expired_leases()) == sorted([(retry.pk, JobStatus.RETRYING), (last.pk, JobStatus.DEAD)])
+    rescued = sorted((job.id, job.status) for job in queue.rescue_expired_leases())
+    assert rescued == sorted([(retry.pk, JobStatus.RETRYING), (last.pk, JobStatus.DEAD)])
     assert status_of(fresh) == JobStatus.RUNNING
     assert "Lease expired" in Job.objects.get(pk=retry.pk).error
     assert Job.objects.get(pk=retry.pk).history[-1]["outcome"] == "lost"

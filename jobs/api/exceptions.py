@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs.errors import IllegalTransition
+from jobs.metrics import count_rate_limit_rejection
 from jobs.models import Job
 from jobs.submission import IdempotencyConflict, SubmissionRefused
 
@@ -30,6 +31,7 @@ def exception_handler(exc, context):
     if isinstance(exc, SubmissionRefused):
         return rate_limited_response(exc.message, exc.retry_after)
     if isinstance(exc, Throttled):
+        count_rate_limit_rejection(getattr(context.get("view"), "rate_limit_kind", "api"))
         wait = math.ceil(exc.wait) if exc.wait is not None else None
         return rate_limited_response(f"Too many requests. Try again in {wait or 1} seconds.", wait)
     return drf_exception_handler(exc, context)

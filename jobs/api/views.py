@@ -55,6 +55,7 @@ class JobListCreateApi(APIView):
         parameters=[JobFilterSerializer],
         responses={200: paginated(JobSerializer), 400: ERRORS[400], 401: ErrorSerializer, 404: ErrorSerializer},
         summary="List your jobs",
+        operation_id="jobs_list",
     )
     def get(self, request):
         filters = JobFilterSerializer(data=request.query_params)
@@ -100,7 +101,7 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer}, summary="One job")
+    @extend_schema(responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer}, summary="One job", operation_id="jobs_retrieve")
     def get(self, request, job_id: int):
         return Response(JobDetailSerializer(owned_job(request, job_id)).data)
 

@@ -1,0 +1,276 @@
+"""Read-side queries of the dashboard, each scoped to what the user may see.
+
+Every query here stays cheap on a jobs table of millions of rows: counts are
+capped or confined to an index range (waiting jobs, the last 15 minutes),
+lists are keyset-paginated on the primary key, and nothing loops over job
+rows in Python. A non-staff user sees only their own jobs; staff see all.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Count, Max, Min, Value
+from django.db.models.functions import MD5, Concat, Left, Now
+
+from jobs.models import READY_STATUSES, Job, JobStatus, Priority
+from jobs.selectors import live_workers, with_liveness
+
+JOB_TABLE = Job._meta.db_table
+
+# Per-status counts stop at this many rows, so the overview costs the same
+# on a table of millions: a count that reaches it is shown as "100,000+".
+COUNT_CAP = 100_000
+# The throughput chart: THROUGHPUT_BUCKETS intervals of THROUGHPUT_BUCKET each.
+THROUGHPUT_BUCKET = timedelta(minutes=1)
+THROUGHPUT_BUCKETS = 15
+# How long one computed overview is reused, per user (or once for all staff).
+# The chart moves by the minute, and reads the most rows: it is kept longer.
+OVERVIEW_CACHE_SECONDS = 1
+THROUGHPUT_CACHE_SECONDS = 5
+# DLQ groups: the error text that identifies a group, and how many groups are listed.
+DLQ_ERROR_PREFIX = 500
+DLQ_MAX_GROUPS = 100
+# Requeueing a whole group takes at most this many jobs in one action.
+DLQ_MAX_REQUEUE = 10_000
+
+# Columns a job list shows; payload, result and history stay in the table.
+LIST_COLUMNS = (
+    "id", "type", "queue", "priority", "status", "attempts", "max_retries", "progress",
+    "created_at", "started_at", "finished_at", "run_at", "error", "owner__username",
+)
+
+
+def _scope(user, alias: str = "") -> tuple[str, list]:
+    """Return the SQL condition and parameters of the jobs `user` may see."""
+    if user.is_staff:
+        return "TRUE", []
+    return f"{alias}owner_id = %s", [user.pk]
+
+
+# --- Overview -------------------------------------------------------------------
+
+
+def status_counts(user) -> dict[str, int]:
+    """Return {status: count} for every status, each count capped at COUNT_CAP + 1."""
+    where, params = _scope(user)
+    # One capped index scan per status (job_status_idx, or job_owner_status_idx
+    # for a user): LIMIT stops each count at the cap instead of reading every row.
+    sql = f"""
+        SELECT s.status, (
+            SELECT count(*) FROM (
+                SELECT 1 FROM {JOB_TABLE} WHERE status = s.status AND {where} LIMIT %s
+            ) capped
+        )
+        FROM unnest(%s::text[]) AS s(status)
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, COUNT_CAP + 1, list(JobStatus.values)])
+        return dict(cursor.fetchall())
+
+
+@dataclass
+class Bucket:
+    start: datetime
+    completed: int
+    failed: int
+
+
+def throughput(user) -> list[Bucket]:
+    """Return the jobs completed and moved to the DLQ per minute over the last 15 minutes, oldest first."""
+    where, params = _scope(user, alias="j.")
+    # date_bin puts each finish in its minute; the range condition uses job_finished_idx.
+    sql = f"""
+        WITH bounds AS (
+            SELECT date_bin(%s, statement_timestamp(), TIMESTAMPTZ '2000-01-01') AS last_bucket
+        )
+        SELECT b.last_bucket, date_bin(%s, j.finished_at, TIMESTAMPTZ '2000-01-01') AS bucket,
+               count(*) FILTER (WHERE j.status = 'completed'), count(*) FILTER (WHERE j.status = 'dead')
+        FROM bounds b
+        LEFT JOIN {JOB_TABLE} j
+          ON j.finished_at >= b.last_bucket - %s AND j.status IN ('completed', 'dead') AND {where}
+        GROUP BY b.last_bucket, bucket
+    """
+    span = THROUGHPUT_BUCKET * (THROUGHPUT_BUCKETS - 1)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [THROUGHPUT_BUCKET, THROUGHPUT_BUCKET, span, *params])
+        rows = cursor.fetchall()
+    last_bucket = rows[0][0]
+    counts = {bucket: (completed, failed) for _, bucket, completed, failed in rows if bucket is not None}
+    buckets = []
+    for index in range(THROUGHPUT_BUCKETS):
+        start = last_bucket - THROUGHPUT_BUCKET * (THROUGHPUT_BUCKETS - 1 - index)
+        completed, failed = counts.get(start, (0, 0))
+        buckets.append(Bucket(start=start, completed=completed, failed=failed))
+    return buckets
+
+
+def queue_depth(user) -> list[dict]:
+    """Return the jobs due to run now per queue and priority, with the oldest run_at of each."""
+    jobs = Job.objects.for_user(user).filter(status__in=READY_STATUSES, run_at__lte=Now())
+    rows = (
+        jobs.order_by().values("queue", "priority")
+        .annotate(count=Count("pk"), oldest=Min("run_at"))
+        .order_by("queue", "priority")
+    )
+    return [{**row, "priority_label": Priority(row["priority"]).label} for row in rows]
+
+
+def oldest_waiting(user) -> Job | None:
+    """Return the job that has waited longest past its run_at, or None."""
+    where, params = _scope(user)
+    # One LIMIT 1 per priority, each an index range scan on job_claim_idx
+    # (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
+    per_priority = " UNION ALL ".join(
+        f"""(SELECT id FROM {JOB_TABLE} WHERE status IN ('queued', 'scheduled', 'retrying')
+             AND run_at <= statement_timestamp() AND priority = %s AND {where}
+             ORDER BY run_at, id LIMIT 1)"""
+        for _ in Priority
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(per_priority, [value for p in Priority for value in (int(p), *params)])
+        ids = [row[0] for row in cursor.fetchall()]
+    return Job.objects.filter(pk__in=ids).only(*LIST_COLUMNS[:-1]).order_by("run_at", "id").first()
+
+
+def _overview(user) -> dict:
+    counts = status_counts(user)
+    return {
+        "counts": counts,
+        "total_capped": any(n > COUNT_CAP for n in counts.values()),
+        "depth": queue_depth(user),
+        "oldest": oldest_waiting(user),
+        "workers_online": live_workers().count(),
+        "dlq_size": counts[JobStatus.DEAD],
+    }
+
+
+def _cached(key: str, seconds: float, compute):
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, seconds)
+    return value
+
+
+def overview(user) -> dict:
+    """Return everything the overview page shows, computed at most once a second per scope.
+
+    All staff share one computation, however many dashboards they have open;
+    each other user has their own.
+    """
+    scope = "staff" if user.is_staff else f"user:{user.pk}"
+    data = _cached(f"dashboard:overview:{scope}", OVERVIEW_CACHE_SECONDS, lambda: _overview(user))
+    chart = _cached(f"dashboard:throughput:{scope}", THROUGHPUT_CACHE_SECONDS, lambda: throughput(user))
+    return {**data, "throughput": chart}
+
+
+# --- Job lists --------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    jobs: list[Job]
+    # Cursors for the neighbouring pages; None where there is none.
+    newer: int | None
+    older: int | None
+
+
+def job_page(jobs, *, before: int | None = None, after: int | None = None, size: int = 50) -> Page:
+    """Return one page of `jobs`, newest first, by keyset on the id.
+
+    `before` gives the page of jobs older than that id, `after` the page of
+    jobs newer than it; neither gives the newest page. Costs the same on
+    page 1 and page 10,000, unlike OFFSET.
+    """
+    jobs = jobs.select_related("owner").only(*LIST_COLUMNS)
+    if after is not None:
+        rows = list(jobs.filter(pk__gt=after).order_by("id")[: size + 1])
+        has_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        has_older = bool(rows)  # we came from there
+    else:
+        if before is not None:
+            jobs = jobs.filter(pk__lt=before)
+        rows = list(jobs.order_by("-id")[: size + 1])
+        has_older = len(rows) > size
+        rows = rows[:size]
+        has_newer = before is not None
+    return Page(
+        jobs=rows,
+        newer=rows[0].pk if rows and has_newer else None,
+        older=rows[-1].pk if rows and has_older else None,
+    )
+
+
+def filtered_jobs(user, *, status=None, type=None, queue=None, priority=None, since: timedelta | None = None):
+    """Return the jobs `user` may see, narrowed by every filter given."""
+    jobs = Job.objects.for_user(user)
+    if status:
+        jobs = jobs.filter(status=status)
+    if type:
+        jobs = jobs.filter(type=type)
+    if queue:
+        jobs = jobs.filter(queue=queue)
+    if priority is not None:
+        jobs = jobs.filter(priority=priority)
+    if since is not None:
+        jobs = jobs.filter(created_at__gte=Now() - since)
+    return jobs
+
+
+def job_for_user(user, job_id: int) -> Job:
+    """Return the job if `user` may see it; raise Job.DoesNotExist otherwise."""
+    return Job.objects.for_user(user).select_related("owner").get(pk=job_id)
+
+
+# --- The DLQ ------------------------------------------------------------------------
+
+
+def _dead_with_group(user):
+    # A group is a type and the start of its error text: errors that differ
+    # only past DLQ_ERROR_PREFIX characters (a long traceback, say) are one
+    # failure. The md5 of both names the group in URLs.
+    return (
+        Job.objects.for_user(user).dead().order_by()
+        .annotate(error_head=Left("error", DLQ_ERROR_PREFIX))
+        .annotate(group=MD5(Concat("type", Value("\n"), Left("error", DLQ_ERROR_PREFIX))))
+    )
+
+
+def dlq_groups(user) -> list[dict]:
+    """Return the dead jobs grouped by type and error, largest group first."""
+    rows = (
+        _dead_with_group(user).values("group", "type", "error_head")
+        .annotate(count=Count("pk"), first_failed=Min("finished_at"), last_failed=Max("finished_at"), newest_id=Max("pk"))
+        .order_by("-count", "-last_failed")[:DLQ_MAX_GROUPS]
+    )
+    return list(rows)
+
+
+def dlq_group(user, group: str) -> dict | None:
+    """Return the summary of one DLQ group, or None if it has no dead jobs."""
+    rows = list(
+        _dead_with_group(user).filter(group=group).values("group", "type", "error_head")
+        .annotate(count=Count("pk"), first_failed=Min("finished_at"), last_failed=Max("finished_at"))[:1]
+    )
+    return rows[0] if rows else None
+
+
+def dlq_group_jobs(user, group: str):
+    """Return the dead jobs of one group as a queryset."""
+    return _dead_with_group(user).filter(group=group)
+
+
+def dlq_group_ids(user, group: str, limit: int = DLQ_MAX_REQUEUE) -> list[int]:
+    """Return the ids of up to `limit` dead jobs of one group, oldest first."""
+    return list(_dead_with_group(user).filter(group=group).order_by("pk").values_list("pk", flat=True)[:limit])
+
+
+# --- Workers ------------------------------------------------------------------------
+
+
+def workers_for_dashboard(recent: timedelta = timedelta(hours=1)):
+    """Return the live workers, then those gone within `recent`, each annotated with liveness."""
+    return with_liveness().filter(heartbeat_at__gte=Now() - recent).order_by("-alive", "hostname", "pid")

@@ -1,0 +1,327 @@
+"""The dashboard's pages: thin views over dashboard.selectors and the job services.
+
+Every page is server-rendered. A page's live part sits in one element with
+id "live"; the browser re-requests the same URL with the HX-Target header
+set to "live" when an event says something changed (and after every
+reconnect), and gets only that fragment back.
+"""
+
+import re
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from dashboard import selectors
+from dashboard.charts import throughput_chart
+from dashboard.forms import JobFilterForm, SubmitJobForm, field_rows, payload_from_post
+from jobs import conf, queue
+from jobs.errors import IllegalTransition, JobTypeNotAllowed, PayloadError, UnknownJobType
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus
+from jobs.registry import handlers
+from jobs.submission import IdempotencyConflict, SubmissionRefused, requeue_dead_for_user, retry_for_user, submit_job
+
+LIVE_TARGET = "live"
+GROUP_KEY = re.compile(r"^[0-9a-f]{32}$")
+# A selection on the DLQ pages names at most this many jobs.
+MAX_SELECTION = 500
+
+
+def _render(request, template: str, fragment: str, context: dict, status: int = 200):
+    """Render the whole page, or only its live fragment when htmx asks for that."""
+    is_refresh = request.headers.get("HX-Request") == "true" and request.headers.get("HX-Target") == LIVE_TARGET
+    response = render(request, fragment if is_refresh else template, context, status=status)
+    patch_vary_headers(response, ["HX-Request", "HX-Target"])
+    # Live data: a browser must never show a cached copy after a reconnect.
+    add_never_cache_headers(response)
+    return response
+
+
+def _visible_job(user, job_id: int) -> Job:
+    try:
+        return selectors.job_for_user(user, job_id)
+    except Job.DoesNotExist:
+        # The same answer for "no such job" and "someone else's job".
+        raise Http404("No such job.") from None
+
+
+# --- Overview -----------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def overview(request):
+    data = selectors.overview(request.user)
+    context = {**data, "chart": throughput_chart(data["throughput"]), "statuses": JobStatus}
+    return _render(request, "dashboard/overview.html", "dashboard/_overview.html", context)
+
+
+# --- Jobs -------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def job_list(request):
+    form = JobFilterForm(request.GET)
+    page = None
+    status = 200
+    if form.is_valid():
+        jobs = selectors.filtered_jobs(request.user, **form.filters())
+        page = selectors.job_page(jobs, before=form.cleaned_data["before"], after=form.cleaned_data["after"])
+    else:
+        status = 400
+    context = {"form": form, "page": page, "type_names": [h.name for h in handlers()]}
+    return _render(request, "dashboard/jobs.html", "dashboard/_jobs.html", context, status=status)
+
+
+def _timeline(job: Job) -> list[dict]:
+    """Return what happened to `job`, oldest first, from its timestamps and attempt history."""
+    from dashboard.templatetags.dashboard import parse_time
+
+    entries = [{"at": job.created_at, "kind": "created", "text": f"Created in queue {job.queue}"}]
+    if job.run_at and job.created_at and (job.run_at - job.created_at).total_seconds() > 1 and not job.history:
+        entries.append({"at": job.run_at, "kind": "scheduled", "text": "Due to run"})
+    for attempt in job.history:
+        number = attempt.get("attempt")
+        started = parse_time(attempt.get("started_at"))
+        if started:
+            entries.append({"at": started, "kind": "started", "text": f"Attempt {number} started"})
+        finished = parse_time(attempt.get("finished_at"))
+        if finished:
+            outcome = attempt.get("outcome", "")
+            error = attempt.get("error") or ""
+            entries.append({"at": finished, "kind": outcome, "text": f"Attempt {number} {outcome}", "detail": error})
+    if job.status == JobStatus.RUNNING and job.started_at:
+        entries.append({"at": job.started_at, "kind": "started", "text": f"Attempt {job.attempts} started"})
+    if job.status == JobStatus.RETRYING:
+        entries.append({"at": job.run_at, "kind": "retrying", "text": "Next attempt due"})
+    if job.finished_at and job.status in (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED):
+        text = {"dead": "Moved to the DLQ", "cancelled": "Cancelled", "expired": "Expired"}[job.status]
+        entries.append({"at": job.finished_at, "kind": job.status, "text": text})
+    return sorted((e for e in entries if e["at"]), key=lambda e: e["at"])
+
+
+@login_required
+@require_GET
+def job_detail(request, job_id: int):
+    job = _visible_job(request.user, job_id)
+    context = {
+        "job": job,
+        "attempts": list(reversed(job.history)),
+        "timeline": _timeline(job),
+        "can_cancel": job.status in ACTIVE_STATUSES,
+        "can_retry": job.status in queue.REQUEUEABLE_STATUSES,
+        "can_run_now": job.status in (JobStatus.SCHEDULED, JobStatus.RETRYING),
+    }
+    return _render(request, "dashboard/job_detail.html", "dashboard/_job_detail.html", context)
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id: int):
+    job = _visible_job(request.user, job_id)
+    try:
+        queue.cancel_job(job.pk)
+    except IllegalTransition as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Cancelled job {job.pk}.")
+    return redirect("dashboard:job-detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id: int):
+    job = _visible_job(request.user, job_id)
+    try:
+        retry_for_user(request.user, job.pk)
+    except IllegalTransition as exc:
+        messages.error(request, str(exc))
+    except SubmissionRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Job {job.pk} is queued again, with a fresh set of retries.")
+    return redirect("dashboard:job-detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_run_now(request, job_id: int):
+    job = _visible_job(request.user, job_id)
+    try:
+        queue.retry_now(job.pk)
+    except IllegalTransition as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Job {job.pk} runs as soon as a worker is free.")
+    return redirect("dashboard:job-detail", job_id=job.pk)
+
+
+# --- The DLQ ----------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def dlq(request):
+    context = {"groups": selectors.dlq_groups(request.user), "max_groups": selectors.DLQ_MAX_GROUPS}
+    return _render(request, "dashboard/dlq.html", "dashboard/_dlq.html", context)
+
+
+@login_required
+@require_GET
+def dlq_group(request, group: str):
+    if not GROUP_KEY.match(group):
+        raise Http404("No such group.")
+    form = JobFilterForm(request.GET)
+    form.is_valid()
+    summary = selectors.dlq_group(request.user, group)
+    page = selectors.job_page(
+        selectors.dlq_group_jobs(request.user, group),
+        before=form.cleaned_data.get("before"), after=form.cleaned_data.get("after"),
+    )
+    context = {"group": group, "summary": summary, "page": page}
+    return _render(request, "dashboard/dlq_group.html", "dashboard/_dlq_group.html", context)
+
+
+def _selection(user, data) -> dict:
+    """Return what a DLQ requeue request names: a group, or a list of job ids."""
+    group = data.get("group", "")
+    if group:
+        if not GROUP_KEY.match(group):
+            raise Http404("No such group.")
+        summary = selectors.dlq_group(user, group)
+        return {"group": group, "summary": summary, "count": summary["count"] if summary else 0, "jobs": []}
+    try:
+        ids = sorted({int(value) for value in data.getlist("id")})
+    except ValueError:
+        ids = None
+    if not ids or len(ids) > MAX_SELECTION:
+        return {"invalid": f"Select between 1 and {MAX_SELECTION} jobs."}
+    jobs = list(Job.objects.for_user(user).dead().filter(pk__in=ids).only("id", "type", "error", "finished_at"))
+    return {"ids": [job.pk for job in jobs], "jobs": jobs, "count": len(jobs)}
+
+
+def _room(user) -> int | None:
+    """Return how many more unfinished jobs `user` may have, or None for no limit."""
+    if user.is_staff:
+        return None
+    return max(0, conf.get("JOBS_USER_MAX_ACTIVE") - Job.objects.active().filter(owner=user).count())
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def dlq_requeue(request):
+    """Confirm (GET) and then requeue (POST) one dead job, a selection, or a whole group."""
+    data = request.POST if request.method == "POST" else request.GET
+    selection = _selection(request.user, data)
+    if "invalid" in selection:
+        messages.error(request, selection["invalid"])
+        return redirect("dashboard:dlq")
+    back = reverse("dashboard:dlq-group", args=[selection["group"]]) if selection.get("group") else reverse("dashboard:dlq")
+    if request.method == "GET":
+        context = {**selection, "room": _room(request.user), "back": back}
+        return _render(request, "dashboard/dlq_confirm.html", "dashboard/dlq_confirm.html", context)
+    if selection.get("group"):
+        ids = selectors.dlq_group_ids(request.user, selection["group"])
+    else:
+        ids = selection["ids"]
+    if not ids:
+        messages.info(request, "Nothing to requeue: those jobs have left the DLQ already.")
+        return redirect(back)
+    try:
+        requeued = requeue_dead_for_user(request.user, job_ids=ids)
+    except SubmissionRefused as exc:
+        messages.error(request, exc.message)
+        return redirect(back)
+    left = len(ids) - len(requeued)
+    text = f"Requeued {len(requeued)} job{'s' if len(requeued) != 1 else ''}."
+    if left:
+        text += f" {left} stay in the DLQ: requeueing them would pass your limit of unfinished jobs."
+    (messages.warning if left else messages.success)(request, text)
+    return redirect(back)
+
+
+# --- Workers ------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def workers(request):
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff see the workers.")
+    context = {"workers": list(selectors.workers_for_dashboard())}
+    return _render(request, "dashboard/workers.html", "dashboard/_workers.html", context)
+
+
+# --- Submit ---------------------------------------------------------------------------------
+
+
+def _submit_context(request, form, type_name: str, payload_errors: dict) -> dict:
+    data = request.POST if request.method == "POST" else {}
+    rows, other_errors = field_rows(type_name, data, payload_errors)
+    return {"form": form, "type_name": type_name, "payload_rows": rows, "payload_errors": other_errors}
+
+
+def _chosen_type(request, form) -> str:
+    choices = [name for name, _ in form.fields["type"].choices]
+    wanted = (request.POST if request.method == "POST" else request.GET).get("type")
+    if wanted in choices:
+        return wanted
+    return "reverse_string" if "reverse_string" in choices else (choices[0] if choices else "")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def submit(request):
+    if request.method == "GET":
+        form = SubmitJobForm(user=request.user)
+        type_name = _chosen_type(request, form)
+        form.initial["type"] = type_name
+        return _render(request, "dashboard/submit.html", "dashboard/submit.html", _submit_context(request, form, type_name, {}))
+
+    form = SubmitJobForm(request.POST, user=request.user)
+    type_name = _chosen_type(request, form)
+    payload, payload_errors = payload_from_post(type_name, request.POST)
+    status = 400
+    if form.is_valid() and not payload_errors:
+        try:
+            submission = submit_job(
+                user=request.user, type=form.cleaned_data["type"], payload=payload,
+                idempotency_key=form.cleaned_data["idempotency_key"], **form.options(),
+            )
+        except PayloadError as exc:
+            payload_errors = exc.errors
+        except (UnknownJobType, JobTypeNotAllowed) as exc:
+            form.add_error("type", str(exc))
+        except SubmissionRefused as exc:
+            form.add_error(None, exc.message)
+            status = 429
+        except IdempotencyConflict:
+            form.add_error(None, "This form was sent before with other values. Check the fields and send it again.")
+            form.data = form.data.copy()
+            form.data["idempotency_key"] = SubmitJobForm(user=request.user).initial["idempotency_key"]
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        else:
+            job = submission.job
+            if not submission.replayed:
+                messages.success(request, f"Submitted {job.type} job {job.pk}.")
+            return redirect("dashboard:job-detail", job_id=job.pk)
+    response = render(request, "dashboard/submit.html", _submit_context(request, form, type_name, payload_errors), status=status)
+    add_never_cache_headers(response)
+    return response
+
+
+@login_required
+@require_GET
+def submit_fields(request):
+    """Return the payload inputs of the type chosen in the picker."""
+    form = SubmitJobForm(user=request.user)
+    type_name = _chosen_type(request, form)
+    rows, _ = field_rows(type_name, {}, {})
+    return render(request, "dashboard/_payload_fields.html", {"payload_rows": rows, "type_name": type_name})

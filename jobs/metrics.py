@@ -1,0 +1,227 @@
+"""Prometheus metrics at /metrics: the web process's own, its database's, and the queue's.
+
+django-prometheus measures requests and database queries of the process
+that serves the scrape. The queue's figures are different: jobs are
+enqueued by every web process and run by every worker process, so they are
+read from PostgreSQL when Prometheus scrapes, by QueueCollector. They are
+therefore right with any number of workers, a worker serves no endpoint of
+its own, and every web process reports the same values.
+
+    gauges      skipjack_jobs{queue,status}                  jobs in each status
+                skipjack_queue_oldest_waiting_seconds{queue} age of the oldest due, unclaimed job
+                skipjack_dlq_jobs{queue}                     jobs in the dead-letter queue
+                skipjack_workers_alive, skipjack_worker_slots, skipjack_worker_slots_busy
+    counters    skipjack_jobs_{enqueued,completed,failed,retried,dead}_total{type,queue}
+                skipjack_rate_limit_rejections_total{kind}
+    histograms  skipjack_job_queue_wait_seconds{type}, skipjack_job_run_seconds{type}
+
+The job counters and histograms are kept in the database by jobs.counters;
+rate-limit rejections are counted in Redis, which every web process already
+asks on each throttled request, so a flood of refused requests costs the
+database nothing.
+"""
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+
+import psycopg
+import redis
+from django.conf import settings
+from django.db import Error as DatabaseError
+from django.db import connection, transaction
+from django.http import HttpResponse
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from jobs import counters, health, selectors
+from jobs.models import JobStatus
+
+logger = logging.getLogger("jobs.metrics")
+
+RATE_LIMIT_KEY = "skipjack:metrics:rate_limit_rejections"
+# Longest a scrape may spend in the database before it gives up on the queue's figures.
+SCRAPE_STATEMENT_TIMEOUT_MS = 5000
+
+_redis_client: redis.Redis | None = None
+_registered = False
+_register_lock = threading.Lock()
+
+
+def _redis() -> redis.Redis:
+    global _redis_client
+    if _redis_client is None:
+        # Short timeouts: a metric must never hold up the request it counts.
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+    return _redis_client
+
+
+def count_rate_limit_rejection(kind: str) -> None:
+    """Count one request refused by a rate limit; `kind` names the limit ("login", "submit", ...).
+
+    The count is shared by every web process. Use a fixed set of kinds, not
+    anything taken from the request: each kind is a time series. Never
+    raises: a Redis outage loses the count, not the response.
+    """
+    try:
+        _redis().hincrby(RATE_LIMIT_KEY, kind, 1)
+    except redis.RedisError as exc:
+        logger.debug("could not count a rate-limit rejection: %s", exc)
+
+
+class QueueCollector(Collector):
+    """The queue's gauges, counters and histograms, read from the database at each scrape.
+
+    If the database cannot be read, the scrape still succeeds, without the
+    queue's figures and with skipjack_queue_metrics_up at 0, so the web
+    process's own metrics stay visible during an outage. After a failure,
+    the next scrape first tries a direct connection with a short timeout
+    rather than wait for the pool's.
+    """
+
+    def __init__(self):
+        self._database_failed = False
+
+    def describe(self):
+        # Nothing to declare up front: registering must not query the database.
+        return []
+
+    def collect(self):
+        started = time.monotonic()
+        try:
+            if self._database_failed:
+                health.check_database()
+            families = self._from_database()
+            self._database_failed = False
+        except (DatabaseError, psycopg.Error) as exc:
+            self._database_failed = True
+            logger.warning("cannot read the queue's metrics: %s", exc, extra={"event": "metrics_error"})
+            families = []
+        yield from families
+        yield from self._rate_limit_rejections()
+        yield GaugeMetricFamily(
+            "skipjack_queue_metrics_up", "1 if this scrape could read the queue's figures from the database.",
+            value=1 if families else 0,
+        )
+        yield GaugeMetricFamily(
+            "skipjack_queue_metrics_scrape_seconds", "Seconds this scrape spent reading the queue's figures.",
+            value=time.monotonic() - started,
+        )
+
+    def _from_database(self) -> list:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(SCRAPE_STATEMENT_TIMEOUT_MS)])
+            by_queue = selectors.queue_status_counts()
+            oldest = selectors.oldest_waiting_by_queue()
+            workers = selectors.worker_capacity()
+            totals = counters.totals()
+        return [
+            *self._gauges(by_queue, oldest, workers),
+            *self._counters(totals),
+            *self._histograms(totals),
+        ]
+
+    def _gauges(self, by_queue: dict, oldest: dict, workers: dict) -> list:
+        jobs = GaugeMetricFamily("skipjack_jobs", "Jobs in each status, by queue.", labels=["queue", "status"])
+        waiting = GaugeMetricFamily(
+            "skipjack_queue_oldest_waiting_seconds",
+            "Seconds since the oldest job that is due and not yet claimed became due; 0 when none waits.",
+            labels=["queue"],
+        )
+        dlq = GaugeMetricFamily("skipjack_dlq_jobs", "Jobs in the dead-letter queue, by queue.", labels=["queue"])
+        for queue, statuses in by_queue.items():
+            for status, count in statuses.items():
+                jobs.add_metric([queue, status], count)
+            dlq.add_metric([queue], statuses[JobStatus.DEAD])
+            waiting.add_metric([queue], oldest.get(queue, 0.0))
+        return [
+            jobs, waiting, dlq,
+            GaugeMetricFamily("skipjack_workers_alive", "Worker processes with a fresh heartbeat.", value=workers["alive"]),
+            GaugeMetricFamily("skipjack_worker_slots", "Handler slots of the live workers.", value=workers["slots"]),
+            GaugeMetricFamily(
+                "skipjack_worker_slots_busy", "Slots running a job at the workers' last heartbeats.", value=workers["busy"]
+            ),
+        ]
+
+    def _counters(self, totals) -> list:
+        families = {
+            name: CounterMetricFamily(f"skipjack_jobs_{name}", help, labels=["type", "queue"])
+            for name, help in counters.COUNTERS.items()
+        }
+        for name, type, queue, le, value in totals:
+            if name in families:
+                families[name].add_metric([type, queue], value)
+        return list(families.values())
+
+    def _histograms(self, totals) -> list:
+        families = []
+        for histogram, help in counters.HISTOGRAMS.items():
+            buckets: dict[str, dict[float, float]] = defaultdict(dict)
+            sums: dict[str, float] = defaultdict(float)
+            for name, type, queue, le, value in totals:
+                if name == f"{histogram}_bucket":
+                    buckets[type][le] = value
+                elif name == f"{histogram}_sum":
+                    sums[type] = value
+            family = HistogramMetricFamily(f"skipjack_job_{histogram}", help, labels=["type"])
+            for type, counts in sorted(buckets.items()):
+                cumulative, exposed = 0.0, []
+                for bound in counters.BUCKETS:
+                    cumulative += counts.get(bound, 0.0)
+                    exposed.append((floatToGoString(bound), cumulative))
+                family.add_metric([type], exposed, sum_value=sums[type])
+            families.append(family)
+        return families
+
+    def _rate_limit_rejections(self):
+        try:
+            counts = _redis().hgetall(RATE_LIMIT_KEY)
+        except redis.RedisError as exc:
+            logger.warning("cannot read rate-limit rejections: %s", exc, extra={"event": "metrics_error"})
+            return
+        family = CounterMetricFamily(
+            "skipjack_rate_limit_rejections", "Requests refused by a rate limit, by limit.", labels=["kind"]
+        )
+        for kind, count in sorted(counts.items()):
+            family.add_metric([kind.decode()], float(count))
+        yield family
+
+
+def registry():
+    """Return the registry to expose: the process's own metrics plus the queue's.
+
+    With PROMETHEUS_MULTIPROC_DIR set (several server processes behind one
+    port), the process metrics are merged from that directory instead.
+    """
+    global _registered
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        merged.register(QueueCollector())
+        return merged
+    with _register_lock:
+        if not _registered:
+            REGISTRY.register(QueueCollector())
+            _registered = True
+    return REGISTRY
+
+
+@never_cache
+@require_GET
+def metrics_view(request):
+    """Serve the metrics in the format the scraper asks for; with METRICS_TOKEN set, only to its bearer."""
+    token = getattr(settings, "METRICS_TOKEN", "")
+    if token and not constant_time_compare(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return HttpResponse("Unauthorized\n", status=401, content_type="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return HttpResponse(encoder(registry()), content_type=content_type)

@@ -1,0 +1,372 @@
+"""Live job events: the coalescing buffer, and the WebSocket consumer on the real Redis channel layer.
+
+The sockets go through the real ASGI application (origin check, session
+auth, routing), signed in with a session cookie as a browser is.
+"""
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.db import transaction
+from django.test import Client
+
+from jobs import events, queue
+from jobs.models import JobStatus
+from queueproject.asgi import application
+from tests.factories import UserFactory
+
+ORIGIN = b"http://testserver"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # The factories set a password on every user; the real hasher's work factor is not under test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# --- The buffer, without Redis ---------------------------------------------------------
+
+
+def test_batch_coalesces_changes_per_job():
+    """Keep one entry per job: the latest status, and the latest progress."""
+    batch = events.Batch()
+    batch.add([(1, 7, "queued", 0)], created=True)
+    batch.add([(1, 7, "running", 0)], created=False)
+    batch.add([(1, 7, None, 40)], created=False)
+    batch.add([(1, 7, None, 60)], created=False)
+    messages = batch.messages(max_jobs=100)
+    assert messages["user.7"]["jobs"] == [[1, "running", 60]]
+    assert messages["user.7"]["created"] is True
+
+
+def test_batch_sends_one_message_per_owner_and_one_for_staff():
+    """Address each owner's changes to that owner's group only, and all of them to staff."""
+    batch = events.Batch()
+    batch.add([(1, 7, "completed", 100), (2, 8, "dead", None), (3, None, "running", 0)], created=False)
+    messages = batch.messages(max_jobs=100)
+    assert set(messages) == {"user.7", "user.8", "staff"}
+    assert messages["user.7"]["jobs"] == [[1, "completed", 100]]
+    assert messages["user.8"]["jobs"] == [[2, "dead", None]]
+    assert [row[0] for row in messages["staff"]["jobs"]] == [1, 2, 3]
+
+
+def test_batch_says_resync_instead_of_listing_too_many_jobs():
+    """Replace a long list of ids with a resync hint."""
+    batch = events.Batch()
+    batch.add([(n, 7, "queued", 0) for n in range(150)], created=True)
+    message = batch.messages(max_jobs=100)["user.7"]
+    assert message["resync"] is True and message["jobs"] == []
+
+
+def test_batch_stays_bounded_when_it_overflows(monkeypatch):
+    """Stop tracking ids past MAX_BUFFERED_JOBS, and still tell every owner to resync."""
+    monkeypatch.setattr(events, "MAX_BUFFERED_JOBS", 10)
+    batch = events.Batch()
+    batch.add([(n, n % 3 + 1, "queued", 0) for n in range(25)], created=True)
+    assert len(batch.jobs) == 0
+    messages = batch.messages(max_jobs=100)
+    assert set(messages) == {"user.1", "user.2", "user.3", "staff"}
+    assert all(m["resync"] for m in messages.values())
+
+
+def test_workers_changes_go_to_staff_only():
+    """Send worker heartbeats to the staff group alone."""
+    batch = events.Batch()
+    batch.workers = True
+    assert set(batch.messages(max_jobs=100)) == {"staff"}
+
+
+def test_changes_in_a_transaction_wait_for_the_commit(monkeypatch, db):
+    """Buffer a change only when its transaction commits, and never for a rollback."""
+    added = []
+    monkeypatch.setattr(events.publisher, "add", lambda changes, created=False: added.append(changes))
+    with pytest.raises(ZeroDivisionError):
+        with transaction.atomic():
+            events.jobs_changed([(1, 7, "queued", 0)])
+            1 / 0
+    assert added == []
+
+
+# --- The consumer on Redis -------------------------------------------------------------
+
+pytestmark_live = pytest.mark.django_db(transaction=True)
+
+
+def cookie_for(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def open_socket(cookie: bytes | None = None, origin: bytes = ORIGIN) -> tuple[WebsocketCommunicator, bool]:
+    headers = [(b"origin", origin)]
+    if cookie:
+        headers.append((b"cookie", cookie))
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    return communicator, connected
+
+
+async def receive(communicator, timeout=10.0) -> dict:
+    return await communicator.receive_json_from(timeout=timeout)
+
+
+async def receive_for_job(communicator, job_id: int, timeout=10.0) -> dict:
+    """Return the first message that names `job_id`, skipping others (worker heartbeats)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await receive(communicator, timeout=max(0.01, deadline - time.monotonic()))
+        if message["resync"] or job_id in [row[0] for row in message["jobs"]]:
+            return message
+
+
+@pytestmark_live
+def test_anonymous_sockets_are_refused():
+    """Refuse the handshake of a socket without a signed-in session."""
+
+    async def scenario():
+        communicator, connected = await open_socket()
+        assert not connected
+        communicator, connected = await open_socket(b"sessionid=not-a-session")
+        assert not connected
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_sockets_from_other_origins_are_refused():
+    """Refuse a signed-in socket opened by a page on another site."""
+    cookie = cookie_for(UserFactory())
+
+    async def scenario():
+        _, connected = await open_socket(cookie, origin=b"http://evil.example")
+        assert not connected
+        communicator, connected = await open_socket(cookie)
+        assert connected
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_a_user_receives_their_own_jobs_events():
+    """Deliver a committed job's creation to its owner.
+
+    How fast is measured by the benchmark (bench/), not asserted here: a
+    loaded machine must not fail the suite.
+    """
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    async def scenario():
+        communicator, connected = await open_socket(cookie)
+        assert connected
+        job = await sync_to_async(queue.enqueue)("reverse_string", "hi", owner=alice)
+        message = await receive(communicator)
+        assert message == {"jobs": [[job.pk, "queued", 0]], "resync": False, "created": True, "workers": False}
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_users_are_isolated_and_staff_see_everything():
+    """Send a job's events to its owner and to staff, never to another user."""
+    alice, bob, staff = UserFactory(), UserFactory(), UserFactory(is_staff=True)
+    cookies = [cookie_for(u) for u in (alice, bob, staff)]
+
+    async def scenario():
+        (a, _), (b, _), (s, _) = [await open_socket(c) for c in cookies]
+        bobs = await sync_to_async(queue.enqueue)("reverse_string", "bob's", owner=bob)
+        assert (await receive_for_job(b, bobs.pk))["jobs"] == [[bobs.pk, "queued", 0]]
+        assert [row[0] for row in (await receive_for_job(s, bobs.pk))["jobs"]] == [bobs.pk]
+        assert await a.receive_nothing(timeout=0.6)
+        alices = await sync_to_async(queue.enqueue)("reverse_string", "alice's", owner=alice)
+        assert (await receive_for_job(a, alices.pk))["jobs"] == [[alices.pk, "queued", 0]]
+        assert [row[0] for row in (await receive_for_job(s, alices.pk))["jobs"]] == [alices.pk]
+        assert await b.receive_nothing(timeout=0.6)
+        for communicator in (a, b, s):
+            await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_events_follow_a_job_through_the_worker_transitions():
+    """Announce the claim, progress and completion of a job, each with its new state."""
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    def run_job(job_id):
+        [claimed] = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
+        assert claimed.id == job_id
+        time.sleep(0.4)  # one flush interval apart, so each change gets its own message
+        queue.set_progress(claimed, 50)
+        time.sleep(0.4)
+        queue.complete_jobs([(claimed.id, claimed.lease_token, "ih")])
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        job = await sync_to_async(queue.enqueue)("reverse_string", "hi", owner=alice)
+        await receive_for_job(communicator, job.pk)
+        runner = asyncio.ensure_future(sync_to_async(run_job)(job.pk))
+        seen = [(await receive_for_job(communicator, job.pk))["jobs"][0] for _ in range(3)]
+        await runner
+        assert seen == [[job.pk, "running", 0], [job.pk, "running", 50], [job.pk, "completed", 100]]
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_a_failing_job_is_announced_when_it_reaches_the_dlq():
+    """Announce a job moved to the DLQ with status dead."""
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    def fail(job_id):
+        [claimed] = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
+        queue.fail_job(claimed, error="RuntimeError: no", permanent=True)
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        job = await sync_to_async(queue.enqueue)("fail", {}, owner=alice, max_retries=0)
+        await receive_for_job(communicator, job.pk)
+        await sync_to_async(fail)(job.pk)
+        statuses = []
+        while not statuses or statuses[-1] != JobStatus.DEAD:
+            message = await receive_for_job(communicator, job.pk)
+            statuses.append(message["jobs"][0][1])
+        assert statuses[-1] == JobStatus.DEAD
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_nothing_is_sent_before_commit_or_for_a_rollback():
+    """Send a change only once its transaction commits, and never for a rolled-back one."""
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    def rolled_back():
+        with pytest.raises(RuntimeError):
+            with transaction.atomic():
+                queue.enqueue("reverse_string", "never", owner=alice)
+                raise RuntimeError("roll back")
+
+    def slow_commit():
+        with transaction.atomic():
+            job = queue.enqueue("reverse_string", "later", owner=alice)
+            time.sleep(0.8)
+        return job
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        await sync_to_async(rolled_back)()
+        assert await communicator.receive_nothing(timeout=0.8)
+        committing = asyncio.ensure_future(sync_to_async(slow_commit)())
+        assert await communicator.receive_nothing(timeout=0.6), "sent before the commit"
+        job = await committing
+        message = await receive(communicator)
+        assert message["jobs"] == [[job.pk, "queued", 0]]
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_a_burst_is_coalesced_into_one_message():
+    """Send one resync message for 500 jobs created at once, and one message for five changes in one commit."""
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    def five_in_one_transaction():
+        with transaction.atomic():
+            return [queue.enqueue("reverse_string", str(n), owner=alice).pk for n in range(5)]
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        await sync_to_async(queue.enqueue_many)("reverse_string", ["x"] * 500, owner=alice)
+        message = await receive(communicator)
+        assert message == {"jobs": [], "resync": True, "created": True, "workers": False}
+        assert await communicator.receive_nothing(timeout=0.6)
+        ids = await sync_to_async(five_in_one_transaction)()
+        message = await receive(communicator)
+        assert [row[0] for row in message["jobs"]] == sorted(ids)
+        assert await communicator.receive_nothing(timeout=0.6)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_the_socket_ignores_what_the_browser_sends():
+    """Accept and ignore messages from the browser; the socket only carries events out."""
+    cookie = cookie_for(UserFactory())
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        await communicator.send_json_to({"subscribe": "staff"})
+        assert await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_only_groups_with_an_open_socket_are_watched():
+    """Mark the groups of an open socket as watched, and no one else's."""
+    from channels.layers import get_channel_layer
+
+    alice, bob, staff = UserFactory(), UserFactory(), UserFactory(is_staff=True)
+    cookies = [cookie_for(alice), cookie_for(staff)]
+
+    async def scenario():
+        sockets = [(await open_socket(cookie))[0] for cookie in cookies]
+        watched = await events.watched_groups(get_channel_layer())
+        assert {f"user.{alice.pk}", f"user.{staff.pk}", "staff"} <= watched
+        assert f"user.{bob.pk}" not in watched
+        for communicator in sockets:
+            await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_a_flush_skips_groups_nobody_watches(monkeypatch):
+    """Send nothing to a group without an open socket, so idle users cost the workers nothing."""
+    sent = []
+
+    class Layer:
+        async def group_send(self, group, message):
+            sent.append(group)
+
+    async def watched(layer):
+        return {"user.1", "staff"}
+
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda: Layer())
+    monkeypatch.setattr(events, "watched_groups", watched)
+    batch = events.Batch()
+    batch.add([(1, 1, "completed", 100), (2, 2, "completed", 100)], created=False)
+    asyncio.run(events._send(batch.messages(max_jobs=100)))
+    assert sorted(sent) == ["staff", "user.1"]
+
+
+@pytestmark_live
+def test_an_idle_socket_stays_open():
+    """Keep a socket with nothing to say open past the channel layer's 5 s wait for messages."""
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        assert await communicator.receive_nothing(timeout=6.5)
+        job = await sync_to_async(queue.enqueue)("reverse_string", "still here", owner=alice)
+        assert (await receive(communicator))["jobs"] == [[job.pk, "queued", 0]]
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()

@@ -1,0 +1,157 @@
+"""Deployment files: docker-compose, the Dockerfile, monitoring provisioning, and the production settings."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+import yaml
+from django.test import Client
+
+from jobs import metrics, queue
+from tests.conftest import ROOT
+from tests.factories import JobFactory
+
+COMPOSE = shutil.which("docker-compose")
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None, reason="docker-compose is not installed (.ci/run installs it; apt-get install docker-compose)"
+)
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "skipjack.json"
+
+
+def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run docker-compose on the repository's file, with none of the caller's compose settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_", "SECRET_KEY"))}
+    return subprocess.run(
+        [COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
+        cwd=ROOT, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60,
+    )
+
+
+@needs_compose
+@pytest.mark.parametrize("profile", [[], ["--profile", "monitoring"]])
+def test_compose_file_is_valid(profile):
+    """Pass `docker-compose config -q`, with and without the monitoring profile, and no .env file."""
+    result = compose(*profile, "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+@needs_compose
+def test_every_service_has_a_healthcheck_and_workers_can_scale():
+    """Give each service a health check; keep the worker free of names and ports that would stop --scale."""
+    result = compose("--profile", "monitoring", "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+
+    assert set(services) == {"postgres", "redis", "web", "worker", "prometheus", "grafana"}
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    worker = services["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert worker["command"][:3] == ["python", "manage.py", "runworker"]
+    assert "worker_health" in worker["healthcheck"]["test"]
+    assert "/readyz/" in " ".join(services["web"]["healthcheck"]["test"])
+    assert services["worker"]["image"] == services["web"]["image"]
+    assert services["worker"]["depends_on"]["web"]["condition"] == "service_healthy"
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+
+
+def test_dockerfile_is_multi_stage_non_root_and_collects_static_files():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
+    assert len(stages) == 2 and all(image.endswith("-slim") for image in stages)
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert "collectstatic --noinput" in dockerfile
+    assert "DJANGO_SETTINGS_MODULE=queueproject.settings_production" in dockerfile
+
+
+def test_prometheus_scrapes_the_web_service_and_grafana_reads_prometheus():
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    web = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "skipjack-web")
+    assert web["metrics_path"] == "/metrics"
+    assert web["dns_sd_configs"][0]["names"] == ["web"] and web["dns_sd_configs"][0]["port"] == 8000
+
+    datasources = yaml.safe_load(
+        (ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    provider = yaml.safe_load(
+        (ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "skipjack.yml").read_text()
+    )["providers"][0]
+    dashboard = json.loads(DASHBOARD.read_text())
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
+    assert uids == {datasources[0]["uid"]}
+    assert provider["options"]["path"] == "/etc/grafana/dashboards"
+
+
+@pytest.mark.django_db
+def test_dashboard_queries_only_metrics_that_exist():
+    """Query in the provisioned dashboard only metrics that /metrics exports, and cover depth, throughput, failures and wait."""
+    JobFactory(status="dead")
+    queue.enqueue("reverse_string", {"text": "a"})
+    (claimed,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
+    queue.complete_jobs([(claimed.id, claimed.lease_token, "a", 0.1)])
+    queue.enqueue("reverse_string", {"text": "b"}, max_retries=0)
+    (failing,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
+    queue.fail_job(failing, error="boom", run_seconds=0.1)
+    metrics.count_rate_limit_rejection("submit")
+    Client().get("/admin/login/")
+    # Every sample's name, and every family's, so a counter that has not counted anything yet still counts.
+    exported = set(re.findall(r"^(?:# HELP )?([a-z_:]+)", Client().get("/metrics").content.decode(), re.MULTILINE))
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\b((?:skipjack|django)_[a-z_]+)\b", expr)}
+    assert used <= exported, used - exported
+    for expr in exprs:
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for topic in ("waiting", "jobs by status", "completed", "failed", "queue wait", "dead-letter"):
+        assert topic in titles
+
+
+def production_env(**overrides) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SKIPJACK_REQUIRE_SECRET_KEY", "LOG_FORMAT")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="queueproject.settings_production",
+        SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="jobs.example.com",
+        DATABASE_URL=os.environ.get("DATABASE_URL") or "postgres://skipjack@127.0.0.1:5432/skipjack",
+        REDIS_URL=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+    )
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def manage(*args, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    """Report no deployment issue from `manage.py check --deploy`: secure cookies, HSTS, HTTPS redirect, DEBUG off."""
+    result = manage("check", "--deploy", "--tag", "security", "--fail-level", "WARNING", env=production_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout, result.stdout + result.stderr
+
+    everything = manage("check", "--deploy", env=production_env())
+    assert everything.returncode == 0, everything.stdout + everything.stderr
+    assert "(security." not in everything.stdout + everything.stderr
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL"])
+def test_production_settings_refuse_to_start_without_their_environment(missing):
+    result = manage("check", env=production_env(**{missing: None}))
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_production_settings_refuse_debug():
+    result = manage("check", env=production_env(DEBUG="1"))
+    assert result.returncode != 0
+    assert "DEBUG must be off" in result.stderr

@@ -1,0 +1,313 @@
+"""The queue's Prometheus metrics: read from the database at scrape time, right with several workers."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.db.models import Count
+from django.test import Client, override_settings
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobs import counters, metrics, queue
+from jobs.models import JobCounter, JobStatus, Worker
+from tests.conftest import wait_for
+from tests.factories import JobFactory
+from tests.sample_handlers import EFFECTS_TABLE
+
+
+def scrape(**headers) -> dict:
+    """GET /metrics and return {(sample name, frozenset(labels)): value}."""
+    response = Client().get("/metrics", **headers)
+    assert response.status_code == 200, response.content
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def claim_all(limit=100):
+    return queue.claim_jobs(worker_id=uuid.uuid4(), limit=limit, lease_seconds=30)
+
+
+# --- Gauges ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_jobs_gauge_counts_every_status_of_every_queue():
+    """Report one series per queue and status, zeros included, and the DLQ per queue."""
+    JobFactory.create_batch(3, queue="default")
+    JobFactory(queue="default", status=JobStatus.RUNNING)
+    JobFactory.create_batch(2, queue="mail", status=JobStatus.DEAD)
+    JobFactory(queue="mail", status=JobStatus.COMPLETED)
+
+    samples = scrape()
+
+    assert value(samples, "skipjack_jobs", queue="default", status="queued") == 3
+    assert value(samples, "skipjack_jobs", queue="default", status="running") == 1
+    assert ("skipjack_jobs", frozenset({"queue": "default", "status": "dead"}.items())) in samples
+    assert value(samples, "skipjack_jobs", queue="mail", status="dead") == 2
+    assert value(samples, "skipjack_jobs", queue="mail", status="completed") == 1
+    assert value(samples, "skipjack_dlq_jobs", queue="mail") == 2
+    assert value(samples, "skipjack_dlq_jobs", queue="default") == 0
+    assert value(samples, "skipjack_queue_metrics_up") == 1
+
+
+@pytest.mark.django_db
+def test_oldest_waiting_counts_only_due_unclaimed_jobs():
+    """Measure from the oldest run_at that has passed; future, running and finished jobs do not count."""
+    now = timezone.now()
+    JobFactory(queue="default", run_at=now - timedelta(seconds=90))
+    JobFactory(queue="default", status=JobStatus.RETRYING, run_at=now - timedelta(seconds=30))
+    JobFactory(queue="default", status=JobStatus.RUNNING, run_at=now - timedelta(hours=1))
+    JobFactory(queue="later", status=JobStatus.SCHEDULED, run_at=now + timedelta(hours=1))
+    JobFactory(queue="done", status=JobStatus.COMPLETED, run_at=now - timedelta(hours=2))
+
+    samples = scrape()
+
+    assert 90 <= value(samples, "skipjack_queue_oldest_waiting_seconds", queue="default") < 120
+    assert value(samples, "skipjack_queue_oldest_waiting_seconds", queue="later") == 0
+    assert value(samples, "skipjack_queue_oldest_waiting_seconds", queue="done") == 0
+
+
+@pytest.mark.django_db
+def test_worker_gauges_count_only_live_workers():
+    """Count workers with a fresh heartbeat; stale and stopped ones are gone."""
+    Worker.objects.create(hostname="a", pid=1, concurrency=8, busy=3)
+    Worker.objects.create(hostname="b", pid=2, concurrency=4, busy=4)
+    Worker.objects.create(hostname="c", pid=3, concurrency=10, busy=0, stopped_at=timezone.now())
+    stale = Worker.objects.create(hostname="d", pid=4, concurrency=10, busy=10)
+    Worker.objects.filter(pk=stale.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+
+    samples = scrape()
+
+    assert value(samples, "skipjack_workers_alive") == 2
+    assert value(samples, "skipjack_worker_slots") == 12
+    assert value(samples, "skipjack_worker_slots_busy") == 7
+
+
+# --- Counters and histograms, one transition at a time ---------------------------------------
+
+
+@pytest.mark.django_db
+def test_counters_follow_each_transition():
+    """Count enqueues, completions, failed attempts, retries, dead jobs and rescues, by type and queue."""
+    queue.enqueue_many("reverse_string", [{"text": "a"}, {"text": "b"}, {"text": "c"}])
+    queue.enqueue("uppercase_text", {"text": "x"}, queue="text", max_retries=0)
+    queue.enqueue("uppercase_text", {"text": "y"}, queue="text", max_retries=1)
+    by_id = {job.id: job for job in claim_all()}
+    reverse = [job for job in by_id.values() if job.type == "reverse_string"]
+    dies, retries = sorted((job for job in by_id.values() if job.type == "uppercase_text"), key=lambda j: j.max_retries)
+
+    assert queue.complete_jobs([(job.id, job.lease_token, "ok", 0.02) for job in reverse[:2]]) == {j.id for j in reverse[:2]}
+    assert queue.fail_job(dies, error="boom", run_seconds=0.3) == JobStatus.DEAD
+    assert queue.fail_job(retries, error="boom", run_seconds=0.3) == JobStatus.RETRYING
+    stale = JobFactory(stale=True, type="reverse_string", queue="default")
+    assert [job.id for job in queue.rescue_expired_leases()] == [stale.id]
+
+    samples = scrape()
+    counter = lambda name, type, queue: value(samples, f"skipjack_jobs_{name}_total", type=type, queue=queue)  # noqa: E731
+    assert counter("enqueued", "reverse_string", "default") == 3
+    assert counter("enqueued", "uppercase_text", "text") == 2
+    assert counter("completed", "reverse_string", "default") == 2
+    assert counter("failed", "uppercase_text", "text") == 2
+    assert counter("dead", "uppercase_text", "text") == 1
+    assert counter("retried", "uppercase_text", "text") == 1
+    # The rescued job's lost attempt failed and is retried.
+    assert counter("failed", "reverse_string", "default") == 1
+    assert counter("retried", "reverse_string", "default") == 1
+    assert value(samples, "skipjack_job_run_seconds_count", type="reverse_string") == 2
+    assert value(samples, "skipjack_job_run_seconds_sum", type="reverse_string") == pytest.approx(0.04)
+    assert value(samples, "skipjack_job_run_seconds_count", type="uppercase_text") == 2
+    # Queue wait: every finished attempt, the rescued one included.
+    assert value(samples, "skipjack_job_queue_wait_seconds_count", type="reverse_string") == 3
+    assert value(samples, "skipjack_job_queue_wait_seconds_count", type="uppercase_text") == 2
+
+
+@pytest.mark.django_db
+def test_a_write_that_lost_its_lease_counts_nothing():
+    """Count only the completions and failures that changed the job."""
+    queue.enqueue("reverse_string", {"text": "a"})
+    queue.enqueue("reverse_string", {"text": "b"})
+    first, second = claim_all()
+    queue.cancel_job(first.id)
+    queue.cancel_job(second.id)
+
+    assert queue.complete_jobs([(first.id, first.lease_token, "late", 1.0)]) == set()
+    assert queue.fail_job(second, error="late", run_seconds=1.0) is None
+
+    samples = scrape()
+    assert value(samples, "skipjack_jobs_completed_total", type="reverse_string", queue="default") == 0
+    assert value(samples, "skipjack_jobs_failed_total", type="reverse_string", queue="default") == 0
+    assert value(samples, "skipjack_job_run_seconds_count", type="reverse_string") == 0
+
+
+@pytest.mark.django_db
+def test_run_time_lands_in_the_first_bucket_it_does_not_exceed():
+    """Put a value equal to a bound in that bound's bucket, and anything past the last bound in +Inf."""
+    for text in "abc":
+        queue.enqueue("reverse_string", {"text": text})
+    jobs = claim_all()
+    queue.complete_jobs([(job.id, job.lease_token, "ok", seconds) for job, seconds in zip(jobs, (0.005, 0.006, 5000.0))])
+
+    samples = scrape()
+    bucket = lambda le: value(samples, "skipjack_job_run_seconds_bucket", type="reverse_string", le=le)  # noqa: E731
+    assert bucket("0.005") == 1
+    assert bucket("0.01") == 2
+    assert bucket("3600.0") == 2
+    assert bucket("+Inf") == 3
+    assert value(samples, "skipjack_job_run_seconds_sum", type="reverse_string") == pytest.approx(5000.011)
+
+
+@pytest.mark.django_db
+def test_a_rolled_back_enqueue_is_not_counted():
+    """Count an enqueue only if its transaction commits."""
+    with pytest.raises(RuntimeError), transaction.atomic():
+        queue.enqueue("reverse_string", {"text": "never"})
+        raise RuntimeError("roll back")
+
+    assert value(scrape(), "skipjack_jobs_enqueued_total", type="reverse_string", queue="default") == 0
+
+
+@pytest.mark.django_db
+def test_counters_survive_pruning_and_roll_up():
+    """Keep every total when finished jobs are deleted and when the counter rows are folded together."""
+    for text in "abcd":
+        queue.enqueue("reverse_string", {"text": text})
+    for job in claim_all():
+        queue.complete_jobs([(job.id, job.lease_token, "ok", 0.1)])
+    before = {k: v for k, v in scrape().items() if k[0].startswith(("skipjack_jobs_", "skipjack_job_"))}
+    rows_before = JobCounter.objects.count()
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE jobs_job SET finished_at = now() - interval '30 days'")
+    assert queue.prune_finished(older_than_seconds=60) == 4
+    assert counters.roll_up()
+
+    after = {k: v for k, v in scrape().items() if k[0].startswith(("skipjack_jobs_", "skipjack_job_"))}
+    assert after == before
+    assert value(after, "skipjack_jobs_completed_total", type="reverse_string", queue="default") == 4
+    assert JobCounter.objects.count() < rows_before
+    per_label_set = JobCounter.objects.values("name", "type", "queue", "le").annotate(rows=Count("pk"))
+    assert {row["rows"] for row in per_label_set} == {1}
+
+
+# --- Rate-limit rejections and access -------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_rate_limit_rejections_are_shared_through_redis():
+    """Count rejections by kind in Redis, where every web process adds to the same total."""
+    before = scrape()
+    metrics.count_rate_limit_rejection("submit")
+    metrics.count_rate_limit_rejection("submit")
+    metrics.count_rate_limit_rejection("login")
+
+    after = scrape()
+    rejections = lambda samples, kind: value(samples, "skipjack_rate_limit_rejections_total", kind=kind)  # noqa: E731
+    assert rejections(after, "submit") - rejections(before, "submit") == 2
+    assert rejections(after, "login") - rejections(before, "login") == 1
+
+
+@pytest.mark.django_db
+@override_settings(METRICS_TOKEN="scrape-secret")
+def test_metrics_token_is_required_when_set():
+    """Refuse a scrape without the bearer token once METRICS_TOKEN is set."""
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert value(scrape(HTTP_AUTHORIZATION="Bearer scrape-secret"), "skipjack_queue_metrics_up") == 1
+
+
+def test_scrape_stays_up_without_the_database(start_server):
+    """Serve the web process's metrics, with skipjack_queue_metrics_up 0, while PostgreSQL is unreachable."""
+    import requests
+
+    server = start_server({"DATABASE_URL": "postgres://postgres@127.0.0.1:1/skipjack", "DB_POOL_TIMEOUT": "1"})
+    wait_for(lambda: _answers(server.url + "/healthz/"), timeout=30, message="the server")
+
+    for _ in range(2):  # the second scrape takes the direct-connection path
+        response = requests.get(server.url + "/metrics", timeout=15)
+        assert response.status_code == 200
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        assert families["skipjack_queue_metrics_up"].samples[0].value == 0
+        assert "skipjack_jobs" not in families
+        assert "django_http_requests_before_middlewares" in families
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+# --- Several worker processes ----------------------------------------------------------------
+
+
+@pytest.fixture
+def effects():
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
+        cursor.execute(f"CREATE TABLE {EFFECTS_TABLE} (job_id bigint NOT NULL, pid int NOT NULL)")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
+
+
+@pytest.mark.process
+def test_metrics_follow_jobs_through_several_worker_processes(start_worker, effects):
+    """Report the same totals the jobs table shows after three worker processes drain a mixed queue."""
+    for n in range(6):
+        queue.enqueue("fail", {"message": f"flaky {n}"}, max_retries=1)
+    for n in range(3):
+        queue.enqueue("fail", {"message": f"broken {n}", "permanent": True})
+
+    waiting = scrape()
+    assert value(waiting, "skipjack_jobs", queue="default", status="queued") == 9
+    assert value(waiting, "skipjack_jobs_enqueued_total", type="fail", queue="default") == 9
+    assert value(waiting, "skipjack_queue_oldest_waiting_seconds", queue="default") > 0
+    assert value(waiting, "skipjack_workers_alive") == 0
+
+    env = {"JOBS_BACKOFF_BASE": "0.05", "JOBS_BACKOFF_CAP": "0.2"}
+    workers = [start_worker("--concurrency", "4", "--poll-interval", "0.2", env=env) for _ in range(3)]
+    wait_for(lambda: value(scrape(), "skipjack_workers_alive") == 3, message="three live workers")
+    # Enqueued once all three listen, so each of them gets a share.
+    queue.enqueue_many("record_effect", [{"seconds": 0.02}] * 90)
+
+    def drained():
+        samples = scrape()
+        return (value(samples, "skipjack_jobs", queue="default", status="completed") == 90
+                and value(samples, "skipjack_dlq_jobs", queue="default") == 9 and samples)
+
+    samples = wait_for(drained, timeout=60, message="the queue to drain")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(DISTINCT pid), count(*) FROM {EFFECTS_TABLE}")
+        processes, effects_run = cursor.fetchone()
+    assert processes > 1 and effects_run == 90
+
+    counter = lambda name, type: value(samples, f"skipjack_jobs_{name}_total", type=type, queue="default")  # noqa: E731
+    assert counter("completed", "record_effect") == 90
+    assert counter("failed", "record_effect") == 0
+    assert counter("failed", "fail") == 6 * 2 + 3  # two attempts of each flaky job, one of each broken one
+    assert counter("retried", "fail") == 6
+    assert counter("dead", "fail") == 9
+    assert value(samples, "skipjack_job_run_seconds_count", type="record_effect") == 90
+    assert value(samples, "skipjack_job_run_seconds_sum", type="record_effect") >= 90 * 0.02
+    assert value(samples, "skipjack_job_run_seconds_count", type="fail") == 15
+    assert value(samples, "skipjack_job_queue_wait_seconds_count", type="record_effect") == 90
+    assert value(samples, "skipjack_job_queue_wait_seconds_bucket", type="record_effect", le="+Inf") == 90
+    assert value(samples, "skipjack_queue_oldest_waiting_seconds", queue="default") == 0
+    assert value(samples, "skipjack_jobs", queue="default", status="queued") == 0
+    assert value(samples, "skipjack_jobs_enqueued_total", type="record_effect", queue="default") == 90
+
+    for worker in workers:
+        worker.stop()
+    assert value(scrape(), "skipjack_workers_alive") == 0
