@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 
 from tests import sample_handlers  # noqa: F401 - registers the test-only job types
+from tests.sample_handlers import EFFECTS_TABLE
 from tests.factories import JobFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,31 +41,26 @@ def database_url_for_tests() -> str:
     return f"postgres://{auth}@{host}{port}/{s['NAME']}"
 
 
-class WorkerProcess:
-    """A real `manage.py runworker` subprocess on the test database."""
+class ChildProcess:
+    """A real subprocess of the project on the test database, its output kept in a file."""
 
-    def __init__(self, *args, env=None):
+    def __init__(self, argv, env=None):
+        from django.conf import settings
+
         child_env = {
             **os.environ,
             "DATABASE_URL": database_url_for_tests(),
+            "REDIS_URL": settings.REDIS_URL,
             "PYTHONUNBUFFERED": "1",
             "DB_POOL_MIN_SIZE": "1",
             "JOBS_HANDLER_MODULES": "tests.sample_handlers",
             **(env or {}),
         }
-        from django.conf import settings
-
-        child_env.setdefault("REDIS_URL", settings.REDIS_URL)
-        # A file, not a pipe: nobody reads a pipe while the worker runs, and
+        # A file, not a pipe: nobody reads a pipe while the child runs, and
         # a full pipe would block its logging.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "runworker", *args],
-            cwd=ROOT,
-            env=child_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            text=True,
+            [sys.executable, *argv], cwd=ROOT, env=child_env, stdout=self.log, stderr=subprocess.STDOUT, text=True
         )
 
     @property
@@ -82,7 +78,7 @@ class WorkerProcess:
         return self.proc.wait(timeout=timeout)
 
     def output(self) -> str:
-        """Return everything the worker logged so far."""
+        """Return everything the child printed so far."""
         self.log.seek(0)
         return self.log.read()
 
@@ -94,6 +90,13 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class WorkerProcess(ChildProcess):
+    """A real `manage.py runworker`."""
+
+    def __init__(self, *args, env=None):
+        super().__init__([str(ROOT / "manage.py"), "runworker", *args], env=env)
 
 
 @pytest.fixture
@@ -117,26 +120,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServerProcess:
-    """A real uvicorn process serving the project on the test database."""
+class ServerProcess(ChildProcess):
+    """A real uvicorn serving the project."""
 
     def __init__(self, env=None):
-        from django.conf import settings
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile(mode="w+")
-        child_env = {
-            **os.environ,
-            "DATABASE_URL": database_url_for_tests(),
-            "REDIS_URL": settings.REDIS_URL,
-            "JOBS_HANDLER_MODULES": "tests.sample_handlers",
-            **(env or {}),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log"],
-            cwd=ROOT, env=child_env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        super().__init__(
+            ["-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-access-log"],
+            env=env,
         )
 
     def wait_until_up(self, timeout=30):
@@ -144,8 +137,7 @@ class ServerProcess:
 
         def up():
             if self.proc.poll() is not None:
-                self.log.seek(0)
-                pytest.fail(f"server exited: {self.log.read()}")
+                pytest.fail(f"server exited: {self.output()}")
             try:
                 urllib.request.urlopen(self.url + "/api/schema/", timeout=1)
                 return True
@@ -154,15 +146,6 @@ class ServerProcess:
 
         wait_for(up, timeout=timeout, interval=0.2, message=f"server on {self.url}")
         return self
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -178,6 +161,17 @@ def start_server(transactional_db):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def effects():
+    """A fresh table that record_effect jobs write one row per execution to."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
+        cursor.execute(f"CREATE TABLE {EFFECTS_TABLE} (job_id bigint NOT NULL, pid int NOT NULL)")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):

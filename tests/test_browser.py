@@ -14,11 +14,6 @@ missing or UPDATE_README_SCREENSHOT=1.
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,7 +21,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus, Priority
-from tests.conftest import ROOT, database_url_for_tests, wait_for
+from tests.conftest import ROOT, ServerProcess, wait_for
 from tests.factories import JobFactory, UserFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -50,54 +45,15 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(django_db_setup, django_db_blocker):
     """Run uvicorn with the project's ASGI application on the test database; yield its base URL."""
-    from django.conf import settings
-
     with django_db_blocker.unblock():
-        database_url = database_url_for_tests()
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": settings.REDIS_URL,
-        "PYTHONUNBUFFERED": "1",
-        "DB_POOL_MIN_SIZE": "1",
-        "DEBUG": "0",
-    }
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"uvicorn exited:\n{log.read()}")
-        try:
-            with urllib.request.urlopen(f"{base}/accounts/login/", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_for(up, timeout=60, interval=0.2, message="uvicorn to serve the login page")
-    yield base
-    proc.terminate()
+        process = ServerProcess(env={"DEBUG": "0"})
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield process.wait_until_up(timeout=60).url
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="module")

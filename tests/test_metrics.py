@@ -252,16 +252,6 @@ def _answers(url: str) -> bool:
 # --- Several worker processes ----------------------------------------------------------------
 
 
-@pytest.fixture
-def effects():
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
-        cursor.execute(f"CREATE TABLE {EFFECTS_TABLE} (job_id bigint NOT NULL, pid int NOT NULL)")
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
-
-
 @pytest.mark.process
 def test_metrics_follow_jobs_through_several_worker_processes(start_worker, effects):
     """Report the same totals the jobs table shows after three worker processes drain a mixed queue."""

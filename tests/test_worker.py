@@ -20,17 +20,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
 FAST = ["--poll-interval", "0.2"]
 
 
-@pytest.fixture
-def effects():
-    """A fresh table that record_effect jobs write one row per execution to."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
-        cursor.execute(f"CREATE TABLE {EFFECTS_TABLE} (job_id bigint NOT NULL, pid int NOT NULL)")
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {EFFECTS_TABLE}")
-
-
 def status(job_id):
     return Job.objects.values_list("status", flat=True).get(pk=job_id)
 
