@@ -13,9 +13,10 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Max, Min, Value
 from django.db.models.functions import MD5, Concat, Left, Now
+from django.utils import timezone
 
 from jobs.models import READY_STATUSES, Job, JobStatus, Priority
-from jobs.selectors import live_workers, with_liveness
+from jobs.selectors import job_list_for_user, live_workers, with_liveness
 
 JOB_TABLE = Job._meta.db_table
 
@@ -205,19 +206,15 @@ def job_page(jobs, *, before: int | None = None, after: int | None = None, size:
 
 
 def filtered_jobs(user, *, status=None, type=None, queue=None, priority=None, since: timedelta | None = None):
-    """Return the jobs `user` may see, narrowed by every filter given."""
-    jobs = Job.objects.for_user(user)
-    if status:
-        jobs = jobs.filter(status=status)
-    if type:
-        jobs = jobs.filter(type=type)
-    if queue:
-        jobs = jobs.filter(queue=queue)
-    if priority is not None:
-        jobs = jobs.filter(priority=priority)
-    if since is not None:
-        jobs = jobs.filter(created_at__gte=Now() - since)
-    return jobs
+    """Return the jobs `user` may see, narrowed by every filter given (the API's filters)."""
+    return job_list_for_user(
+        user,
+        statuses=[status] if status else (),
+        type=type,
+        queue=queue,
+        priorities=[priority] if priority is not None else (),
+        created_after=timezone.now() - since if since is not None else None,
+    )
 
 
 def job_for_user(user, job_id: int) -> Job:
