@@ -506,6 +506,13 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
     history = _HISTORY_ENTRY.format(outcome="'lost'", error="'lease expired'", traceback="''")
     counted = tally_sql("rescued", ["'failed'", "CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END"])
     with transaction.atomic(), connection.cursor() as cursor:
+        # Walk job_lease_idx in order, never as a bitmap. The index keeps an
+        # entry for every job that left `running` since the last vacuum, all
+        # with a lease that has "expired". A plain index scan marks each one
+        # dead the first time it meets it and skips it from then on; a bitmap
+        # scan marks nothing and re-reads them all, every second in every
+        # worker (390 ms per call after 600k jobs, with autovacuum off).
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
         # SKIP LOCKED: a job being completed right now by its (late) worker
         # is left alone, and two rescuers never fight over the same row.
         cursor.execute(

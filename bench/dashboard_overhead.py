@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Measure what the dashboard's live events cost the workers.
+
+    .venv/bin/python bench/dashboard_overhead.py                  # 20,000 jobs x 3 rounds per mode
+    .venv/bin/python bench/dashboard_overhead.py --jobs 50000 --rounds 5 --sockets 20
+
+Drains the same batch of jobs, owned by many users, with `runworker --burst`
+processes in two modes, alternating so drift hits both alike:
+
+  off        JOBS_EVENTS=0: nothing is published
+  events     JOBS_EVENTS=1 and no dashboard open: what publishing alone costs
+  dashboard  JOBS_EVENTS=1, and dashboards are open: WebSocket clients signed
+             in through uvicorn (half staff, half job owners) that, like the
+             page's script, re-fetch the overview fragment over HTTP at most
+             every 2 seconds after a message
+
+and prints jobs/s for each, the slowdown, and how many messages a socket
+received (coalescing keeps that to a few a second however fast jobs finish).
+The issue's bar: the dashboard costs the workers less than 10 %. Everything
+runs on this one machine, so the web server rendering the dashboards' pages
+and this script playing their browsers take CPU from the workers too.
+
+Needs the local PostgreSQL (BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432)
+and Redis (BENCH_DASHBOARD_REDIS_URL, default redis://127.0.0.1:6379/11).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
+REDIS_URL = os.environ.get("BENCH_DASHBOARD_REDIS_URL", "redis://127.0.0.1:6379/11")
+DATABASE = "skipjack_bench_dashboard"
+OWNERS = 50
+# Like the overview page's script: after a message, re-fetch at most this often.
+REFRESH_SECONDS = 2.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_django():
+    os.environ["DATABASE_URL"] = f"{PG_URL}/{DATABASE}"
+    os.environ["REDIS_URL"] = REDIS_URL
+    os.environ["DJANGO_SETTINGS_MODULE"] = "queueproject.settings"
+    os.environ["LOG_LEVEL"] = "WARNING"
+    # This process only enqueues; its own events would be noise.
+    os.environ["JOBS_EVENTS"] = "0"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def recreate_database() -> None:
+    import psycopg
+
+    with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+
+def child_env(events: bool) -> dict:
+    return {**os.environ, "JOBS_EVENTS": "1" if events else "0", "PYTHONUNBUFFERED": "1"}
+
+
+def sessions(users) -> list[str]:
+    """Return a session cookie value for each user, as a login would make."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    keys = []
+    for user in users:
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        keys.append(session.session_key)
+    return keys
+
+
+class Dashboards:
+    """Open dashboards: WebSocket clients that re-fetch the overview after messages, throttled."""
+
+    def __init__(self, base: str, cookies: list[str]):
+        self.base = base
+        self.cookies = cookies
+        self.messages = [0] * len(cookies)
+        self.fetches = [0] * len(cookies)
+        self.sockets = []
+        self._stop = None
+        self._thread = None
+        self._ready = threading.Event()
+
+    def start(self):
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("dashboards did not connect")
+
+    def stop(self):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    async def _main(self):
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        connected = asyncio.Semaphore(0)
+        tasks = [asyncio.create_task(self._client(i, connected)) for i in range(len(self.cookies))]
+        for _ in tasks:
+            await connected.acquire()
+        self._ready.set()
+        await self._stop.wait()
+        # Close each socket properly, or the server waits for them at shutdown.
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _client(self, index: int, connected: asyncio.Semaphore):
+        import websockets
+
+        url = self.base.replace("http://", "ws://") + "/ws/events/"
+        headers = {"Cookie": f"sessionid={self.cookies[index]}", "Origin": self.base}
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            self.sockets.append(ws)
+            connected.release()
+            last_fetch = 0.0
+            pending = None
+            async for _ in ws:
+                if self._stop.is_set():
+                    break
+                self.messages[index] += 1
+                if pending is None or pending.done():
+                    wait = max(0.0, last_fetch + REFRESH_SECONDS - time.monotonic())
+                    pending = asyncio.create_task(self._fetch(index, wait))
+                    last_fetch = time.monotonic() + wait
+
+    async def _fetch(self, index: int, wait: float):
+        await asyncio.sleep(wait)
+        request = urllib.request.Request(
+            self.base + "/dashboard/",
+            headers={"Cookie": f"sessionid={self.cookies[index]}", "HX-Request": "true", "HX-Target": "live"},
+        )
+        await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+        self.fetches[index] += 1
+
+
+def drain(jobs: int, workers: int, events: bool, owners) -> float:
+    """Enqueue `jobs` jobs spread over `owners`, drain them with burst workers; return jobs/s."""
+    from django.db import connection
+
+    from jobs import queue
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE jobs_job, jobs_worker")
+    per_owner = jobs // len(owners)
+    for owner in owners:
+        for start in range(0, per_owner, 1000):
+            queue.enqueue_many("reverse_string", ["benchmark"] * min(1000, per_owner - start), owner=owner)
+    command = [sys.executable, str(ROOT / "manage.py"), "runworker", "--burst", "--concurrency", "10", "--prefetch", "100"]
+    started = time.monotonic()
+    procs = [subprocess.Popen(command, cwd=ROOT, env=child_env(events)) for _ in range(workers)]
+    for proc in procs:
+        if proc.wait(timeout=900) != 0:
+            raise RuntimeError(f"a worker exited with {proc.returncode}")
+    elapsed = time.monotonic() - started
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM jobs_job WHERE status = 'completed'")
+        done = cursor.fetchone()[0]
+    if done != per_owner * len(owners):
+        raise RuntimeError(f"only {done} of {per_owner * len(owners)} jobs completed")
+    return done / elapsed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="runworker processes")
+    parser.add_argument("--sockets", type=int, default=10, help="open dashboards in the 'dashboard' mode")
+    args = parser.parse_args(argv)
+
+    recreate_database()
+    setup_django()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    User = get_user_model()
+    owners = [User.objects.create_user(f"owner{n}", password="x") for n in range(OWNERS)]
+    staff = [User.objects.create_user(f"staff{n}", password="x", is_staff=True) for n in range(args.sockets // 2)]
+    watchers = staff + owners[: args.sockets - len(staff)]
+    cookies = sessions(watchers)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--no-access-log", "--log-level", "warning"],
+        cwd=ROOT, env=child_env(True),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(base + "/accounts/login/", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.2)
+        rates = {"off": [], "events": [], "dashboard": []}
+        received = []
+        fetched = []
+        for round_number in range(args.rounds):
+            modes = ("off", "events", "dashboard")
+            for mode in modes if round_number % 2 == 0 else reversed(modes):
+                dashboards = None
+                if mode == "dashboard":
+                    dashboards = Dashboards(base, cookies)
+                    dashboards.start()
+                rate = drain(args.jobs, args.workers, mode != "off", owners)
+                if dashboards is not None:
+                    time.sleep(1.5)  # the last coalesced messages
+                    dashboards.stop()
+                    received.append(statistics.mean(dashboards.messages))
+                    fetched.append(statistics.mean(dashboards.fetches))
+                rates[mode].append(rate)
+                log(f"round {round_number + 1} {mode:9s} {rate:8.0f} jobs/s")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+    off, on = statistics.median(rates["off"]), statistics.median(rates["dashboard"])
+    publishing = statistics.median(rates["events"])
+    slowdown = (off - on) / off * 100
+    summary = {
+        "jobs": args.jobs, "workers": args.workers, "sockets": args.sockets, "rounds": args.rounds,
+        "events_off_jobs_per_s": round(off), "events_on_no_dashboard_jobs_per_s": round(publishing),
+        "dashboard_open_jobs_per_s": round(on),
+        "publishing_slowdown_percent": round((off - publishing) / off * 100, 1),
+        "slowdown_percent": round(slowdown, 1),
+        "messages_per_socket_per_drain": round(statistics.mean(received), 1),
+        "http_refetches_per_socket_per_drain": round(statistics.mean(fetched), 1),
+    }
+    print(json.dumps(summary, indent=2))
+    print(f"\nWorkers drain {on:.0f} jobs/s with {args.sockets} dashboards open and {off:.0f} jobs/s with "
+          f"events off: {slowdown:+.1f} % ({'within' if slowdown < 10 else 'over'} the 10 % budget).")
+    return 0 if slowdown < 10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The results table: each figure per system, its ratio to pgqueuer, and Skipjack's target."""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BASELINE = "pgqueuer"
+
+
+@dataclass
+class Row:
+    label: str
+    scenario: str
+    figure: str
+    fmt: str
+    target: str = ""
+    # (skipjack value, baseline value) -> "PASS" / "MISS" / ...; None: no target
+    check: Callable | None = None
+
+
+def _at_least(limit):
+    return lambda v, base: "PASS" if v >= limit else "MISS"
+
+
+def _at_most(limit):
+    return lambda v, base: "PASS" if v <= limit else "MISS"
+
+
+def _drain_check(v, base):
+    if base is None:
+        return "no baseline"
+    if v >= 2 * base:
+        return "PASS"
+    return "MISS (>= 1x)" if v >= base else "MISS (< 1x)"
+
+
+ROWS = [
+    Row("Enqueue, single (jobs/s)", "enqueue_single", "rate", "{:,.0f}", ">= 2,000/s", _at_least(2000)),
+    Row("Enqueue, bulk of 1000 (jobs/s)", "drain", "bulk_enqueue_rate", "{:,.0f}", ">= 40,000/s", _at_least(40000)),
+    Row("Drain throughput (jobs/s)", "drain", "rate", "{:,.0f}", ">= 2x pgqueuer", _drain_check),
+    Row("Drain, 50,000 queued (jobs/s)", "drain_backlog", "rate", "{:,.0f}"),
+    Row("Drain, larger batches (jobs/s)", "drain_large_batches", "rate", "{:,.0f}"),
+    Row("Pickup latency p50 (ms)", "latency", "p50_ms", "{:.1f}", "<= 5 ms", _at_most(5)),
+    Row("Pickup latency p95 (ms)", "latency", "p95_ms", "{:.1f}"),
+    Row("Pickup latency p99 (ms)", "latency", "p99_ms", "{:.1f}", "<= 10 ms", _at_most(10)),
+    Row("POST /api/jobs/ p99 at 100 req/s (ms)", "api", "p99_ms", "{:.1f}", "<= 20 ms", _at_most(20)),
+    Row("Drain with dashboard stream on (cost)", "dashboard_stream", "cost", "{:.0%}", "< 10 %", _at_most(0.10)),
+    Row("Stability: last / first interval", "stability", "ratio", "{:.2f}", ">= 0.9", _at_least(0.9)),
+    Row("Peak RSS per worker process (MB)", "drain", "peak_rss_mb", "{:.0f}", "<= 150 MB", _at_most(150)),
+    Row("Peak RSS after the stability run (MB)", "stability", "peak_rss_mb", "{:.0f}", "<= 150 MB", _at_most(150)),
+]
+
+
+def _value(results, system, row):
+    figures = results.get(system, {}).get(row.scenario)
+    if not isinstance(figures, dict):
+        return None, None
+    if "error" in figures:
+        return None, "error"
+    if figures.get("status"):
+        return None, figures["status"]
+    return figures.get(row.figure), None
+
+
+def table(meta: dict, results: dict, systems: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["Figure", *[meta["labels"][s] for s in systems], "Skipjack target", "Skipjack"]
+    body = []
+    for row in ROWS:
+        cells = [row.label]
+        base, _ = _value(results, BASELINE, row)
+        for system in systems:
+            value, status = _value(results, system, row)
+            if value is None:
+                cells.append(status or "-")
+                continue
+            cell = row.fmt.format(value)
+            if system != BASELINE and isinstance(base, (int, float)) and base:
+                cell += f" ({value / base:.2f}x)"
+            cells.append(cell)
+        skipjack, status = _value(results, "skipjack", row)
+        cells.append(row.target)
+        if status:
+            cells.append(status)
+        elif skipjack is None or row.check is None:
+            cells.append("-" if row.check is None or "skipjack" not in systems else "not measured")
+        else:
+            cells.append(row.check(skipjack, base if isinstance(base, (int, float)) else None))
+        body.append(cells)
+    return header, body
+
+
+def render_text(header, body) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)), line]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(out)
+
+
+def render_markdown(header, body) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
+    return "\n".join(out)
+
+
+def notes(meta: dict) -> list[str]:
+    lines = [
+        f"Mode: {meta['mode']}; started {meta['started']}; took {meta['duration_s']:.0f} s.",
+        (f"Machine: {meta['cpus']} CPUs; load average (1/5/15 min) before {meta['load_before']}, "
+         f"after {meta['load_after']}."),
+        "PostgreSQL: " + ", ".join(f"{k}={v}" for k, v in meta["postgres"].items()) + ".",
+        "Each cell: the figure, and in brackets its ratio to pgqueuer's in the same run.",
+        "Worker processes per system: 2. How each runs:",
+    ]
+    for system, text in meta["settings"].items():
+        lines.append(f"  - {meta['labels'][system]}: {text}; versions {meta['versions'].get(system, {})}")
+    lines += [
+        "What is measured:",
+        "  - Enqueue, single: one client, one call per job, each call its own transaction.",
+        "  - Enqueue, bulk: one client, one call per 1000 jobs (Celery has no batch publish: one message per job).",
+        "  - Drain: N no-op jobs are queued first, then 2 worker processes start; throughput is N / (time the",
+        "    system's own store shows no unfinished job - time the first job started). Worker start-up is excluded",
+        "    (reported as startup_seconds in the JSON). Celery keeps no record of finished tasks (results off,",
+        "    acks on receipt), so its end is the start of its last job.",
+        "  - Pickup latency: after a warm-up, one client offers 50 jobs/s, one call per job, each carrying",
+        "    time.time() at enqueue; the handler records time.time() at start. Same clock, same machine.",
+        "  - Stability: a steady offered load (65 % of the system's drain rate in this run) for the whole",
+        "    duration; throughput per interval from the handlers' counters; last interval / first interval.",
+        "  - Peak RSS: ru_maxrss of each worker process, from the kernel when the process is reaped.",
+        f"  - Drain sizes: {meta['drain_jobs']}.",
+    ]
+    if meta.get("vacuum_every"):
+        lines.append(f"  - During the stability run the harness ran VACUUM (ANALYZE) on the queue tables every "
+                     f"{meta['vacuum_every']:g} s (--vacuum-every), standing in for autovacuum.")
+    elif meta["postgres"].get("autovacuum") == "off":
+        lines.append("  - The server runs with autovacuum=off and the harness did not vacuum: no table was vacuumed "
+                     "during the run (see --vacuum-every).")
+    if meta.get("problems"):
+        lines.append("Problems in this run:")
+        lines += [f"  - {p}" for p in meta["problems"]]
+    return lines
+
+
+def markdown_document(meta: dict, results: dict, systems: list[str], details: str) -> str:
+    header, body = table(meta, results, systems)
+    parts = [f"# Skipjack benchmark ({meta['mode']}, {meta['started']})", "", render_markdown(header, body), ""]
+    parts += notes(meta)
+    parts += ["", "## Details", "", "```", details, "```", ""]
+    return "\n".join(parts)
+
+
+def details_text(results: dict) -> str:
+    return json.dumps(results, indent=2, default=str)

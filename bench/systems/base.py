@@ -1,0 +1,73 @@
+"""What the harness needs to know about a queue system to benchmark it."""
+
+import os
+from pathlib import Path
+
+from bench.lib import PEERS_DIR, REDIS_URL, ROOT
+
+
+class System:
+    name = ""  # key used on the command line and in results
+    label = ""
+    workers = 2  # worker processes, the same for every system
+    large_batches = False  # set by the drain_large_batches scenario
+    venv_python = ""
+
+    def prepare(self) -> None:
+        """Install what the system needs and give it a fresh, empty store with its schema."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Empty the queue between scenarios."""
+        raise NotImplementedError
+
+    def settings(self) -> str:
+        """Describe how the workers run: processes, concurrency, batching."""
+        raise NotImplementedError
+
+    def versions(self) -> dict:
+        raise NotImplementedError
+
+    def worker_commands(self, *, drain: bool) -> list[list[str]]:
+        """Return one command line per worker process; `drain` asks for a burst/drain mode if any."""
+        raise NotImplementedError
+
+    def app_command(self, *args: str) -> list[str]:
+        """Return the command line of this system's driver (peers/driver.py) with `args`."""
+        raise NotImplementedError
+
+    def pending(self) -> bool:
+        """Return True while the system's own store still holds unfinished jobs."""
+        raise NotImplementedError
+
+    def finished_check(self, expected: int) -> dict:
+        """Return what the system's store says about finished jobs, for the record."""
+        return {}
+
+    def queue_tables(self) -> list[str]:
+        """Return the tables a vacuum pass (--vacuum-every) cleans; none for a broker."""
+        return []
+
+    def vacuum(self, db) -> None:
+        """VACUUM the system's queue tables over `db`, as autovacuum would on a server that runs it."""
+        for table in self.queue_tables():
+            db.execute(f"VACUUM (ANALYZE) {table}")
+
+    def close(self) -> None:
+        pass
+
+    # --- shared ---------------------------------------------------------------
+
+    cwd: Path = PEERS_DIR
+
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+        env.update(BENCH_REDIS_URL=REDIS_URL, PYTHONUNBUFFERED="1", PYTHONPATH=str(PEERS_DIR))
+        return env
+
+    def __repr__(self):
+        return self.label
+
+
+def project_root() -> Path:
+    return ROOT
