@@ -98,18 +98,50 @@ def _notify(queue: str) -> None:
         cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
 
 
-def _record_enqueued(*, type: str, queue: str, status: str, ids: list[int], owner_id, trace_id: str) -> None:
-    """Count newly inserted jobs, wake the workers if they are due, and log them once committed.
+def _insert_jobs(type: str, payloads: list, o: dict, *, trace_id: str, unique_key=None,
+                 idempotency_key=None) -> list[tuple[int, datetime, datetime]]:
+    """Insert one job per payload, count them and wake the workers, in one statement.
 
-    One statement: the count joins the insert's transaction, and the NOTIFY
-    (see _notify) goes out at commit, only for jobs that are due now.
+    Return (id, run_at, created_at) per job, in payload order. One statement
+    is one round trip, and outside a transaction one commit: the insert, its
+    count and the NOTIFY (sent at commit, only for jobs due now) stand or
+    fall together.
     """
+    owner_id = getattr(o["owner"], "pk", o["owner"])
     with connection.cursor() as cursor:
         cursor.execute(
-            f"WITH counted AS (INSERT INTO {COUNTER_TABLE} (name, type, queue, value) VALUES ('enqueued', %s, %s, %s))"
-            " SELECT pg_notify(%s, %s) WHERE %s",
-            [type, queue, len(ids), NOTIFY_CHANNEL, queue, status == JobStatus.QUEUED],
+            f"""
+            WITH inserted AS (
+                INSERT INTO {JOB_TABLE} (owner_id, queue, type, payload, priority, status, attempts, max_retries,
+                    run_at, timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
+                    progress)
+                SELECT %(owner)s, %(queue)s, %(type)s, p::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
+                       coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
+                       %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0
+                FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS u(p, n)
+                ORDER BY n
+                RETURNING id, run_at, created_at
+            ), counted AS (
+                INSERT INTO {COUNTER_TABLE} (name, type, queue, value)
+                SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted
+            )
+            SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s)
+            FROM inserted ORDER BY id
+            """,
+            {
+                "owner": owner_id, "queue": o["queue"], "type": type, "priority": o["priority"],
+                "status": o["status"], "max_retries": o["max_retries"], "run_at": o.get("run_at"),
+                "timeout": o["timeout"], "expires_at": o["expires_at"], "unique_key": unique_key,
+                "idempotency_key": idempotency_key, "trace_id": trace_id,
+                "payloads": [json.dumps(p) for p in payloads], "channel": NOTIFY_CHANNEL,
+                "due": o["status"] == JobStatus.QUEUED,
+            },
         )
+        return [row[:3] for row in cursor.fetchall()]
+
+
+def _announce_enqueued(*, type: str, queue: str, status: str, ids: list[int], owner_id, trace_id: str) -> None:
+    """Log the new jobs and tell the dashboards, once the insert commits."""
     fields = {"event": "submit", "type": type, "queue": queue, "attempt": 0, "trace_id": trace_id, "user_id": owner_id}
     if len(ids) == 1:
         fields["job_id"] = ids[0]
@@ -118,6 +150,7 @@ def _record_enqueued(*, type: str, queue: str, status: str, ids: list[int], owne
         fields.update(count=len(ids), first_job_id=ids[0])
         message = f"submit {len(ids)} {type} jobs from #{ids[0]}"
     transaction.on_commit(lambda: logger.info(message, extra=fields))
+    events.jobs_changed([(job_id, owner_id, status, 0) for job_id in ids], created=True)
 
 
 def enqueue(
@@ -152,32 +185,29 @@ def enqueue(
         type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
-    job = Job(
-        type=type, payload=payload, unique_key=unique_key, idempotency_key=idempotency_key,
-        trace_id=trace_id or current_trace_id() or uuid.uuid4().hex, **options,
-    )
-    # The insert and its count commit together. Called outside a transaction,
-    # that is one commit (one WAL flush) per job instead of two; inside the
-    # caller's, this joins it without a savepoint.
-    with transaction.atomic(savepoint=False):
-        if unique_key is None:
-            job.save(force_insert=True)
-        else:
-            try:
-                # A savepoint, so a duplicate key leaves the caller's transaction usable.
-                with transaction.atomic():
-                    job.save(force_insert=True)
-            except IntegrityError:
-                existing = Job.objects.active().filter(owner=owner, unique_key=unique_key).first()
-                if existing is None:  # finished between the insert and this read: try once more
-                    job.save(force_insert=True)
-                else:
-                    existing.deduplicated = True
-                    return existing
-        job.deduplicated = False
-        _record_enqueued(type=type, queue=job.queue, status=job.status, ids=[job.pk], owner_id=job.owner_id,
-                         trace_id=job.trace_id)
-        events.jobs_changed([(job.pk, job.owner_id, job.status, 0)], created=True)
+    trace_id = trace_id or current_trace_id() or uuid.uuid4().hex
+    keys = {"trace_id": trace_id, "unique_key": unique_key, "idempotency_key": idempotency_key}
+    if unique_key is None:
+        ((job_id, run_at_db, created_at),) = _insert_jobs(type, [payload], options, **keys)
+    else:
+        try:
+            # A savepoint, so a duplicate key leaves the caller's transaction usable.
+            with transaction.atomic():
+                ((job_id, run_at_db, created_at),) = _insert_jobs(type, [payload], options, **keys)
+        except IntegrityError:
+            existing = Job.objects.active().filter(owner=owner, unique_key=unique_key).first()
+            if existing is not None:
+                existing.deduplicated = True
+                return existing
+            # It finished between the insert and this read: try once more.
+            ((job_id, run_at_db, created_at),) = _insert_jobs(type, [payload], options, **keys)
+    options.update(run_at=run_at_db, created_at=created_at)
+    job = Job(id=job_id, type=type, payload=payload, unique_key=unique_key, idempotency_key=idempotency_key,
+              trace_id=trace_id, **options)
+    job._state.adding = False
+    job.deduplicated = False
+    _announce_enqueued(type=type, queue=job.queue, status=job.status, ids=[job.pk], owner_id=job.owner_id,
+                       trace_id=trace_id)
     return job
 
 
@@ -196,30 +226,9 @@ def enqueue_many(type: str, payloads: Iterable[Any], *, owner=None, queue=None, 
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
     trace_id = trace_id or current_trace_id() or uuid.uuid4().hex
-    # One statement for the whole batch; the per-row values travel as one
-    # array, everything shared as scalars. It and its count commit together,
-    # as one commit when the caller has no transaction of its own.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            INSERT INTO {JOB_TABLE} (owner_id, queue, type, payload, priority, status, attempts,
-                max_retries, run_at, timeout, expires_at, trace_id, created_at, error, history, progress)
-            SELECT %s, %s, %s, p::jsonb, %s, %s, 0, %s, coalesce(%s, statement_timestamp()), %s, %s, %s,
-                   statement_timestamp(), '', '[]'::jsonb, 0
-            FROM unnest(%s::text[]) AS p
-            RETURNING id
-            """,
-            [
-                getattr(o["owner"], "pk", o["owner"]), o["queue"], type, o["priority"], o["status"],
-                o["max_retries"], o.get("run_at"), o["timeout"], o["expires_at"], trace_id,
-                [json.dumps(p) for p in payloads],
-            ],
-        )
-        ids = [row[0] for row in cursor.fetchall()]
-        owner_id = getattr(o["owner"], "pk", o["owner"])
-        _record_enqueued(type=type, queue=o["queue"], status=o["status"], ids=ids, owner_id=owner_id,
-                         trace_id=trace_id)
-        events.jobs_changed([(job_id, owner_id, o["status"], 0) for job_id in ids], created=True)
+    ids = [job_id for job_id, _, _ in _insert_jobs(type, payloads, o, trace_id=trace_id)]
+    _announce_enqueued(type=type, queue=o["queue"], status=o["status"], ids=ids,
+                       owner_id=getattr(o["owner"], "pk", o["owner"]), trace_id=trace_id)
     return ids
 
 

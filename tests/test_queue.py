@@ -95,13 +95,21 @@ def test_enqueue_joins_the_callers_transaction():
 
 
 def test_enqueue_many_inserts_in_one_statement():
-    """Insert a whole batch with a single INSERT."""
+    """Insert a whole batch, its count and its NOTIFY with a single statement."""
     with CaptureQueriesContext(connection) as queries:
         ids = queue.enqueue_many("reverse_string", [f"job {n}" for n in range(500)], priority="low")
-    inserts = [q for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("INSERT")]
-    assert len(inserts) == 1
+    assert len(queries.captured_queries) == 1
+    assert "INSERT INTO jobs_job" in queries.captured_queries[0]["sql"]
     assert len(ids) == 500
     assert Job.objects.filter(pk__in=ids, priority=Priority.LOW, payload__text="job 7").count() == 1
+
+
+def test_enqueue_is_one_statement():
+    """Store a job, its count and its NOTIFY in one round trip."""
+    with CaptureQueriesContext(connection) as queries:
+        job = queue.enqueue("reverse_string", "hello")
+    assert len(queries.captured_queries) == 1
+    assert Job.objects.get(pk=job.pk).run_at == job.run_at
 
 
 def test_unique_key_returns_the_existing_active_job():
