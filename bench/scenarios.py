@@ -221,19 +221,19 @@ def latency(ctx: Context, system) -> dict:
     }
 
 
-# --- 4 and 5: not built yet --------------------------------------------------------
+# --- 4 and 5: listed, not measured yet ----------------------------------------------
+# The API and the dashboard's event stream exist now; their scenarios are the
+# next to write (bench/dashboard_overhead.py measures item 5 on its own).
+# Until then the table names them without a figure.
 
-
-@scenario("api", "POST /api/jobs/ latency p50/p99 and requests/s under a load generator", available=False,
-          note="not available yet: the REST API does not exist yet (issue item 4)")
-def api(ctx: Context, system) -> dict:
-    raise NotImplementedError
-
-
-@scenario("dashboard_stream", "Drain throughput with the dashboard's event stream on", available=False,
-          note="not available yet: the dashboard event stream does not exist yet (issue item 5)")
-def dashboard_stream(ctx: Context, system) -> dict:
-    raise NotImplementedError
+SCENARIOS["api"] = Scenario(
+    "api", "POST /api/jobs/ latency p50/p99 and requests/s under a load generator", None, available=False,
+    note="not measured yet: no load-generator scenario is written for the API",
+)
+SCENARIOS["dashboard_stream"] = Scenario(
+    "dashboard_stream", "Drain throughput with the dashboard's event stream on", None, available=False,
+    note="not measured yet in this harness; see bench/dashboard_overhead.py",
+)
 
 
 # --- 6. stability ----------------------------------------------------------------------
