@@ -3,7 +3,7 @@ from django.db import IntegrityError, transaction
 
 
 class AccountExists(Exception):
-    pass
+    """The username was taken by a concurrent registration."""
 
 
 def user_register(*, username: str, email: str, password: str):

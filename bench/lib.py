@@ -1,5 +1,6 @@
 """What every scenario needs: databases, Redis, worker processes, probes, statistics."""
 
+import contextlib
 import json
 import os
 import signal
@@ -175,20 +176,16 @@ class WorkerGroup:
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every process (and its children), then SIGKILL what is left after `grace`."""
+        self._signal_all(signal.SIGTERM)
+        if not self.wait(grace):
+            self._signal_all(signal.SIGKILL)
+            self.wait(10)
+
+    def _signal_all(self, sig) -> None:
         for proc in self.procs:
             if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        if not self.wait(grace):
-            for proc in self.procs:
-                if proc.returncode is None:
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            self.wait(10)
+                with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                    os.killpg(proc.pid, sig)
 
 
 def run_json(command: list[str], *, env: dict, cwd: Path, timeout: float) -> dict:

@@ -121,45 +121,39 @@ def job_detail(request, job_id: int):
     return _render(request, "dashboard/job_detail.html", "dashboard/_job_detail.html", context)
 
 
-@login_required
-@require_POST
-def job_cancel(request, job_id: int):
+def _job_action(request, job_id: int, action, success: str):
+    """Apply `action` to a job the user may see; report the outcome and go back to the job."""
     job = _visible_job(request.user, job_id)
     try:
-        queue.cancel_job(job.pk)
-    except IllegalTransition as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Cancelled job {job.pk}.")
-    return redirect("dashboard:job-detail", job_id=job.pk)
-
-
-@login_required
-@require_POST
-def job_retry(request, job_id: int):
-    job = _visible_job(request.user, job_id)
-    try:
-        retry_for_user(request.user, job.pk)
+        action(job.pk)
     except IllegalTransition as exc:
         messages.error(request, str(exc))
     except SubmissionRefused as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Job {job.pk} is queued again, with a fresh set of retries.")
+        messages.success(request, success.format(id=job.pk))
     return redirect("dashboard:job-detail", job_id=job.pk)
 
 
 @login_required
 @require_POST
+def job_cancel(request, job_id: int):
+    return _job_action(request, job_id, queue.cancel_job, "Cancelled job {id}.")
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id: int):
+    return _job_action(
+        request, job_id, lambda pk: retry_for_user(request.user, pk),
+        "Job {id} is queued again, with a fresh set of retries.",
+    )
+
+
+@login_required
+@require_POST
 def job_run_now(request, job_id: int):
-    job = _visible_job(request.user, job_id)
-    try:
-        queue.retry_now(job.pk)
-    except IllegalTransition as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Job {job.pk} runs as soon as a worker is free.")
-    return redirect("dashboard:job-detail", job_id=job.pk)
+    return _job_action(request, job_id, queue.retry_now, "Job {id} runs as soon as a worker is free.")
 
 
 # --- The DLQ ----------------------------------------------------------------------------

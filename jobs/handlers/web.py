@@ -81,11 +81,11 @@ class _PublicPeerMixin:
 
 
 class _PublicHTTPConnection(_PublicPeerMixin, HTTPConnection):
-    pass
+    """An HTTP connection that refuses non-public peers."""
 
 
 class _PublicHTTPSConnection(_PublicPeerMixin, HTTPSConnection):
-    pass
+    """An HTTPS connection that refuses non-public peers."""
 
 
 class _PublicHTTPConnectionPool(HTTPConnectionPool):
