@@ -1,6 +1,8 @@
 """Typed JOBS_* settings with their defaults, read when asked for."""
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 DEFAULTS = {
     # Retry backoff: about BASE, 2*BASE, 4*BASE, ... seconds, never above CAP.
@@ -43,6 +45,20 @@ DEFAULTS = {
 }
 
 
+# Looked up once per name: an unset setting costs Django an AttributeError
+# every time, and the worker asks for some of them per job.
+_values: dict = {}
+
+
 def get(name: str):
     """Return the JOBS_* setting `name`, or its default."""
-    return getattr(settings, name, DEFAULTS[name])
+    try:
+        return _values[name]
+    except KeyError:
+        value = _values[name] = getattr(settings, name, DEFAULTS[name])
+        return value
+
+
+@receiver(setting_changed)
+def _forget_changed_setting(setting: str, **kwargs) -> None:
+    _values.pop(setting, None)

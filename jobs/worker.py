@@ -408,7 +408,6 @@ class Worker:
             handler = get_handler(job.type)
             running.context.payload = validate_payload(job.type, job.payload)
             result = handler.func(running.context)
-            json.dumps(result)
         except UnknownJobType as exc:
             return self._failure(running, exc, permanent=True)
         except PayloadError as exc:
@@ -421,6 +420,11 @@ class Worker:
             return self._failure(running, exc)
         except BaseException as exc:  # noqa: BLE001 - a handler's SystemExit must not end the worker
             return self._failure(running, exc)
+        try:
+            # Checked here, so one job's result cannot fail the batched write of the others.
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return self._failure(running, exc, permanent=True, prefix="Result is not JSON: ")
         return Outcome(running=running, ok=True, result=result, duration=time.monotonic() - running.started)
 
     def _failure(self, running: Running, exc: BaseException, *, permanent=False, prefix="") -> Outcome:

@@ -118,6 +118,13 @@ DATABASES["default"]["OPTIONS"] = {
         # Seconds a request waits for a free connection before it fails.
         "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
     },
+    # The queue's hot statements (jobs.db.statement_cursor) are prepared on a
+    # connection after this many runs. Set it to "off" behind a pooler that
+    # cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+    "prepare_threshold": (
+        None if os.environ.get("DB_PREPARE_THRESHOLD", "5").lower() in ("off", "none", "")
+        else int(os.environ.get("DB_PREPARE_THRESHOLD", "5"))
+    ),
 }
 # Test each pooled connection as it is handed out, so one that died with a
 # database restart is replaced instead of failing a request.

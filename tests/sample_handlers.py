@@ -40,3 +40,9 @@ def log_line(job):
     """Log one line of the handler's own, as handlers do."""
     logging.getLogger("tests.handlers").info("handler says %s", job.payload.get("text", "hi"))
     return "logged"
+
+
+@job_handler("unstorable_result")
+def unstorable_result(job):
+    """Return a result JSON cannot hold: NaN (as json.dumps would write it) or a set."""
+    return float("nan") if job.payload.get("kind") == "nan" else {1, 2}

@@ -253,6 +253,19 @@ def test_complete_many_in_one_statement():
     assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 50
 
 
+def test_hot_statements_are_prepared_once_they_repeat():
+    """Prepare the claim and the completion on the connection, so PostgreSQL stops re-planning them."""
+    JobFactory.create_batch(8)
+    for _ in range(8):
+        queue.complete_jobs([(j.id, j.lease_token, None) for j in claim(1)])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("FOR UPDATE SKIP LOCKED" in text for text in prepared)
+    assert any("jsonb_to_recordset" in text for text in prepared)
+    assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 8
+
+
 def test_fail_schedules_a_retry_with_backoff(settings):
     """Send a failed job with retries left to retrying, due after the backoff."""
     settings.JOBS_BACKOFF_JITTER = 0

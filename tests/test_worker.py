@@ -155,6 +155,20 @@ def test_poisoned_jobs_never_stop_the_worker(start_worker):
     assert worker.proc.poll() is None
 
 
+def test_a_result_json_cannot_hold_fails_only_its_own_job(start_worker):
+    """Send a job whose result is NaN or a set to the DLQ; the jobs written back with it complete."""
+    nan = queue.enqueue("unstorable_result", {"kind": "nan"}, max_retries=3)
+    a_set = queue.enqueue("unstorable_result", {"kind": "set"}, max_retries=3)
+    fine = queue.enqueue_many("reverse_string", [f"job {n}" for n in range(20)])
+    worker = start_worker("--burst", "--concurrency", "4", *FAST)
+    assert worker.wait(timeout=60) == 0, worker.output()
+    for job in (nan, a_set):
+        row = Job.objects.get(pk=job.pk)
+        assert (row.status, row.attempts) == (JobStatus.DEAD, 1), "not retried: the same result would come back"
+        assert row.error.startswith("Result is not JSON: ")
+    assert Job.objects.filter(pk__in=fine, status=JobStatus.COMPLETED).count() == 20
+
+
 def test_failing_job_retries_with_backoff_then_lands_in_the_dlq(start_worker):
     """Retry a failing job max_retries times, then move it to dead with every attempt recorded."""
     job = queue.enqueue("fail", {"message": "always"}, max_retries=2)
