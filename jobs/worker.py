@@ -118,6 +118,8 @@ class Worker:
         self._notified = threading.Event()
         self._stopping = threading.Event()
         self._more_likely = True
+        self._front = queue.ClaimFront(self.poll_interval)
+        self._swept = False
         self._next_poll = 0.0
         self._next_heartbeat = 0.0
         self._next_prune = 0.0
@@ -205,16 +207,22 @@ class Worker:
         poll_due = now >= self._next_poll
         if free > 0 and (self._more_likely or self._notified.is_set() or poll_due):
             self._notified.clear()
-            claimed = self._claim(free)
+            claimed = self._claim(free, now)
             self._more_likely = claimed == free
             if poll_due:
-                # After the claim, so that the sweeps (a few ms, more with a
-                # counters roll-up) never delay the pickup of a waiting job.
+                # After the claim, so that maintenance (a few ms, more with a
+                # counters roll-up) never delays the pickup of a waiting job.
                 # What a rescue makes ready again is claimed next round.
                 rescued = self._maintain(now)
                 self._more_likely = self._more_likely or rescued
                 self._next_poll = now + self.poll_interval
-        return not claimed and not rescued and not wrote and not self._held and not self._unwritten
+        idle = not claimed and not rescued and not wrote and not self._held and not self._unwritten
+        if idle and self.burst and not self._swept:
+            # Burst mode stops on an empty queue: make sure with a claim from the start.
+            self._front.next_sweep = now
+            self._more_likely = True
+            return False
+        return idle
 
     def _sleep(self) -> None:
         if self._done or (self._more_likely and len(self._held) < self.capacity):
@@ -227,10 +235,13 @@ class Worker:
     def _deadlines(self):
         return (r.started + r.timeout for r in self._held.values() if r.started is not None and not r.abandoned)
 
-    def _claim(self, limit: int) -> int:
+    def _claim(self, limit: int, now: float) -> int:
+        start = self._front.start(now)
         jobs = queue.claim_jobs(
-            worker_id=self.worker_id, limit=limit, queues=self.queues, lease_seconds=self.lease_seconds
+            worker_id=self.worker_id, limit=limit, queues=self.queues, lease_seconds=self.lease_seconds, start=start
         )
+        self._swept = start is None
+        self._front.claimed(jobs, swept=self._swept, now=now)
         for job in jobs:
             running = Running(job=job, context=self._context(job), timeout=self._timeout(job))
             self._held[job.id] = running
@@ -361,8 +372,9 @@ class Worker:
             self._next_roll_up = now + 15
             counters.roll_up()
         if now >= self._next_prune:
-            self._next_prune = now + 300
-            queue.prune_finished()
+            # Back next round while there is a backlog to prune, else in a minute.
+            more = queue.prune_finished() >= queue.PRUNE_BATCH
+            self._next_prune = now if more else now + 60
             queue.prune_workers()
         return bool(rescued)
 

@@ -1,5 +1,6 @@
 """Every transition of a job, and every refused one, on real PostgreSQL."""
 
+import math
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -460,3 +461,86 @@ def test_prune_deletes_old_finished_jobs_but_keeps_the_dlq():
     assert queue.prune_finished(older_than_seconds=7 * 24 * 3600) == 3
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.DEAD, JobStatus.COMPLETED}
     assert Job.objects.filter(pk=recent.pk).exists()
+
+
+def test_prune_goes_in_batches_oldest_first():
+    """Delete at most `limit` jobs per call, the longest finished first, so a backlog goes in short transactions."""
+    now = timezone.now()
+    jobs = [JobFactory(status=JobStatus.COMPLETED, finished_at=now - timedelta(days=10 + n)) for n in range(5)]
+    assert queue.prune_finished(older_than_seconds=24 * 3600, limit=2) == 2
+    assert set(Job.objects.values_list("pk", flat=True)) == {j.pk for j in jobs[:3]}
+    assert queue.prune_finished(older_than_seconds=24 * 3600, limit=2) == 2
+    assert queue.prune_finished(older_than_seconds=24 * 3600, limit=2) == 1
+    assert queue.prune_finished(older_than_seconds=24 * 3600, limit=2) == 0
+
+
+def test_claims_stay_exact_under_the_prepared_generic_plan():
+    """Claim exactly `limit` jobs, each once, when PostgreSQL runs the prepared claim with its generic plan."""
+    JobFactory.create_batch(60)
+    with connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+    try:
+        batches = [claim(7) for _ in range(8)]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET plan_cache_mode")
+    assert [len(b) for b in batches] == [7] * 8
+    ids = [job.id for batch in batches for job in batch]
+    assert len(ids) == len(set(ids)) == 56
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 56
+
+
+def test_a_claim_from_the_front_skips_what_is_due_before_it():
+    """Claim only jobs due at or after the given start; without one, the oldest first."""
+    now = timezone.now()
+    late = JobFactory(run_at=now - timedelta(hours=1))
+    fresh = JobFactory(run_at=now - timedelta(seconds=1))
+    start = {p: (now - timedelta(minutes=1)).timestamp() for p in Priority}
+    assert [job.id for job in claim(10, start=start)] == [fresh.pk]
+    (job,) = claim(10)
+    assert job.id == late.pk
+    assert job.priority == Priority.NORMAL and abs(job.due - late.run_at.timestamp()) < 1e-3
+
+
+def test_claim_front_moves_forward_and_sweeps_less_often_while_nothing_is_behind():
+    """Start claims just before the newest job claimed; back off sweeps that find nothing behind, reset when they do."""
+    front = queue.ClaimFront(sweep_interval=1.0)
+    assert front.start(now=0.0) is None, "the first claim reads from the start"
+
+    def job(due):
+        return queue.ClaimedJob(1, "t", {}, 1, 3, None, "", "default", uuid.uuid4(), None, 0.0, Priority.NORMAL, due)
+
+    front.claimed([job(100.0), job(105.0)], swept=True, now=0.0)
+    assert front.start(now=0.5)[Priority.NORMAL] == 105.0 - front.LOOKBACK
+    assert front.start(now=0.5)[Priority.HIGH] == -math.inf
+    front.claimed([job(90.0)], swept=False, now=0.5)
+    assert front.start(now=1.0)[Priority.NORMAL] == 105.0 - front.LOOKBACK, "never moves back"
+    intervals = []
+    for now in (2.0, 10.0, 30.0, 60.0, 90.0):
+        assert front.start(now=now) is None
+        front.claimed([], swept=True, now=now)
+        intervals.append(front.sweep_interval)
+    assert intervals == [4.0, 8.0, 10.0, 10.0, 10.0]
+    front.claimed([job(50.0)], swept=True, now=100.0)  # a straggler behind the front
+    assert front.sweep_interval == 1.0 and front.next_sweep == 101.0
+
+
+def test_prepared_completion_is_planned_for_the_table_as_it_is_now():
+    """Plan the prepared completion afresh on each run: one prepared on a near-empty table must not scan it all later."""
+    # Prepared after 5 runs; PostgreSQL considers a generic plan after 5 more.
+    JobFactory.create_batch(15)
+    for _ in range(15):
+        queue.complete_jobs([(j.id, j.lease_token, None) for j in claim(1)])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE '%%jsonb_to_recordset%%'")
+        (name,) = cursor.fetchone()
+        cursor.execute(
+            "INSERT INTO jobs_job (queue, type, payload, priority, status, attempts, max_retries, run_at, created_at,"
+            " error, history, progress, trace_id)"
+            " SELECT 'default', 'noop', '{}', 1, 'completed', 1, 0, now(), now(), '', '[]', 0, ''"
+            " FROM generate_series(1, 50000)"
+        )
+        cursor.execute(f"""EXPLAIN EXECUTE {name}('[{{"id": 1, "token": "{uuid.uuid4()}"}}]')""")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Scan using jobs_job_pkey" in plan, plan
+    assert "Seq Scan on jobs_job" not in plan, plan

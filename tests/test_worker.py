@@ -5,9 +5,11 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from jobs import queue
 from jobs.models import Job, JobStatus, Worker
@@ -167,6 +169,31 @@ def test_a_result_json_cannot_hold_fails_only_its_own_job(start_worker):
         assert (row.status, row.attempts) == (JobStatus.DEAD, 1), "not retried: the same result would come back"
         assert row.error.startswith("Result is not JSON: ")
     assert Job.objects.filter(pk__in=fine, status=JobStatus.COMPLETED).count() == 20
+
+
+def test_a_job_committed_behind_the_claim_front_still_runs(start_worker):
+    """Run a job due long before the jobs already claimed (its transaction committed late): a sweep finds it."""
+    worker = start_worker("--concurrency", "2", *FAST)
+    first = queue.enqueue_many("reverse_string", [f"job {n}" for n in range(20)])
+    wait_for(lambda: Job.objects.filter(pk__in=first, status=JobStatus.COMPLETED).count() == 20, timeout=30,
+             message="the first jobs to complete")
+    straggler = queue.enqueue("reverse_string", "late", run_at=timezone.now() - timedelta(hours=1))
+    assert status(straggler.pk) == JobStatus.QUEUED
+    wait_for_status(straggler.pk, JobStatus.COMPLETED)
+    assert worker.proc.poll() is None
+
+
+def test_burst_mode_sweeps_before_it_stops(start_worker, effects):
+    """Stop a burst worker only once a claim from the start finds nothing, not when the front is empty."""
+    jobs = queue.enqueue_many("record_effect", [{"seconds": 0.05}] * 30)
+    # A long poll interval: no scheduled sweep comes before the queue drains.
+    worker = start_worker("--burst", "--concurrency", "2", "--poll-interval", "60")
+    wait_for(lambda: Job.objects.filter(pk__in=jobs, status=JobStatus.COMPLETED).exists(), timeout=30,
+             message="the worker to start completing jobs")
+    straggler = queue.enqueue("reverse_string", "late", run_at=timezone.now() - timedelta(hours=1))
+    assert worker.wait(timeout=60) == 0, worker.output()
+    assert Job.objects.filter(pk__in=jobs, status=JobStatus.COMPLETED).count() == 30
+    assert status(straggler.pk) == JobStatus.COMPLETED
 
 
 def test_failing_job_retries_with_backoff_then_lands_in_the_dlq(start_worker):
