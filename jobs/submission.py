@@ -8,20 +8,20 @@ is locked: two concurrent submissions of one user are serialized there.
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models import Count, Min
-from django.db.models.functions import Now
+from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import conf, queue
 from jobs.metrics import count_rate_limit_rejection
-from jobs.models import Job
+from jobs.models import ACTIVE_STATUSES, Job
 from jobs.registry import validate_payload
 
 RATE_WINDOW = timedelta(minutes=1)
+JOB_TABLE = Job._meta.db_table
+USER_TABLE = get_user_model()._meta.db_table
 
 
 class SubmissionRefused(Exception):
@@ -58,34 +58,74 @@ def limits_apply(user) -> bool:
     return not user.is_staff
 
 
-def lock_user(user) -> None:
-    """Lock the user's row until the end of the transaction.
+@dataclass
+class Usage:
+    """What a user's limits are checked against, counted while their row is locked."""
+
+    # Submissions in the last RATE_WINDOW, counted up to the rate limit.
+    recent: int
+    # When the oldest of those leaves the window.
+    oldest_recent: datetime | None
+    # Unfinished jobs, counted up to the cap plus one.
+    active: int
+
+
+def lock_user(user) -> Usage:
+    """Lock the user's row until the end of the transaction and count what their limits need.
 
     Every limited action of one user takes this lock first, so the counts
-    each one reads include everything the others committed.
+    include everything the others committed. The counts stop where the
+    limits do: that is all a decision needs, and a user with many recent or
+    unfinished jobs costs no more than one with few.
     """
-    get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).exists()
+    applies = limits_apply(user)
+    with connection.cursor() as cursor:
+        # Two statements: in one, the counts would read the snapshot taken
+        # before the lock was granted and miss the job whose transaction the
+        # lock waited for.
+        cursor.execute(f"SELECT 1 FROM {USER_TABLE} WHERE id = %s FOR NO KEY UPDATE", [user.pk])
+        cursor.execute(
+            f"""
+            SELECT r.n, r.oldest, a.n
+            FROM (
+                SELECT count(*) AS n, min(created_at) AS oldest FROM (
+                    SELECT created_at FROM {JOB_TABLE}
+                    WHERE owner_id = %(user)s AND created_at > statement_timestamp() - make_interval(secs => %(window)s)
+                    ORDER BY created_at DESC LIMIT %(rate)s
+                ) AS newest
+            ) AS r, (
+                SELECT count(*) AS n FROM (
+                    SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(user)s AND status = ANY(%(active_statuses)s) LIMIT %(cap)s
+                ) AS unfinished
+            ) AS a
+            """,
+            {
+                "user": user.pk, "window": RATE_WINDOW.total_seconds(), "active_statuses": list(ACTIVE_STATUSES),
+                "rate": conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE") if applies else 0,
+                "cap": conf.get("JOBS_USER_MAX_ACTIVE") + 1 if applies else 0,
+            },
+        )
+        return Usage(*cursor.fetchone())
 
 
-def check_active_limit(user, adding: int = 1) -> None:
+def check_active_limit(usage: Usage, adding: int = 1) -> None:
     """Raise TooManyActiveJobs if `adding` more unfinished jobs would pass the user's cap."""
     limit = conf.get("JOBS_USER_MAX_ACTIVE")
-    active = Job.objects.active().filter(owner=user).count()
-    if active + adding > limit:
+    if usage.active + adding > limit:
         count_rate_limit_rejection("active_jobs")
+        have = f"more than {limit}" if usage.active > limit else str(usage.active)
         raise TooManyActiveJobs(
-            f"You have {active} unfinished jobs; the limit is {limit}. "
+            f"You have {have} unfinished jobs; the limit is {limit}. "
             "Wait for some to finish or cancel them, then try again."
         )
 
 
-def check_rate_limit(user) -> None:
+def check_rate_limit(usage: Usage) -> None:
     """Raise RateLimited if the user already submitted the per-minute maximum."""
     limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
-    recent = Job.objects.filter(owner=user, created_at__gt=Now() - RATE_WINDOW)
-    stats = recent.aggregate(count=Count("pk"), oldest=Min("created_at"))
-    if stats["count"] >= limit:
-        wait = (stats["oldest"] + RATE_WINDOW - timezone.now()).total_seconds()
+    if usage.recent >= limit:
+        # Room for one more once the oldest of the last `limit` submissions leaves the window.
+        wait = (usage.oldest_recent + RATE_WINDOW - timezone.now()).total_seconds()
         count_rate_limit_rejection("submissions_per_minute")
         raise RateLimited(
             f"You may submit {limit} jobs a minute. Try again in {max(1, math.ceil(wait))} seconds.",
@@ -104,7 +144,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
     """
     payload = validate_payload(type, {} if payload is None else payload)
     with transaction.atomic():
-        lock_user(user)
+        usage = lock_user(user)
         if idempotency_key:
             earlier = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
             if earlier is not None:
@@ -114,8 +154,8 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
                     )
                 return Submission(job=earlier, replayed=True)
         if limits_apply(user):
-            check_rate_limit(user)
-            check_active_limit(user)
+            check_rate_limit(usage)
+            check_active_limit(usage)
         job = queue.enqueue(type, payload, owner=user, idempotency_key=idempotency_key, **options)
     return Submission(job=job)
 
@@ -123,9 +163,9 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
 def retry_for_user(user, job_id: int) -> None:
     """Requeue one of the user's dead, cancelled or expired jobs, within their active-job cap."""
     with transaction.atomic():
-        lock_user(user)
+        usage = lock_user(user)
         if limits_apply(user):
-            check_active_limit(user)
+            check_active_limit(usage)
         queue.retry_job(job_id)
 
 
@@ -137,10 +177,10 @@ def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: i
     """
     dead = queue.dead_jobs(ids=job_ids, owner=None if user.is_staff else user)
     with transaction.atomic():
-        lock_user(user)
+        usage = lock_user(user)
         if limits_apply(user):
-            room = conf.get("JOBS_USER_MAX_ACTIVE") - Job.objects.active().filter(owner=user).count()
+            room = conf.get("JOBS_USER_MAX_ACTIVE") - usage.active
             if room <= 0 and dead.exists():
-                check_active_limit(user)
+                check_active_limit(usage)
             max_jobs = room if max_jobs is None else min(max_jobs, room)
         return queue.requeue_dead(dead, limit=max_jobs)
