@@ -1,22 +1,24 @@
 """The benchmark scenarios, in the order the issue lists them, and the registry that runs them.
 
 A scenario is a function `run(ctx, system) -> dict` registered with
-@scenario. One that the project cannot run yet (no API, no dashboard
-stream) is registered with `available=False` and reports "not available
-yet" instead of a number; making it real means writing its function and
-flipping that flag, nothing else in the harness changes.
+@scenario; its figures fill the rows of bench/report.py that name it.
 """
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from bench.lib import Database, Probes, WorkerGroup, log, percentile, run_json
+from bench.lib import BENCH_DIR, Database, Probes, WorkerGroup, free_port, log, percentile, run_json
 
 BULK_BATCH = 1000  # jobs per bulk enqueue call (one statement / one transaction where supported)
 LATENCY_RATE = 50.0  # jobs/s offered while measuring pickup latency
+API_RATE = 100.0  # POST /api/jobs/ requests/s offered
 STABILITY_LOAD = 0.65  # stability offers this share of the system's drain rate from the same run
 
 
@@ -25,16 +27,22 @@ class Mode:
     name: str
     single_jobs: int
     drain_jobs: dict  # per system: the slow peers drain fewer jobs so the run stays short
+    drain_rounds: int  # each drain figure is the median of this many drains: one lasts a few seconds
     latency_seconds: float
+    api_seconds: float
+    dashboard_jobs: int
+    dashboard_rounds: int  # each round drains once with the stream off and once with dashboards open
     stability_seconds: float
     stability_bucket: float
 
 
 MODES = {
-    "quick": Mode("quick", 1000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 2000, "celery": 4000},
-                  latency_seconds=6, stability_seconds=24, stability_bucket=4),
-    "full": Mode("full", 5000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 20000, "celery": 20000},
-                 latency_seconds=30, stability_seconds=600, stability_bucket=60),
+    "quick": Mode("quick", 1000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 2000, "celery": 4000}, 1,
+                  latency_seconds=6, api_seconds=8, dashboard_jobs=20000, dashboard_rounds=1,
+                  stability_seconds=24, stability_bucket=4),
+    "full": Mode("full", 5000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 20000, "celery": 20000}, 3,
+                 latency_seconds=30, api_seconds=30, dashboard_jobs=100000, dashboard_rounds=3,
+                 stability_seconds=600, stability_bucket=60),
 }
 BACKLOG_JOBS = 50000  # the drain_backlog scenario: how throughput holds up with a deeper queue
 
@@ -57,8 +65,6 @@ class Scenario:
     key: str
     title: str
     run: Callable
-    available: bool = True
-    note: str = ""
     systems: tuple | None = None  # None: every system
     modes: tuple = ("quick", "full")
     skipjack_only: Callable | None = None  # given the context, True: run for Skipjack only
@@ -67,10 +73,9 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def scenario(key: str, title: str, *, available: bool = True, note: str = "", systems=None,
-             modes=("quick", "full"), skipjack_only=None):
+def scenario(key: str, title: str, *, systems=None, modes=("quick", "full"), skipjack_only=None):
     def register(func):
-        SCENARIOS[key] = Scenario(key, title, func, available, note, systems, modes, skipjack_only)
+        SCENARIOS[key] = Scenario(key, title, func, systems, modes, skipjack_only)
         return func
 
     return register
@@ -116,13 +121,13 @@ def enqueue_single(ctx: Context, system) -> dict:
 
 @scenario("drain", "Bulk enqueue N no-op jobs, then drain them with 2 worker processes")
 def drain(ctx: Context, system) -> dict:
-    return _drain(ctx, system, ctx.drain_jobs(system))
+    return _drains(ctx, system, ctx.drain_jobs(system))
 
 
 @scenario("drain_backlog", f"Drain a deeper queue ({BACKLOG_JOBS:,} jobs)", systems=("skipjack", "pgqueuer"),
           modes=("full",))
 def drain_backlog(ctx: Context, system) -> dict:
-    return _drain(ctx, system, ctx.jobs or BACKLOG_JOBS)
+    return _drains(ctx, system, ctx.jobs or BACKLOG_JOBS)
 
 
 @scenario("drain_large_batches", "Drain with larger batches (Skipjack prefetch 400, pgqueuer batch-size 100)",
@@ -130,9 +135,25 @@ def drain_backlog(ctx: Context, system) -> dict:
 def drain_large_batches(ctx: Context, system) -> dict:
     system.large_batches = True
     try:
-        return {"settings": system.settings(), **_drain(ctx, system, ctx.drain_jobs(system))}
+        return {"settings": system.settings(), **_drains(ctx, system, ctx.drain_jobs(system))}
     finally:
         system.large_batches = False
+
+
+def _drains(ctx: Context, system, count: int) -> dict:
+    """Drain `count` jobs mode.drain_rounds times; report the median round, with every round's rates."""
+    rounds = sorted((_drain(ctx, system, count) for _ in range(ctx.mode.drain_rounds)), key=lambda r: r["rate"])
+    median = rounds[len(rounds) // 2]
+    bulk = sorted(r["bulk_enqueue_rate"] for r in rounds)
+    return {
+        **median,
+        "bulk_enqueue_rate": bulk[len(bulk) // 2],
+        "rounds": len(rounds),
+        "rate_per_round": [round(r["rate"]) for r in rounds],
+        "bulk_enqueue_rate_per_round": [round(b) for b in bulk],
+        "peak_rss_mb": max((r["peak_rss_mb"] for r in rounds if r["peak_rss_mb"]), default=None),
+        "all_started_once_every_round": all(r["all_started_once"] for r in rounds),
+    }
 
 
 def _drain(ctx: Context, system, count: int) -> dict:
@@ -221,19 +242,89 @@ def latency(ctx: Context, system) -> dict:
     }
 
 
-# --- 4 and 5: listed, not measured yet ----------------------------------------------
-# The API and the dashboard's event stream exist now; their scenarios are the
-# next to write (bench/dashboard_overhead.py measures item 5 on its own).
-# Until then the table names them without a figure.
+# --- 4. the REST API ----------------------------------------------------------------
 
-SCENARIOS["api"] = Scenario(
-    "api", "POST /api/jobs/ latency p50/p99 and requests/s under a load generator", None, available=False,
-    note="not measured yet: no load-generator scenario is written for the API",
-)
-SCENARIOS["dashboard_stream"] = Scenario(
-    "dashboard_stream", "Drain throughput with the dashboard's event stream on", None, available=False,
-    note="not measured yet in this harness; see bench/dashboard_overhead.py",
-)
+# Non-staff users may submit 10 jobs a minute and hold 5 unfinished ones
+# (jobs/conf.py); the benchmark's one user submits thousands a minute, so
+# the server runs with both limits raised. The checks still run on every request.
+API_SERVER_ENV = {"JOBS_USER_SUBMISSIONS_PER_MINUTE": "1000000", "JOBS_USER_MAX_ACTIVE": "1000000"}
+API_MAX_SECONDS = 3.0  # then a closed loop on API_MAX_CONNECTIONS connections: the most requests/s
+API_MAX_CONNECTIONS = 4
+WEB_CONCURRENCY = 2  # the image's default
+
+
+@scenario("api", f"POST /api/jobs/ at {API_RATE:g} requests/s offered (open loop), 2 workers consuming the jobs",
+          systems=("skipjack",))
+def api(ctx: Context, system) -> dict:
+    system.reset()
+    ctx.probes.clear()  # also the server's cache, where the login and register throttles count
+    with contextlib.ExitStack() as stack:
+        group = _workers(system, "api", drain=False)
+        stack.callback(group.stop)
+        url = _serve(stack, system, API_SERVER_ENV)
+        _warm_up(ctx, system, group)
+        before = ctx.probes.total()
+        load = run_json(
+            [system.python, str(BENCH_DIR / "api_load.py"), "--url", url, "--rate", str(API_RATE),
+             "--duration", str(ctx.mode.api_seconds), "--max-seconds", str(API_MAX_SECONDS),
+             "--max-connections", str(API_MAX_CONNECTIONS)],
+            env=system.env(), cwd=system.cwd, timeout=ctx.mode.api_seconds + API_MAX_SECONDS + 120,
+        )
+        deadline = time.monotonic() + 60
+        while system.pending() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)  # the probes' last flush
+        return {
+            **load,
+            "server": f"uvicorn queueproject.asgi:application, {WEB_CONCURRENCY} processes (WEB_CONCURRENCY, as in"
+                      " the image), --no-access-log, LOG_LEVEL=WARNING",
+            "server_env": API_SERVER_ENV,
+            "workers": system.settings(),
+            "queue_empty_after": not system.pending(),
+            "jobs_run_by_workers": ctx.probes.total() - before,
+        }
+
+
+def _serve(stack: contextlib.ExitStack, system, extra_env: dict) -> str:
+    """Start uvicorn serving the project as the Dockerfile does, stopped by `stack`; return its URL once ready.
+
+    Like the image: WEB_CONCURRENCY processes, their metrics merged through a
+    fresh PROMETHEUS_MULTIPROC_DIR, no access log.
+    """
+    port = free_port()
+    metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="skipjack-metrics-"))
+    command = [system.python, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log", "--workers", str(WEB_CONCURRENCY)]
+    env = {**system.env(), **extra_env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    server = WorkerGroup([command], env, system.cwd, f"{system.name}-server").start()
+    stack.callback(server.stop)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/readyz/", timeout=2).read()
+            return url
+        except OSError:
+            if server.running() == 0 or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not get ready; see bench/.work/") from None
+            time.sleep(0.2)
+
+
+# --- 5. the dashboard's event stream ----------------------------------------------------
+
+DASHBOARD_SOCKETS = 10  # dashboards open (WebSocket clients re-fetching the overview) in the "on" drains
+
+
+@scenario("dashboard_stream",
+          f"Drain with the dashboard's event stream off, then with {DASHBOARD_SOCKETS} dashboards open",
+          systems=("skipjack",))
+def dashboard_stream(ctx: Context, system) -> dict:
+    """Run bench/dashboard_overhead.py, which has its own database and Redis (see there)."""
+    command = [system.python, str(BENCH_DIR / "dashboard_overhead.py"), "--json", "--skip-events-mode",
+               "--jobs", str(ctx.jobs or ctx.mode.dashboard_jobs), "--rounds", str(ctx.mode.dashboard_rounds),
+               "--sockets", str(DASHBOARD_SOCKETS)]
+    figures = run_json(command, env=dict(os.environ), cwd=system.cwd, timeout=1800)
+    return {**figures, "cost": figures["slowdown_percent"] / 100}
 
 
 # --- 6. stability ----------------------------------------------------------------------

@@ -169,6 +169,19 @@ def test_overview_counts_only_the_users_jobs(alice, bob):
     assert selectors.status_counts(UserFactory(is_staff=True))[JobStatus.QUEUED] == 5
 
 
+def test_status_counts_stop_at_the_cap(alice, monkeypatch):
+    """Stop each status's count just past COUNT_CAP, completed jobs included, and show it as "N+"."""
+    monkeypatch.setattr(selectors, "COUNT_CAP", 3)
+    JobFactory.create_batch(5, owner=alice)
+    JobFactory.create_batch(2, owner=alice, status=JobStatus.COMPLETED, finished_at=timezone.now())
+    JobFactory.create_batch(6, status=JobStatus.COMPLETED, finished_at=timezone.now())
+    counts = selectors.status_counts(alice)
+    assert (counts[JobStatus.QUEUED], counts[JobStatus.COMPLETED], counts[JobStatus.DEAD]) == (4, 2, 0)
+    staff_counts = selectors.status_counts(UserFactory(is_staff=True))
+    assert (staff_counts[JobStatus.QUEUED], staff_counts[JobStatus.COMPLETED]) == (4, 4)
+    assert set(counts) == set(JobStatus.values)
+
+
 def test_dlq_shows_only_the_users_dead_jobs(alice, bob):
     """Group only the user's own dead jobs."""
     dead_job(alice, error="ValueError: mine")

@@ -59,7 +59,7 @@ def get_item(mapping, key):
 
 @register.filter
 def count(value: int) -> str:
-    """Return a capped count with thousands separators: "1,234", or "100,000+" at the cap."""
+    """Return a capped count with thousands separators: "1,234", or "10,000+" at the cap."""
     if value is None:
         return ""
     if value > COUNT_CAP:
