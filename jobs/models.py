@@ -130,7 +130,7 @@ class Job(models.Model):
                 fields=["expires_at"], name="job_expiry_idx",
                 condition=Q(expires_at__isnull=False, status__in=READY_STATUSES),
             ),
-            # The per-user submission rate limit counts a user's jobs of the last minute.
+            # A user's jobs: their lists and counts, and deleting the user.
             models.Index(fields=["owner", "created_at"], name="job_owner_created_idx"),
             models.Index(
                 fields=["finished_at"], name="job_finished_idx", condition=Q(finished_at__isnull=False)
@@ -202,3 +202,26 @@ class JobCounter(models.Model):
 
     def __str__(self):
         return f"{self.name}{{type={self.type!r}, queue={self.queue!r}, le={self.le}}} += {self.value:g}"
+
+
+class SubmissionWindow(models.Model):
+    """How many jobs a user submitted in the current minute and the one before.
+
+    The per-minute submission limit is checked against a sliding minute
+    estimated from these two: the previous minute's count, weighted by the
+    share of it still inside the last 60 seconds, plus the current one's.
+    Counting the user's jobs of the last minute instead would read one row
+    per job, so a busy user's submissions would get slower the more they
+    submit; this is one row per user, updated under the user's lock.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    # The start of the current minute.
+    minute = models.DateTimeField()
+    current = models.PositiveIntegerField(default=0)
+    previous = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.user_id}: {self.current} since {self.minute:%H:%M}, {self.previous} the minute before"

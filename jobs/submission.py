@@ -8,20 +8,20 @@ is locked: two concurrent submissions of one user are serialized there.
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.utils import timezone
 
 from jobs import conf, queue
 from jobs.metrics import count_rate_limit_rejection
-from jobs.models import ACTIVE_STATUSES, Job
+from jobs.models import ACTIVE_STATUSES, Job, SubmissionWindow
 from jobs.registry import validate_payload
 
 RATE_WINDOW = timedelta(minutes=1)
 JOB_TABLE = Job._meta.db_table
 USER_TABLE = get_user_model()._meta.db_table
+WINDOW_TABLE = SubmissionWindow._meta.db_table
 
 
 class SubmissionRefused(Exception):
@@ -60,52 +60,69 @@ def limits_apply(user) -> bool:
 
 @dataclass
 class Usage:
-    """What a user's limits are checked against, counted while their row is locked."""
+    """What a user's limits are checked against, read while their row is locked."""
 
-    # Submissions in the last RATE_WINDOW, counted up to the rate limit.
-    recent: int
-    # When the oldest of those leaves the window.
-    oldest_recent: datetime | None
+    # Submissions in this minute (this one included, when submitting) and in the one before.
+    current: int = 0
+    previous: int = 0
+    # Seconds since this minute began.
+    elapsed: float = 0.0
     # Unfinished jobs, counted up to the cap plus one.
-    active: int
+    active: int = 0
 
 
-def lock_user(user) -> Usage:
-    """Lock the user's row until the end of the transaction and count what their limits need.
+def lock_user(user, *, submitting: bool = False) -> Usage:
+    """Lock the user's row until the end of the transaction and read what their limits need.
 
-    Every limited action of one user takes this lock first, so the counts
-    include everything the others committed. The counts stop where the
-    limits do: that is all a decision needs, and a user with many recent or
-    unfinished jobs costs no more than one with few.
+    Every limited action of one user takes this lock first, so what it reads
+    includes everything the others committed. With `submitting`, the
+    submission is counted in the user's SubmissionWindow; if the transaction
+    rolls back (a refusal), so does the count.
     """
-    applies = limits_apply(user)
     with connection.cursor() as cursor:
-        # Two statements: in one, the counts would read the snapshot taken
-        # before the lock was granted and miss the job whose transaction the
-        # lock waited for.
+        # Its own statement: one that also read the counts would read them
+        # from the snapshot taken before the lock was granted, and miss the
+        # job whose transaction the lock waited for.
         cursor.execute(f"SELECT 1 FROM {USER_TABLE} WHERE id = %s FOR NO KEY UPDATE", [user.pk])
+        if not limits_apply(user):
+            return Usage()
+        # The window moves to this minute first: what was current becomes the
+        # previous minute's count if that minute just ended, and is forgotten
+        # if it ended longer ago. The active count stops past the cap.
         cursor.execute(
             f"""
-            SELECT r.n, r.oldest, a.n
-            FROM (
-                SELECT count(*) AS n, min(created_at) AS oldest FROM (
-                    SELECT created_at FROM {JOB_TABLE}
-                    WHERE owner_id = %(user)s AND created_at > statement_timestamp() - make_interval(secs => %(window)s)
-                    ORDER BY created_at DESC LIMIT %(rate)s
-                ) AS newest
-            ) AS r, (
-                SELECT count(*) AS n FROM (
-                    SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(user)s AND status = ANY(%(active_statuses)s) LIMIT %(cap)s
+            WITH moved AS (
+                INSERT INTO {WINDOW_TABLE} AS w (user_id, minute, current, previous)
+                VALUES (%(user)s, date_trunc('minute', statement_timestamp()), %(adding)s, 0)
+                ON CONFLICT (user_id) DO UPDATE SET
+                    previous = CASE WHEN w.minute = excluded.minute THEN w.previous
+                                    WHEN w.minute = excluded.minute - interval '1 minute' THEN w.current
+                                    ELSE 0 END,
+                    current = CASE WHEN w.minute = excluded.minute THEN w.current ELSE 0 END + %(adding)s,
+                    minute = excluded.minute
+                RETURNING current, previous, extract(epoch FROM statement_timestamp() - minute)::float8 AS elapsed
+            )
+            SELECT current, previous, elapsed, (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(user)s AND status = ANY(%(active_statuses)s)
+                    LIMIT %(cap)s
                 ) AS unfinished
-            ) AS a
+            )
+            FROM moved
             """,
             {
-                "user": user.pk, "window": RATE_WINDOW.total_seconds(), "active_statuses": list(ACTIVE_STATUSES),
-                "rate": conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE") if applies else 0,
-                "cap": conf.get("JOBS_USER_MAX_ACTIVE") + 1 if applies else 0,
+                "user": user.pk, "adding": int(submitting), "active_statuses": list(ACTIVE_STATUSES),
+                "cap": conf.get("JOBS_USER_MAX_ACTIVE") + 1,
             },
         )
         return Usage(*cursor.fetchone())
+
+
+def count_submission(user) -> int:
+    """Count one more submission in the user's current minute (lock_user moved it there); return the count."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {WINDOW_TABLE} SET current = current + 1 WHERE user_id = %s RETURNING current", [user.pk])
+        return cursor.fetchone()[0]
 
 
 def check_active_limit(usage: Usage, adding: int = 1) -> None:
@@ -121,16 +138,34 @@ def check_active_limit(usage: Usage, adding: int = 1) -> None:
 
 
 def check_rate_limit(usage: Usage) -> None:
-    """Raise RateLimited if the user already submitted the per-minute maximum."""
+    """Raise RateLimited if this submission would pass the per-minute maximum."""
     limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
-    if usage.recent >= limit:
-        # Room for one more once the oldest of the last `limit` submissions leaves the window.
-        wait = (usage.oldest_recent + RATE_WINDOW - timezone.now()).total_seconds()
-        count_rate_limit_rejection("submissions_per_minute")
-        raise RateLimited(
-            f"You may submit {limit} jobs a minute. Try again in {max(1, math.ceil(wait))} seconds.",
-            retry_after=max(1, math.ceil(wait)),
-        )
+    if _submitted_in_last_minute(usage, usage.elapsed) <= limit:
+        return
+    count_rate_limit_rejection("submissions_per_minute")
+    if limit < 1:
+        raise RateLimited("Job submissions are turned off for your account.")
+    wait = _seconds_until_room(usage, limit)
+    raise RateLimited(f"You may submit {limit} jobs a minute. Try again in {wait} seconds.", retry_after=wait)
+
+
+def _submitted_in_last_minute(usage: Usage, elapsed: float) -> float:
+    """Estimate the submissions of the 60 seconds before `elapsed` seconds into this minute."""
+    window = RATE_WINDOW.total_seconds()
+    return usage.previous * max(0.0, 1 - elapsed / window) + usage.current
+
+
+def _seconds_until_room(usage: Usage, limit: int) -> int:
+    """Return whole seconds until this submission would fit (the refused one itself is not kept)."""
+    window = RATE_WINDOW.total_seconds()
+    if usage.current <= limit:
+        # Later in this minute, once enough of the previous one has slid out.
+        wait = window * (1 - (limit - usage.current) / usage.previous) - usage.elapsed
+    else:
+        # In the next minute: this minute's earlier submissions become the previous ones.
+        earlier = usage.current - 1
+        wait = window - usage.elapsed + max(0.0, window * (1 - (limit - 1) / earlier))
+    return max(1, math.ceil(wait))
 
 
 def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, **options) -> Submission:
@@ -144,7 +179,8 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
     """
     payload = validate_payload(type, {} if payload is None else payload)
     with transaction.atomic():
-        usage = lock_user(user)
+        # A replayed request is not a new submission: with a key, it is counted only once no earlier job is found.
+        usage = lock_user(user, submitting=not idempotency_key)
         if idempotency_key:
             earlier = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
             if earlier is not None:
@@ -153,6 +189,8 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
                         "This Idempotency-Key was already used for a different request."
                     )
                 return Submission(job=earlier, replayed=True)
+            if limits_apply(user):
+                usage.current = count_submission(user)
         if limits_apply(user):
             check_rate_limit(usage)
             check_active_limit(usage)
