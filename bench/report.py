@@ -146,7 +146,7 @@ def notes(meta: dict) -> list[str]:
         "    the per-user limits would refuse the load; their checks still run on every request.",
         "  - Dashboard stream (Skipjack only): bench/dashboard_overhead.py drains the same jobs, spread over 50",
         "    owners, with JOBS_EVENTS=0, then with events on and 10 dashboards open (WebSocket clients that",
-        "    re-fetch the overview page at most every 2 s), alternating, 3 rounds of 100,000 jobs (quick: 1 of",
+        "    re-fetch the overview page at most every 2 s), alternating, 5 rounds of 100,000 jobs (quick: 1 of",
         "    20,000); medians. A drain runs from its first job's start to its last job's finish in the jobs table.",
         "  - Stability: a steady offered load (65 % of the system's drain rate in this run) for the whole",
         "    duration; throughput per interval from the handlers' counters; last interval / first interval.",

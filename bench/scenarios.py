@@ -41,7 +41,7 @@ MODES = {
                   latency_seconds=6, api_seconds=8, dashboard_jobs=20000, dashboard_rounds=1,
                   stability_seconds=24, stability_bucket=4),
     "full": Mode("full", 5000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 20000, "celery": 20000}, 3,
-                 latency_seconds=30, api_seconds=30, dashboard_jobs=100000, dashboard_rounds=3,
+                 latency_seconds=30, api_seconds=30, dashboard_jobs=100000, dashboard_rounds=5,
                  stability_seconds=600, stability_bucket=60),
 }
 BACKLOG_JOBS = 50000  # the drain_backlog scenario: how throughput holds up with a deeper queue
