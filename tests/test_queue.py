@@ -254,14 +254,19 @@ def test_complete_many_in_one_statement():
     assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 50
 
 
-def test_hot_statements_are_prepared_once_they_repeat():
-    """Prepare the claim and the completion on the connection, so PostgreSQL stops re-planning them."""
-    JobFactory.create_batch(8)
-    for _ in range(8):
+def claim_and_complete_one_by_one(times: int) -> dict[str, str]:
+    """Claim and complete `times` jobs one at a time; return the connection's prepared statements, name: text."""
+    JobFactory.create_batch(times)
+    for _ in range(times):
         queue.complete_jobs([(j.id, j.lease_token, None) for j in claim(1)])
     with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        prepared = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT name, statement FROM pg_prepared_statements")
+        return dict(cursor.fetchall())
+
+
+def test_hot_statements_are_prepared_once_they_repeat():
+    """Prepare the claim and the completion on the connection, so PostgreSQL stops re-planning them."""
+    prepared = claim_and_complete_one_by_one(8).values()
     assert any("FOR UPDATE SKIP LOCKED" in text for text in prepared)
     assert any("jsonb_to_recordset" in text for text in prepared)
     assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 8
@@ -528,12 +533,9 @@ def test_claim_front_moves_forward_and_sweeps_less_often_while_nothing_is_behind
 def test_prepared_completion_is_planned_for_the_table_as_it_is_now():
     """Plan the prepared completion afresh on each run: one prepared on a near-empty table must not scan it all later."""
     # Prepared after 5 runs; PostgreSQL considers a generic plan after 5 more.
-    JobFactory.create_batch(15)
-    for _ in range(15):
-        queue.complete_jobs([(j.id, j.lease_token, None) for j in claim(1)])
+    prepared = claim_and_complete_one_by_one(15)
+    (name,) = [name for name, text in prepared.items() if "jsonb_to_recordset" in text]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE '%%jsonb_to_recordset%%'")
-        (name,) = cursor.fetchone()
         cursor.execute(
             "INSERT INTO jobs_job (queue, type, payload, priority, status, attempts, max_retries, run_at, created_at,"
             " error, history, progress, trace_id)"
