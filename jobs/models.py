@@ -204,24 +204,22 @@ class JobCounter(models.Model):
         return f"{self.name}{{type={self.type!r}, queue={self.queue!r}, le={self.le}}} += {self.value:g}"
 
 
-class SubmissionWindow(models.Model):
-    """How many jobs a user submitted in the current minute and the one before.
+class SubmissionAllowance(models.Model):
+    """A user's allowance of job submissions: a bucket of JOBS_USER_SUBMISSIONS_PER_MINUTE.
 
-    The per-minute submission limit is checked against a sliding minute
-    estimated from these two: the previous minute's count, weighted by the
-    share of it still inside the last 60 seconds, plus the current one's.
-    Counting the user's jobs of the last minute instead would read one row
-    per job, so a busy user's submissions would get slower the more they
-    submit; this is one row per user, updated under the user's lock.
+    A submission takes one; they come back at that many a minute. Kept as the
+    one moment the bucket is full again (GCRA): each submission moves it a
+    1/limit-th of a minute past the later of itself and now, and a submission
+    that would move it more than a minute past now is refused. One row per
+    user, updated under the user's lock. Counting the user's jobs of the last
+    minute instead would read a row per job: the more a user submitted, the
+    slower each submission.
     """
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
     )
-    # The start of the current minute.
-    minute = models.DateTimeField()
-    current = models.PositiveIntegerField(default=0)
-    previous = models.PositiveIntegerField(default=0)
+    refilled_at = models.DateTimeField()
 
     def __str__(self):
-        return f"{self.user_id}: {self.current} since {self.minute:%H:%M}, {self.previous} the minute before"
+        return f"{self.user_id}: full again at {self.refilled_at:%H:%M:%S}"

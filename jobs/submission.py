@@ -15,13 +15,13 @@ from django.db import connection, transaction
 
 from jobs import conf, queue
 from jobs.metrics import count_rate_limit_rejection
-from jobs.models import ACTIVE_STATUSES, Job, SubmissionWindow
+from jobs.models import ACTIVE_STATUSES, Job, SubmissionAllowance
 from jobs.registry import validate_payload
 
 RATE_WINDOW = timedelta(minutes=1)
 JOB_TABLE = Job._meta.db_table
 USER_TABLE = get_user_model()._meta.db_table
-WINDOW_TABLE = SubmissionWindow._meta.db_table
+ALLOWANCE_TABLE = SubmissionAllowance._meta.db_table
 
 
 class SubmissionRefused(Exception):
@@ -62,11 +62,9 @@ def limits_apply(user) -> bool:
 class Usage:
     """What a user's limits are checked against, read while their row is locked."""
 
-    # Submissions in this minute (this one included, when submitting) and in the one before.
-    current: int = 0
-    previous: int = 0
-    # Seconds since this minute began.
-    elapsed: float = 0.0
+    # After this submission, how far past now the user's allowance is full
+    # again, in seconds; None when nothing was submitted.
+    ahead: float | None = None
     # Unfinished jobs, counted up to the cap plus one.
     active: int = 0
 
@@ -76,8 +74,8 @@ def lock_user(user, *, submitting: bool = False) -> Usage:
 
     Every limited action of one user takes this lock first, so what it reads
     includes everything the others committed. With `submitting`, the
-    submission is counted in the user's SubmissionWindow; if the transaction
-    rolls back (a refusal), so does the count.
+    submission is taken from the user's SubmissionAllowance; if the
+    transaction rolls back (a refusal), it is given back.
     """
     with connection.cursor() as cursor:
         # Its own statement: one that also read the counts would read them
@@ -86,42 +84,44 @@ def lock_user(user, *, submitting: bool = False) -> Usage:
         cursor.execute(f"SELECT 1 FROM {USER_TABLE} WHERE id = %s FOR NO KEY UPDATE", [user.pk])
         if not limits_apply(user):
             return Usage()
-        # The window moves to this minute first: what was current becomes the
-        # previous minute's count if that minute just ended, and is forgotten
-        # if it ended longer ago. The active count stops past the cap.
-        cursor.execute(
-            f"""
-            WITH moved AS (
-                INSERT INTO {WINDOW_TABLE} AS w (user_id, minute, current, previous)
-                VALUES (%(user)s, date_trunc('minute', statement_timestamp()), %(adding)s, 0)
-                ON CONFLICT (user_id) DO UPDATE SET
-                    previous = CASE WHEN w.minute = excluded.minute THEN w.previous
-                                    WHEN w.minute = excluded.minute - interval '1 minute' THEN w.current
-                                    ELSE 0 END,
-                    current = CASE WHEN w.minute = excluded.minute THEN w.current ELSE 0 END + %(adding)s,
-                    minute = excluded.minute
-                RETURNING current, previous, extract(epoch FROM statement_timestamp() - minute)::float8 AS elapsed
-            )
-            SELECT current, previous, elapsed, (
-                SELECT count(*) FROM (
-                    SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(user)s AND status = ANY(%(active_statuses)s)
-                    LIMIT %(cap)s
-                ) AS unfinished
-            )
-            FROM moved
-            """,
-            {
-                "user": user.pk, "adding": int(submitting), "active_statuses": list(ACTIVE_STATUSES),
-                "cap": conf.get("JOBS_USER_MAX_ACTIVE") + 1,
-            },
-        )
+        active = f"""(
+            SELECT count(*) FROM (
+                SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(user)s AND status = ANY(%(active_statuses)s) LIMIT %(cap)s
+            ) AS unfinished
+        )"""
+        params = {
+            "user": user.pk, "active_statuses": list(ACTIVE_STATUSES), "cap": conf.get("JOBS_USER_MAX_ACTIVE") + 1,
+            "cost": _submission_cost(),
+        }
+        if submitting:
+            cursor.execute(f"WITH spent AS ({_SPEND}) SELECT ahead, {active} FROM spent", params)
+        else:
+            cursor.execute(f"SELECT NULL::float8, {active}", params)
         return Usage(*cursor.fetchone())
 
 
-def count_submission(user) -> int:
-    """Count one more submission in the user's current minute (lock_user moved it there); return the count."""
+# Take one submission from the user's allowance: it is full again `cost`
+# seconds later than it would have been (or than now, if it is full already).
+_SPEND = f"""
+    INSERT INTO {ALLOWANCE_TABLE} AS a (user_id, refilled_at)
+    VALUES (%(user)s, statement_timestamp() + make_interval(secs => %(cost)s))
+    ON CONFLICT (user_id) DO UPDATE
+        SET refilled_at = greatest(a.refilled_at, statement_timestamp()) + make_interval(secs => %(cost)s)
+    RETURNING extract(epoch FROM refilled_at - statement_timestamp())::float8 AS ahead
+"""
+
+
+def _submission_cost() -> float:
+    """Seconds of allowance one submission takes: a minute shared by the per-minute limit."""
+    limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
+    # With a limit of 0, more than the whole allowance: every submission is refused.
+    return RATE_WINDOW.total_seconds() / limit if limit > 0 else 2 * RATE_WINDOW.total_seconds()
+
+
+def count_submission(user) -> float:
+    """Take one submission from the user's allowance; return Usage.ahead."""
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {WINDOW_TABLE} SET current = current + 1 WHERE user_id = %s RETURNING current", [user.pk])
+        cursor.execute(_SPEND, {"user": user.pk, "cost": _submission_cost()})
         return cursor.fetchone()[0]
 
 
@@ -138,34 +138,16 @@ def check_active_limit(usage: Usage, adding: int = 1) -> None:
 
 
 def check_rate_limit(usage: Usage) -> None:
-    """Raise RateLimited if this submission would pass the per-minute maximum."""
-    limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
-    if _submitted_in_last_minute(usage, usage.elapsed) <= limit:
+    """Raise RateLimited if this submission needs more allowance than the user has."""
+    window = RATE_WINDOW.total_seconds()
+    if usage.ahead is None or usage.ahead <= window:
         return
     count_rate_limit_rejection("submissions_per_minute")
+    limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
     if limit < 1:
         raise RateLimited("Job submissions are turned off for your account.")
-    wait = _seconds_until_room(usage, limit)
+    wait = max(1, math.ceil(usage.ahead - window))
     raise RateLimited(f"You may submit {limit} jobs a minute. Try again in {wait} seconds.", retry_after=wait)
-
-
-def _submitted_in_last_minute(usage: Usage, elapsed: float) -> float:
-    """Estimate the submissions of the 60 seconds before `elapsed` seconds into this minute."""
-    window = RATE_WINDOW.total_seconds()
-    return usage.previous * max(0.0, 1 - elapsed / window) + usage.current
-
-
-def _seconds_until_room(usage: Usage, limit: int) -> int:
-    """Return whole seconds until this submission would fit (the refused one itself is not kept)."""
-    window = RATE_WINDOW.total_seconds()
-    if usage.current <= limit:
-        # Later in this minute, once enough of the previous one has slid out.
-        wait = window * (1 - (limit - usage.current) / usage.previous) - usage.elapsed
-    else:
-        # In the next minute: this minute's earlier submissions become the previous ones.
-        earlier = usage.current - 1
-        wait = window - usage.elapsed + max(0.0, window * (1 - (limit - 1) / earlier))
-    return max(1, math.ceil(wait))
 
 
 def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, **options) -> Submission:
@@ -179,7 +161,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
     """
     payload = validate_payload(type, {} if payload is None else payload)
     with transaction.atomic():
-        # A replayed request is not a new submission: with a key, it is counted only once no earlier job is found.
+        # A replayed request is not a new submission: with a key, it counts once no earlier job is found.
         usage = lock_user(user, submitting=not idempotency_key)
         if idempotency_key:
             earlier = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
@@ -190,7 +172,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
                     )
                 return Submission(job=earlier, replayed=True)
             if limits_apply(user):
-                usage.current = count_submission(user)
+                usage.ahead = count_submission(user)
         if limits_apply(user):
             check_rate_limit(usage)
             check_active_limit(usage)

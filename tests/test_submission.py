@@ -1,12 +1,13 @@
-"""Per-user submission limits: the sliding minute kept in SubmissionWindow."""
+"""Per-user submission limits: the allowance kept in SubmissionAllowance."""
+
+from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db.models import F
+from django.utils import timezone
 
-from jobs.models import Job, SubmissionWindow
-from jobs.submission import (
-    RateLimited, Usage, _seconds_until_room, _submitted_in_last_minute, lock_user, submit_job,
-)
+from jobs.models import Job, SubmissionAllowance
+from jobs.submission import RateLimited, submit_job
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -23,55 +24,34 @@ def submit(user, text="x", **kwargs):
     return submit_job(user=user, type="reverse_string", payload=text, **kwargs)
 
 
-def move_window_back(user, minutes: int) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE jobs_submissionwindow SET minute = minute - make_interval(mins => %s) WHERE user_id = %s",
-            [minutes, user.pk],
-        )
+def seconds_ahead(user) -> float:
+    return (SubmissionAllowance.objects.get(user=user).refilled_at - timezone.now()).total_seconds()
 
 
-def test_the_previous_minute_counts_by_the_share_still_in_the_window():
-    """Weigh the previous minute by how much of it the last 60 seconds still cover."""
-    usage = Usage(current=2, previous=10, elapsed=15.0)
-    assert _submitted_in_last_minute(usage, 15.0) == pytest.approx(10 * 0.75 + 2)
-    assert _submitted_in_last_minute(usage, 60.0) == 2
-
-
-def test_retry_after_is_when_the_submission_fits():
-    """Wait until the sliding estimate makes room: later this minute, or in the next one."""
-    # 10 last minute, 2 now (this one included), limit 8: room once 6 of the 10 have slid out.
-    sliding = Usage(current=2, previous=10, elapsed=15.0)
-    wait = _seconds_until_room(sliding, limit=8)
-    assert wait == 9  # 60 * 0.4 - 15
-    assert _submitted_in_last_minute(sliding, 15.0 + wait) <= 8
-    # This minute alone is over the limit: the next minute, once enough of this one has slid out.
-    full = Usage(current=5, previous=0, elapsed=50.0)
-    assert _seconds_until_room(full, limit=4) == 10 + 15  # 60 * (1 - 3/4) into the next minute
-
-
-def test_submissions_are_counted_in_the_current_minute(user):
-    """Allow the limit per minute and refuse the next, without counting the refused one."""
+def test_a_burst_of_the_limit_then_one_per_share_of_the_minute(user):
+    """Allow the limit at once, refuse the next until a third of a minute has come back, without counting it."""
     for n in range(3):
         submit(user, f"n{n}")
+    assert 59 < seconds_ahead(user) <= 60
     with pytest.raises(RateLimited) as refused:
         submit(user, "four")
-    assert 1 <= refused.value.retry_after <= 60
-    assert SubmissionWindow.objects.get(user=user).current == 3
+    assert refused.value.retry_after == 20  # 60 s / 3, less the few ms since
+    assert 59 < seconds_ahead(user) <= 60, "the refused submission took nothing"
     assert Job.objects.filter(owner=user).count() == 3
 
 
-def test_the_window_slides_into_the_next_minutes(user):
-    """Carry this minute's count into the previous one a minute later, and forget it after two."""
+def test_the_allowance_comes_back_at_the_limit_per_minute(user):
+    """Give one submission back every 60/limit seconds, and all of them after a minute."""
     for n in range(3):
         submit(user, f"n{n}")
-    move_window_back(user, 1)
-    usage = lock_user(user)
-    assert (usage.current, usage.previous) == (0, 3)
-    move_window_back(user, 2)
-    usage = lock_user(user)
-    assert (usage.current, usage.previous) == (0, 0)
-    submit(user, "allowed again")
+    SubmissionAllowance.objects.filter(user=user).update(refilled_at=F("refilled_at") - timedelta(seconds=21))
+    submit(user, "one came back")
+    with pytest.raises(RateLimited):
+        submit(user, "but only one")
+    SubmissionAllowance.objects.filter(user=user).update(refilled_at=timezone.now() - timedelta(minutes=5))
+    for n in range(3):
+        submit(user, f"again {n}")
+    assert 59 < seconds_ahead(user) <= 60, "a full allowance holds the limit, never more"
 
 
 def test_a_replayed_request_is_not_counted_again(user):
@@ -79,12 +59,20 @@ def test_a_replayed_request_is_not_counted_again(user):
     first = submit(user, "same", idempotency_key="k")
     again = submit(user, "same", idempotency_key="k")
     assert again.replayed and again.job.pk == first.job.pk
-    assert SubmissionWindow.objects.get(user=user).current == 1
+    assert 19 < seconds_ahead(user) <= 20
 
 
-def test_staff_have_no_window(settings):
-    """Skip the window for staff, who have no limits."""
+def test_a_limit_of_zero_refuses_every_submission(user, settings):
+    settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 0
+    with pytest.raises(RateLimited) as refused:
+        submit(user)
+    assert refused.value.retry_after is None
+    assert not Job.objects.exists()
+
+
+def test_staff_have_no_allowance(settings):
+    """Keep no allowance for staff, who have no limits."""
     staff = UserFactory(is_staff=True)
     for n in range(5):
         submit(staff, f"n{n}")
-    assert not SubmissionWindow.objects.filter(user=staff).exists()
+    assert not SubmissionAllowance.objects.filter(user=staff).exists()
