@@ -143,6 +143,9 @@ def _insert_jobs(type: str, payloads: list, o: dict, *, trace_id: str, unique_ke
 
 def _announce_enqueued(*, type: str, queue: str, status: str, ids: list[int], owner_id, trace_id: str) -> None:
     """Log the new jobs and tell the dashboards, once the insert commits."""
+    events.jobs_changed([(job_id, owner_id, status, 0) for job_id in ids], created=True)
+    if not logger.isEnabledFor(logging.INFO):
+        return
     fields = {"event": "submit", "type": type, "queue": queue, "attempt": 0, "trace_id": trace_id, "user_id": owner_id}
     if len(ids) == 1:
         fields["job_id"] = ids[0]
@@ -151,7 +154,6 @@ def _announce_enqueued(*, type: str, queue: str, status: str, ids: list[int], ow
         fields.update(count=len(ids), first_job_id=ids[0])
         message = f"submit {len(ids)} {type} jobs from #{ids[0]}"
     transaction.on_commit(lambda: logger.info(message, extra=fields))
-    events.jobs_changed([(job_id, owner_id, status, 0) for job_id in ids], created=True)
 
 
 def enqueue(
