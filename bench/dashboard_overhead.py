@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -174,10 +175,19 @@ class Dashboards:
         self.fetches[index] += 1
 
 
-def drain(jobs: int, workers: int, events: bool, owners) -> float:
-    """Enqueue `jobs` jobs spread over `owners`, drain them with burst workers; return jobs/s.
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time process `pid` has used so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    The time is the store's: from the first job's start to the last job's finish.
+
+def drain(jobs: int, workers: int, events: bool, owners, server_pid: int) -> tuple[float, dict]:
+    """Enqueue `jobs` jobs spread over `owners`, drain them with burst workers; return jobs/s and CPU used.
+
+    The time is the store's: from the first job's start to the last job's
+    finish. The CPU seconds, over the workers' lifetime, are the workers',
+    uvicorn's and this process's (the dashboards' clients, when open);
+    PostgreSQL's backends are not counted.
     """
     from django.db import connection
 
@@ -190,10 +200,17 @@ def drain(jobs: int, workers: int, events: bool, owners) -> float:
         for start in range(0, per_owner, 1000):
             queue.enqueue_many("reverse_string", ["benchmark"] * min(1000, per_owner - start), owner=owner)
     command = [sys.executable, str(ROOT / "manage.py"), "runworker", "--burst", "--concurrency", "10", "--prefetch", "100"]
+    before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid), time.process_time())
     procs = [subprocess.Popen(command, cwd=ROOT, env=child_env(events)) for _ in range(workers)]
     for proc in procs:
         if proc.wait(timeout=900) != 0:
             raise RuntimeError(f"a worker exited with {proc.returncode}")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {
+        "workers": children.ru_utime + children.ru_stime - before[0].ru_utime - before[0].ru_stime,
+        "server": cpu_seconds(server_pid) - before[1],
+        "clients": time.process_time() - before[2],
+    }
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8"
@@ -202,7 +219,7 @@ def drain(jobs: int, workers: int, events: bool, owners) -> float:
         done, seconds = cursor.fetchone()
     if done != per_owner * len(owners):
         raise RuntimeError(f"only {done} of {per_owner * len(owners)} jobs completed")
-    return done / seconds
+    return done / seconds, cpu
 
 
 def main(argv=None) -> int:
@@ -248,6 +265,7 @@ def main(argv=None) -> int:
                     raise RuntimeError("uvicorn did not start") from None
                 time.sleep(0.2)
         rates = {mode: [] for mode in modes}
+        cpu = {mode: [] for mode in modes}
         received = []
         fetched = []
         for round_number in range(args.rounds):
@@ -256,7 +274,8 @@ def main(argv=None) -> int:
                 if mode == "dashboard":
                     dashboards = Dashboards(base, cookies)
                     dashboards.start()
-                rate = drain(args.jobs, args.workers, mode != "off", owners)
+                rate, used = drain(args.jobs, args.workers, mode != "off", owners, server.pid)
+                cpu[mode].append(used)
                 if dashboards is not None:
                     time.sleep(1.5)  # the last coalesced messages
                     dashboards.stop()
@@ -283,6 +302,11 @@ def main(argv=None) -> int:
         "slowdown_percent": round(slowdown, 1),
         "messages_per_socket_per_drain": round(statistics.mean(received), 1),
         "http_refetches_per_socket_per_drain": round(statistics.mean(fetched), 1),
+        # Median CPU seconds per drain, by whom: where the cost of the dashboards goes.
+        "cpu_seconds_per_drain": {
+            mode: {who: round(statistics.median(d[who] for d in cpu[mode]), 2) for who in ("workers", "server", "clients")}
+            for mode in modes
+        },
     }
     if "events" in rates:
         publishing = statistics.median(rates["events"])
