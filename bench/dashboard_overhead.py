@@ -38,7 +38,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.lib import free_port  # noqa: E402
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_URL = os.environ.get("BENCH_DASHBOARD_REDIS_URL", "redis://127.0.0.1:6379/11")
 DATABASE = os.environ.get("BENCH_DASHBOARD_DB", "skipjack_bench_dashboard")
@@ -60,12 +62,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def setup_django():
     os.environ["DATABASE_URL"] = f"{PG_URL}/{DATABASE}"
     os.environ["REDIS_URL"] = REDIS_URL
@@ -73,7 +69,6 @@ def setup_django():
     os.environ["LOG_LEVEL"] = "WARNING"
     # This process only enqueues; its own events would be noise.
     os.environ["JOBS_EVENTS"] = "0"
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
