@@ -347,10 +347,10 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
     # locking sub-selects are MATERIALIZED CTEs so Postgres evaluates each
     # exactly once: inlined into the UPDATE, a LIMITed FOR UPDATE sub-select
     # may be re-run and claim more than `limit` rows (PG bug #15715).
-    # The claimed ids are matched as an array, whatever the row estimates:
-    # once the statement is prepared, its generic plan cannot know `limit`
-    # and guesses a tenth of the queue, for which a join would hash the
-    # whole table (spilling to disk with a deep queue).
+    # The claimed ids are matched as an array, so whatever the row estimates
+    # the UPDATE finds each by its primary key. As a join it could hash the
+    # whole table: a generic plan, which cannot know `limit`, guesses a tenth
+    # of the queue, and with a deep queue that hash spilled to disk.
     sql = f"""
         WITH p1 AS MATERIALIZED (
             SELECT id FROM {JOB_TABLE} WHERE {where} AND priority = %(p1)s AND run_at >= to_timestamp(%(from1)s)

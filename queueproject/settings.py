@@ -114,6 +114,7 @@ ASGI_APPLICATION = "queueproject.asgi.application"
 DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.postgres_url()
 # django-prometheus's PostgreSQL backend is Django's, plus query and connection metrics.
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, engine="django_prometheus.db.backends.postgresql")}
+PREPARE_THRESHOLD = os.environ.get("DB_PREPARE_THRESHOLD", "5")
 DATABASES["default"]["OPTIONS"] = {
     # psycopg 3's pool, managed by Django: each process keeps a few warm
     # connections instead of reconnecting per request or per worker thread.
@@ -126,10 +127,7 @@ DATABASES["default"]["OPTIONS"] = {
     # The queue's hot statements (jobs.db.statement_cursor) are prepared on a
     # connection after this many runs. Set it to "off" behind a pooler that
     # cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
-    "prepare_threshold": (
-        None if os.environ.get("DB_PREPARE_THRESHOLD", "5").lower() in ("off", "none", "")
-        else int(os.environ.get("DB_PREPARE_THRESHOLD", "5"))
-    ),
+    "prepare_threshold": None if PREPARE_THRESHOLD.lower() in ("off", "none", "") else int(PREPARE_THRESHOLD),
 }
 if DATABASES["default"]["OPTIONS"]["prepare_threshold"] is not None:
     # Prepared, but planned on every run with its parameters and the table's
