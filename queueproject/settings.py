@@ -148,8 +148,13 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "skipjack",
+        # Otherwise each ASGI request opens its own connection to Redis.
+        "OPTIONS": {"pool_class": "queueproject.cache.SharedConnectionPool"},
     }
 }
+# Sessions are read from the cache on each request, and written through to
+# the database, which keeps them across a Redis restart.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 CHANNEL_LAYERS = {
     "default": {
