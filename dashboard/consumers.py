@@ -52,6 +52,15 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
             except Exception:  # noqa: BLE001 - Redis away: try again next round; the page re-syncs on reconnect
                 logger.warning("could not renew a dashboard subscription", exc_info=True)
 
+    async def dispatch(self, message):
+        # Channels closes stale database connections before every handler, a
+        # hop to a thread and back. A notification is relayed without touching
+        # the database, and with many pages open they are most of what arrives.
+        if message["type"] == events.MESSAGE_TYPE:
+            await self.jobs_changed(message)
+        else:
+            await super().dispatch(message)
+
     async def receive_json(self, content, **kwargs):
         """Ignore what the browser sends: the socket only carries events to it."""
 

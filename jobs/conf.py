@@ -38,10 +38,12 @@ DEFAULTS = {
     # Weights of the priority a claim serves first: high, normal, low.
     "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
     # Live events (jobs.events): on/off, the coalescing window in seconds,
-    # and how many job ids one message lists before it says "resync" instead.
+    # how many job ids one message lists before it says "resync" instead,
+    # and the longer window that follows a flush that had to say "resync".
     "JOBS_EVENTS": True,
     "JOBS_EVENTS_FLUSH_INTERVAL": 0.25,
     "JOBS_EVENTS_MAX_JOBS": 100,
+    "JOBS_EVENTS_BUSY_FLUSH_INTERVAL": 1.0,
 }
 
 

@@ -14,8 +14,11 @@ the buffer and sends one message per affected group:
 However many jobs change in an interval, each group gets one message, and a
 message lists at most JOBS_EVENTS_MAX_JOBS jobs; past that it carries
 `resync: true` instead, and the page reloads what it shows over HTTP. A
-burst of thousands of jobs a second thus costs a worker a dict update per
-job, and a browser a few small messages a second.
+page reloads a part at most once a second, so while changes come faster
+than messages can list them, more resyncs would only cost: after a flush
+that sent one, the flusher waits JOBS_EVENTS_BUSY_FLUSH_INTERVAL instead.
+A burst of thousands of jobs a second thus costs a worker a dict update per
+job and one flush a second, and a browser one small message a second.
 
 Only groups someone watches get a message. Each open dashboard socket marks
 its groups as watched in a Redis sorted set (score: until when), and a flush
@@ -147,6 +150,8 @@ class Publisher:
         self._pid: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_error_logged = float("-inf")
+        # Whether the last flush had more changes than its messages could list.
+        self.busy = False
 
     def add(self, changes: Iterable[Change], *, created: bool = False) -> None:
         with self._lock:
@@ -173,11 +178,13 @@ class Publisher:
             self._thread.start()
 
     def _run(self) -> None:
-        interval = conf.get("JOBS_EVENTS_FLUSH_INTERVAL")
         while True:
             self._wake.wait()
             # The coalescing window: whatever else changes meanwhile goes in the same messages.
-            time.sleep(interval)
+            window = conf.get("JOBS_EVENTS_FLUSH_INTERVAL")
+            if self.busy:
+                window = max(window, conf.get("JOBS_EVENTS_BUSY_FLUSH_INTERVAL"))
+            time.sleep(window)
             self._wake.clear()
             try:
                 self.flush()
@@ -185,13 +192,18 @@ class Publisher:
                 logger.exception("publishing job events failed")
 
     def flush(self) -> int:
-        """Send what the buffer holds now, one message per group; return how many were sent."""
+        """Send what the buffer holds now, one message per group; return how many were sent.
+
+        Sets `busy` when a message had to say "resync".
+        """
         with self._flush_lock:
             with self._lock:
                 batch, self._batch = self._batch, Batch()
             if not batch:
+                self.busy = False
                 return 0
             messages = batch.messages(conf.get("JOBS_EVENTS_MAX_JOBS"))
+            self.busy = any(message["resync"] for message in messages.values())
             # One loop for the life of the thread, so the channel layer keeps its Redis connections.
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()

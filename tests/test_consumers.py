@@ -305,6 +305,33 @@ def test_a_burst_is_coalesced_into_one_message():
 
 
 @pytestmark_live
+def test_after_a_resync_the_next_flush_waits_the_busy_window(settings):
+    """Follow a flush that said "resync" with the longer window, and a quiet one with the short one again."""
+    settings.JOBS_EVENTS_BUSY_FLUSH_INTERVAL = 3.0
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        await sync_to_async(queue.enqueue_many)("reverse_string", ["x"] * 500, owner=alice)
+        assert (await receive(communicator))["resync"] is True
+        job = await sync_to_async(queue.enqueue)("reverse_string", "one", owner=alice)
+        # Held back for the busy window after the resync, then sent.
+        assert await communicator.receive_nothing(timeout=1.5)
+        message = await receive(communicator)
+        assert [row[0] for row in message["jobs"]] == [job.pk] and not message["resync"]
+        # That flush listed its jobs, so the next change goes out after the short window.
+        started = time.monotonic()
+        job = await sync_to_async(queue.enqueue)("reverse_string", "two", owner=alice)
+        message = await receive(communicator)
+        assert [row[0] for row in message["jobs"]] == [job.pk]
+        assert time.monotonic() - started < 2.0
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
 def test_the_socket_ignores_what_the_browser_sends():
     """Accept and ignore messages from the browser; the socket only carries events out."""
     cookie = cookie_for(UserFactory())
