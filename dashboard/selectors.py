@@ -1,7 +1,7 @@
 """Read-side queries of the dashboard, each scoped to what the user may see.
 
 Every query here stays cheap on a jobs table of millions of rows: counts are
-capped or confined to an index range (waiting jobs, the last 15 minutes),
+capped (statuses, waiting jobs) or confined to an index range (the last 15 minutes),
 lists are keyset-paginated on the primary key, and nothing loops over job
 rows in Python. A non-staff user sees only their own jobs; staff see all.
 """
@@ -15,7 +15,7 @@ from django.db.models import Count, Max, Min, Value
 from django.db.models.functions import MD5, Concat, Left, Now
 from django.utils import timezone
 
-from jobs.models import READY_STATUSES, Job, JobStatus, Priority
+from jobs.models import Job, JobStatus, Priority
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
 
 JOB_TABLE = Job._meta.db_table
@@ -111,40 +111,90 @@ def throughput(user) -> list[Bucket]:
     return buckets
 
 
-def queue_depth(user) -> list[dict]:
-    """Return the jobs due to run now per queue and priority, with the oldest run_at of each."""
-    jobs = Job.objects.for_user(user).filter(status__in=READY_STATUSES, run_at__lte=Now())
-    rows = (
-        jobs.order_by().values("queue", "priority")
-        .annotate(count=Count("pk"), oldest=Min("run_at"))
-        .order_by("queue", "priority")
-    )
-    return [{**row, "priority_label": Priority(row["priority"]).label} for row in rows]
+def queue_depth(user) -> tuple[list[dict], bool]:
+    """Return the jobs due to run now per queue and priority, with the oldest run_at of each.
+
+    For staff, of each priority, counts the COUNT_CAP + 1 jobs due first, in
+    the order workers claim them, and returns whether any priority stopped
+    there: the counts of that priority are then lower bounds, and a queue
+    whose jobs of it are all further back is not listed. The oldest run_at
+    of every listed row is exact either way, since each priority is read
+    oldest first.
+    """
+    if user.is_staff:
+        # One LIMITed range scan of job_claim_idx per priority, as a claim
+        # makes, instead of reading every waiting job (27 ms at 100,000).
+        sql = " UNION ALL ".join(
+            f"""(SELECT queue, priority, run_at FROM {JOB_TABLE}
+                 WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+                   AND priority = %s
+                 ORDER BY run_at, id LIMIT %s)"""
+            for _ in Priority
+        )
+        params = [value for p in Priority for value in (int(p), COUNT_CAP + 1)]
+    else:
+        # A user's own waiting jobs, through job_owner_status_idx; the claim
+        # index would walk everyone's. A user's active jobs are few
+        # (JOBS_USER_MAX_ACTIVE), and all of them are read.
+        sql = f"""SELECT queue, priority, run_at FROM {JOB_TABLE}
+                  WHERE owner_id = %s AND status IN ('queued', 'scheduled', 'retrying')
+                    AND run_at <= statement_timestamp()"""
+        params = [user.pk]
+    sql = f"""
+        SELECT queue, priority, count(*), min(run_at) FROM ({sql}) AS due
+        GROUP BY queue, priority ORDER BY queue, priority
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    sampled = {}
+    for _, priority, count, _ in rows:
+        sampled[priority] = sampled.get(priority, 0) + count
+    capped = {priority for priority, total in sampled.items() if total > COUNT_CAP} if user.is_staff else set()
+    depth = [
+        {
+            "queue": queue, "priority": priority, "priority_label": Priority(priority).label, "count": count,
+            "oldest": oldest,
+            # Shown as "n+"; a count past the cap already is.
+            "lower_bound": priority in capped and count <= COUNT_CAP,
+        }
+        for queue, priority, count, oldest in rows
+    ]
+    return depth, bool(capped)
 
 
 def oldest_waiting(user) -> Job | None:
     """Return the job that has waited longest past its run_at, or None."""
-    where, params = _scope(user)
-    # One LIMIT 1 per priority, each an index range scan on job_claim_idx
-    # (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
-    per_priority = " UNION ALL ".join(
-        f"""(SELECT id FROM {JOB_TABLE} WHERE status IN ('queued', 'scheduled', 'retrying')
-             AND run_at <= statement_timestamp() AND priority = %s AND {where}
-             ORDER BY run_at, id LIMIT 1)"""
-        for _ in Priority
-    )
+    if user.is_staff:
+        # One LIMIT 1 per priority, each an index range scan on job_claim_idx
+        # (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
+        sql = " UNION ALL ".join(
+            f"""(SELECT id FROM {JOB_TABLE} WHERE status IN ('queued', 'scheduled', 'retrying')
+                 AND run_at <= statement_timestamp() AND priority = %s
+                 ORDER BY run_at, id LIMIT 1)"""
+            for _ in Priority
+        )
+        params = [int(p) for p in Priority]
+    else:
+        # A user's own few waiting jobs, as in queue_depth().
+        sql = f"""SELECT id FROM {JOB_TABLE} WHERE owner_id = %s AND status IN ('queued', 'scheduled', 'retrying')
+                  AND run_at <= statement_timestamp() ORDER BY run_at, id LIMIT 1"""
+        params = [user.pk]
     with connection.cursor() as cursor:
-        cursor.execute(per_priority, [value for p in Priority for value in (int(p), *params)])
+        cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
     return Job.objects.filter(pk__in=ids).only(*LIST_COLUMNS[:-1]).order_by("run_at", "id").first()
 
 
 def _overview(user) -> dict:
     counts = status_counts(user)
+    depth, depth_capped = queue_depth(user)
     return {
         "counts": counts,
         "total_capped": any(n > COUNT_CAP for n in counts.values()),
-        "depth": queue_depth(user),
+        "depth": depth,
+        "depth_capped": depth_capped,
+        "depth_cap": COUNT_CAP,
         "oldest": oldest_waiting(user),
         "workers_online": live_workers().count(),
         "dlq_size": counts[JobStatus.DEAD],

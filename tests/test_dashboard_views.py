@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -20,6 +21,12 @@ PAGES = ["overview", "jobs", "dlq", "submit"]
 def fast_password_hashing(settings):
     # The factories set a password on every user; the real hasher's work factor is not under test.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_overviews():
+    # Overviews are cached in Redis for a few seconds, and staff share one.
+    cache.clear()
 
 
 @pytest.fixture
@@ -518,6 +525,43 @@ def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
     assert data["dlq_size"] == 1
     html = client_for(staff).get(reverse("dashboard:overview")).content.decode()
     assert 'class="chart"' in html and 'class="bar completed"' in html
+
+
+def test_queue_depth_stops_at_the_cap_in_claim_order(staff, alice, monkeypatch):
+    """Count only each priority's jobs due first, as lower bounds, and keep each listed row's oldest job exact."""
+    monkeypatch.setattr(selectors, "COUNT_CAP", 3)
+    now = timezone.now()
+    oldest_normal = JobFactory(queue="default", priority=Priority.NORMAL, run_at=now - timedelta(minutes=8))
+    JobFactory(queue="default", priority=Priority.NORMAL, run_at=now - timedelta(minutes=3))
+    JobFactory(queue="emails", priority=Priority.NORMAL, run_at=now - timedelta(minutes=2))
+    JobFactory(queue="emails", priority=Priority.NORMAL, run_at=now - timedelta(minutes=1))
+    JobFactory(queue="reports", priority=Priority.NORMAL, run_at=now - timedelta(seconds=30))
+    oldest_high = JobFactory(queue="emails", priority=Priority.HIGH, run_at=now - timedelta(hours=1))
+    JobFactory(queue="later", priority=Priority.HIGH, run_at=now + timedelta(hours=1))
+    depth, capped = selectors.queue_depth(staff)
+    assert capped
+    assert [(row["queue"], row["priority_label"], row["count"], row["lower_bound"], row["oldest"]) for row in depth] == [
+        ("default", "normal", 2, True, oldest_normal.run_at),
+        ("emails", "high", 1, False, oldest_high.run_at),
+        ("emails", "normal", 2, True, now - timedelta(minutes=2)),
+    ]
+    html = client_for(staff).get(reverse("dashboard:overview")).content.decode()
+    assert "a count marked + is at least that" in html
+    # Below the cap, every due job is counted, and nothing says otherwise.
+    monkeypatch.setattr(selectors, "COUNT_CAP", 100)
+    depth, capped = selectors.queue_depth(staff)
+    assert not capped
+    assert {(row["queue"], row["priority_label"], row["count"], row["lower_bound"]) for row in depth} == {
+        ("default", "normal", 2, False), ("emails", "normal", 2, False), ("reports", "normal", 1, False),
+        ("emails", "high", 1, False),
+    }
+    # A user's own waiting jobs are all counted: they have few.
+    assert selectors.queue_depth(alice) == ([], False)
+    mine = JobFactory(owner=alice, queue="emails", run_at=now - timedelta(minutes=1))
+    JobFactory(owner=alice, queue="emails")
+    depth, capped = selectors.queue_depth(alice)
+    assert not capped and [(row["queue"], row["count"]) for row in depth] == [("emails", 2)]
+    assert selectors.oldest_waiting(alice).pk == mine.pk
 
 
 def test_counts_stop_at_the_cap(alice, monkeypatch):
