@@ -13,15 +13,26 @@ the hot path gains no round trip, and since rows are only ever inserted,
 two writers never wait for each other. `roll_up()` folds the rows of each
 metric and label set into one; readers sum, so a roll-up never changes what
 they see.
+
+The throughput chart's per-minute counts (the FinishedCount table) are
+kept the same way: `finished_sql()` inserts them next to the UPDATE that
+finishes the jobs, and `roll_up()` folds them per minute and owner, and
+drops the minutes past FINISHED_RETENTION.
 """
 
 import math
 
 from django.db import connection, transaction
 
-from jobs.models import JobCounter
+from datetime import timedelta
+
+from jobs.models import FinishedCount, JobCounter
 
 COUNTER_TABLE = JobCounter._meta.db_table
+FINISHED_TABLE = FinishedCount._meta.db_table
+# The finished counts' buckets, and how long they are kept.
+FINISHED_BUCKET = timedelta(minutes=1)
+FINISHED_RETENTION = timedelta(hours=1)
 
 # Counter name -> what it counts. Each is labelled with the job's type and queue.
 COUNTERS = {
@@ -74,8 +85,27 @@ def tally_sql(source: str, events: list[str]) -> str:
     return f"INSERT INTO {COUNTER_TABLE} (name, type, queue, le, value) " + " UNION ALL ".join(selects)
 
 
+def finished_sql(source: str) -> str:
+    """Return an INSERT that counts, per owner, the rows of CTE `source` that completed or went to the DLQ.
+
+    Use it as a CTE of the statement that produced `source`, whose rows
+    need `owner_id` and `status` columns (the new status). The count goes
+    to the minute of the statement's timestamp, the finished_at it writes.
+    """
+    return (
+        f"INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)"
+        f" SELECT date_bin(interval '{int(FINISHED_BUCKET.total_seconds())} seconds', statement_timestamp(),"
+        f" TIMESTAMPTZ '2000-01-01'), owner_id, count(*) FILTER (WHERE status = 'completed'),"
+        f" count(*) FILTER (WHERE status = 'dead')"
+        f" FROM {source} WHERE status IN ('completed', 'dead') GROUP BY owner_id"
+    )
+
+
 def roll_up() -> bool:
-    """Fold the rows of each metric and label set into one; return False if another process is at it.
+    """Fold the rows of each metric and label set, and of each minute and owner, into one.
+
+    Also drops the finished counts past FINISHED_RETENTION. Returns False if
+    another process is at it.
 
     Only label sets with more than one row are rewritten. Rows inserted by
     transactions that commit meanwhile are left for the next roll-up.
@@ -98,6 +128,24 @@ def roll_up() -> bool:
             INSERT INTO {COUNTER_TABLE} (name, type, queue, le, value)
             SELECT name, type, queue, le, sum(value) FROM moved GROUP BY name, type, queue, le
             """
+        )
+        cursor.execute(
+            f"""
+            WITH expired AS (
+                DELETE FROM {FINISHED_TABLE} WHERE minute < statement_timestamp() - %s
+            ), split AS (
+                SELECT minute, owner_id FROM {FINISHED_TABLE}
+                WHERE minute >= statement_timestamp() - %s
+                GROUP BY minute, owner_id HAVING count(*) > 1
+            ), moved AS (
+                DELETE FROM {FINISHED_TABLE} AS f USING split AS s
+                WHERE f.minute = s.minute AND f.owner_id IS NOT DISTINCT FROM s.owner_id
+                RETURNING f.minute, f.owner_id, f.completed, f.dead
+            )
+            INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)
+            SELECT minute, owner_id, sum(completed), sum(dead) FROM moved GROUP BY minute, owner_id
+            """,
+            [FINISHED_RETENTION, FINISHED_RETENTION],
         )
     return True
 

@@ -30,7 +30,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs import conf, events
-from jobs.counters import COUNTER_TABLE, tally_sql
+from jobs.counters import COUNTER_TABLE, finished_sql, tally_sql
 from jobs.db import statement_cursor
 from jobs.errors import IllegalTransition, JobTypeNotAllowed
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority, Worker
@@ -434,9 +434,9 @@ def complete_jobs(completions: list[tuple]) -> set[int]:
                     history = j.history || {history}
                 FROM jsonb_to_recordset(%s::jsonb) AS c(id bigint, token uuid, result jsonb, run_s float8)
                 WHERE {_HELD_BY_LEASE}
-                RETURNING j.id, j.owner_id, j.type, j.queue, c.run_s,
+                RETURNING j.id, j.owner_id, j.status, j.type, j.queue, c.run_s,
                           extract(epoch FROM j.started_at - j.run_at)::float8 AS wait_s
-            ), counted AS ({counted})
+            ), counted AS ({counted}), finished AS ({finished_sql("done")})
             SELECT id, owner_id FROM done
             """,
             [batch],
@@ -486,8 +486,8 @@ def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: boo
                     leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
                     history = j.history || {history}
                 WHERE j.id = %(id)s AND j.status = 'running' AND j.lease_token = %(token)s
-                RETURNING j.type, j.queue, j.status, %(run_s)s::float8 AS run_s, %(wait_s)s::float8 AS wait_s
-            ), counted AS ({counted})
+                RETURNING j.type, j.queue, j.status, j.owner_id, %(run_s)s::float8 AS run_s, %(wait_s)s::float8 AS wait_s
+            ), counted AS ({counted}), finished AS ({finished_sql("failed")})
             SELECT 1 FROM failed
             """,
             {"status": status, "error": error, "dead": dead, "delay": delay, "id": job.id,
@@ -597,7 +597,7 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
                 FROM stale WHERE j.id = stale.id
                 RETURNING j.id, j.status, j.queue, j.owner_id, j.type, j.attempts, j.trace_id,
                           NULL::float8 AS run_s, stale.wait_s
-            ), counted AS ({counted})
+            ), counted AS ({counted}), finished AS ({finished_sql("rescued")})
             SELECT id, status, queue, owner_id, type, attempts, trace_id FROM rescued
             """,
             [limit],

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from jobs.models import Job, JobStatus, Priority
+from jobs.models import FinishedCount, Job, JobStatus, Priority
 from tests.conftest import ROOT, ServerProcess, wait_for
 from tests.factories import JobFactory, UserFactory
 
@@ -221,13 +221,17 @@ def _demo_data(owner, staff):
     now = timezone.now()
     for minute in range(15):
         finished = now - timedelta(minutes=minute, seconds=10)
-        for _ in range((minute * 7) % 11 + 3):
+        completed = (minute * 7) % 11 + 3
+        for _ in range(completed):
             JobFactory(owner=owner, status=JobStatus.COMPLETED, type="reverse_string", finished_at=finished,
                        started_at=finished - timedelta(seconds=1), progress=100, result="dlrow olleh", attempts=1)
         if minute % 4 == 1:
             JobFactory(owner=owner, status=JobStatus.DEAD, type="send_email", attempts=4, finished_at=finished,
                        payload={"to": ["ops@example.com"], "subject": "Report", "body": "..."},
                        error="ConnectionRefusedError: [Errno 111] Connection refused (smtp.example.com:587)")
+        # What the finishing statements would have counted for the chart.
+        FinishedCount.objects.create(minute=finished.replace(second=0, microsecond=0), owner_id=owner.pk,
+                                     completed=completed, dead=int(minute % 4 == 1))
     JobFactory(owner=owner, status=JobStatus.DEAD, type="scrape_website", attempts=1, finished_at=now,
                payload={"url": "https://example.com/missing"}, error="PermanentError: HTTP 404 for https://example.com/missing")
     for priority, queue_name, n in ((Priority.HIGH, "emails", 3), (Priority.NORMAL, "default", 6), (Priority.LOW, "reports", 2)):

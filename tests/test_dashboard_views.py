@@ -1,5 +1,6 @@
 """The dashboard's pages through Django's test client: access, isolation, escaping, actions."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from dashboard import selectors
+from jobs import queue
 from jobs.models import Job, JobStatus, Priority
 from tests.factories import JobFactory, UserFactory
 
@@ -112,8 +114,6 @@ def test_pages_render_for_a_user(alice, name):
 
 def test_workers_page_is_for_staff_only(alice, staff):
     """Show the workers to staff, and refuse everyone else with 403."""
-    from jobs import queue
-
     queue.register_worker(hostname="box-1", pid=4242, queues=[], concurrency=8)
     assert client_for(alice).get(reverse("dashboard:workers")).status_code == 403
     response = client_for(staff).get(reverse("dashboard:workers"))
@@ -509,8 +509,11 @@ def test_submit_fields_follow_the_type_picker(alice):
 
 def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
     """Count finished jobs per minute, waiting jobs per queue and priority, and the oldest waiting job."""
-    JobFactory.create_batch(3, status=JobStatus.COMPLETED)
-    JobFactory(status=JobStatus.DEAD)
+    queue.enqueue_many("reverse_string", ["a", "b", "c"])
+    queue.enqueue("reverse_string", "d", max_retries=0)
+    claimed = queue.claim_jobs(worker_id=uuid.uuid4(), limit=10)
+    assert queue.complete_jobs([(job.id, job.lease_token, "ok") for job in claimed[:3]])
+    assert queue.fail_job(claimed[3], error="boom") == JobStatus.DEAD
     oldest = JobFactory(queue="emails", priority=Priority.LOW, run_at=timezone.now() - timedelta(minutes=5))
     JobFactory(queue="emails", priority=Priority.HIGH)
     JobFactory(status=JobStatus.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
@@ -525,6 +528,21 @@ def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
     assert data["dlq_size"] == 1
     html = client_for(staff).get(reverse("dashboard:overview")).content.decode()
     assert 'class="chart"' in html and 'class="bar completed"' in html
+
+
+def test_throughput_shows_each_user_their_own_jobs_and_staff_everyones(alice, bob, staff):
+    """Chart a user's finished jobs for them alone, and every finished job, unowned ones included, for staff."""
+    queue.enqueue_many("reverse_string", ["a", "b"], owner=alice)
+    queue.enqueue("reverse_string", "c", owner=bob, max_retries=0)
+    queue.enqueue("reverse_string", "d")
+    claimed = {job.payload["text"]: job for job in queue.claim_jobs(worker_id=uuid.uuid4(), limit=10)}
+    queue.complete_jobs([(claimed[p].id, claimed[p].lease_token, "ok") for p in ("a", "b", "d")])
+    queue.fail_job(claimed["c"], error="boom")
+    last = lambda user: (selectors.throughput(user)[-1].completed, selectors.throughput(user)[-1].failed)  # noqa: E731
+    assert last(alice) == (2, 0)
+    assert last(bob) == (0, 1)
+    assert last(staff) == (3, 1)
+    assert last(UserFactory()) == (0, 0)
 
 
 def test_queue_depth_stops_at_the_cap_in_claim_order(staff, alice, monkeypatch):

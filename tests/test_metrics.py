@@ -5,15 +5,15 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Sum
 from django.test import Client, override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import counters, metrics, queue
-from jobs.models import JobCounter, JobStatus, Worker
+from jobs.models import FinishedCount, JobCounter, JobStatus, Worker
 from tests.conftest import wait_for
-from tests.factories import JobFactory
+from tests.factories import JobFactory, UserFactory
 from tests.sample_handlers import EFFECTS_TABLE
 
 
@@ -196,6 +196,52 @@ def test_counters_survive_pruning_and_roll_up():
     assert JobCounter.objects.count() < rows_before
     per_label_set = JobCounter.objects.values("name", "type", "queue", "le").annotate(rows=Count("pk"))
     assert {row["rows"] for row in per_label_set} == {1}
+
+
+@pytest.mark.django_db
+def test_finished_counts_follow_completions_deaths_and_rescues_per_owner_and_minute():
+    """Count each completion and each move to the DLQ once, in its owner's minute; a retry counts nothing."""
+    owner = UserFactory()
+    queue.enqueue_many("reverse_string", [{"text": "a"}, {"text": "b"}], owner=owner)
+    queue.enqueue("uppercase_text", {"text": "x"}, max_retries=0, owner=owner)
+    queue.enqueue("uppercase_text", {"text": "y"}, max_retries=1)
+    jobs = claim_all()
+    by_type = {}
+    for job in jobs:
+        by_type.setdefault(job.type, []).append(job)
+    dies, retries = sorted(by_type["uppercase_text"], key=lambda j: j.max_retries)
+    queue.complete_jobs([(job.id, job.lease_token, "ok") for job in by_type["reverse_string"]])
+    assert queue.fail_job(dies, error="boom") == JobStatus.DEAD
+    assert queue.fail_job(retries, error="boom") == JobStatus.RETRYING
+    # A lost write finishes nothing.
+    assert queue.complete_jobs([(dies.id, dies.lease_token, "late")]) == set()
+    stale = JobFactory(stale=True, attempts=1, max_retries=0)
+    assert [job.status for job in queue.rescue_expired_leases()] == [JobStatus.DEAD]
+
+    totals = lambda: {  # noqa: E731
+        row["owner_id"]: (row["completed"], row["dead"])
+        for row in FinishedCount.objects.values("owner_id").annotate(completed=Sum("completed"), dead=Sum("dead"))
+    }
+    assert totals() == {owner.pk: (2, 1), stale.owner_id: (0, 1)}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT minute = date_bin('1 minute', now(), TIMESTAMPTZ '2000-01-01') FROM jobs_finishedcount")
+        assert cursor.fetchall() == [(True,)]
+
+    # Folded into one row per minute and owner, the same totals.
+    assert FinishedCount.objects.filter(owner_id=owner.pk).count() == 2
+    assert counters.roll_up()
+    assert FinishedCount.objects.filter(owner_id=owner.pk).count() == 1
+    assert totals() == {owner.pk: (2, 1), stale.owner_id: (0, 1)}
+
+
+@pytest.mark.django_db
+def test_roll_up_drops_finished_counts_past_their_retention():
+    """Keep an hour of per-minute counts, and leave the jobs' other counters alone."""
+    now = timezone.now()
+    FinishedCount.objects.create(minute=now - timedelta(hours=2), owner_id=None, completed=5)
+    kept = FinishedCount.objects.create(minute=now - timedelta(minutes=50), owner_id=None, completed=7)
+    assert counters.roll_up()
+    assert list(FinishedCount.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
 # --- Rate-limit rejections and access -------------------------------------------------------
