@@ -17,15 +17,17 @@ message lists at most JOBS_EVENTS_MAX_JOBS jobs; past that it carries
 page reloads a part at most once a second, so while changes come faster
 than messages can list them, more resyncs would only cost: after a flush
 that sent one, the flusher waits JOBS_EVENTS_BUSY_FLUSH_INTERVAL instead.
-A burst of thousands of jobs a second thus costs a worker a dict update per
-job and one flush a second, and a browser one small message a second.
+A burst of thousands of jobs a second thus costs a worker one buffer entry
+per statement, not per job, and one flush a second; a browser gets one small
+message a second.
 
 Only groups someone watches get a message. Each open dashboard socket marks
 its groups as watched in a Redis sorted set (score: until when), and a flush
 reads that set once, after taking its batch: a change committed before the
 flush that skips a newly opened socket is one that socket's page already
-reads when it re-syncs on opening. So the work per flush follows the number
-of open dashboards, not the number of users whose jobs changed.
+reads when it re-syncs on opening. Jobs are looked at one by one only for
+watched groups, and only there, in the flusher: the work per flush follows
+the number of open dashboards, not the number of users whose jobs changed.
 
 Events are notifications, not a log: a subscriber that misses one (a
 reconnect, a Redis restart) re-reads the state over HTTP.
@@ -38,7 +40,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -52,83 +54,123 @@ STAFF_GROUP = "staff"
 MESSAGE_TYPE = "jobs.changed"
 # Seconds one flush may spend sending before its messages are dropped.
 SEND_TIMEOUT = 2.0
-# Past this many distinct changed jobs in one interval, stop tracking ids and
-# send resync hints only, so a stalled flusher cannot grow the buffer.
+# Past this many changes in one interval, keep only whose jobs changed and
+# send resync hints, so a stalled flusher cannot grow the buffer.
 MAX_BUFFERED_JOBS = 10_000
 # An open socket marks its groups watched for WATCH_SECONDS, renewed every WATCH_RENEW.
 WATCH_SECONDS = 60
 WATCH_RENEW = 20
-
-# (job_id, owner_id, status, progress); a None status or progress means "unchanged".
-Change = tuple[int, int | None, str | None, int | None]
-
 
 def user_group(user_id: int) -> str:
     """Return the channel-layer group of the user with `user_id`."""
     return f"user.{user_id}"
 
 
+@dataclass(slots=True)
+class Chunk:
+    """Jobs that changed the same way at once: one report, as jobs_changed() got it."""
+
+    ids: Sequence[int]
+    owners: Sequence[int | None]  # each job's owner, in the order of ids
+    status: str | None  # None: unchanged (a progress report)
+    progress: int | None  # None: unchanged
+    created: bool
+
+
 @dataclass
 class Batch:
-    """What changed during one flush interval, coalesced per job."""
+    """What changed during one flush interval, kept as it was reported.
 
-    # job_id -> (owner_id, status, progress); the latest values win.
-    jobs: dict[int, tuple[int | None, str | None, int | None]] = field(default_factory=dict)
-    created: set[int] = field(default_factory=set)
+    Adding costs the same for one job or a thousand: the per-job work
+    happens once per flush, in messages(), and only for the groups someone
+    watches.
+    """
+
+    chunks: list[Chunk] = field(default_factory=list)
+    size: int = 0  # changes held in chunks
     # Owners (None: unowned jobs) whose changes no longer fit MAX_BUFFERED_JOBS.
     overflowed: set[int | None] = field(default_factory=set)
     workers: bool = False
 
-    def add(self, changes: Iterable[Change], *, created: bool) -> None:
-        for job_id, owner_id, status, progress in changes:
-            if self.overflowed or len(self.jobs) >= MAX_BUFFERED_JOBS:
-                self._overflow(owner_id)
-                continue
-            previous = self.jobs.get(job_id)
-            if previous is not None:
-                # A progress report carries no status and a transition no progress: keep the other.
-                status = previous[1] if status is None else status
-                progress = previous[2] if progress is None else progress
-            self.jobs[job_id] = (owner_id, status, progress)
-            if created:
-                self.created.add(job_id)
-
-    def _overflow(self, owner_id: int | None) -> None:
-        if not self.overflowed:
-            self.overflowed.update(owner for owner, _, _ in self.jobs.values())
-            self.jobs.clear()
-            self.created.clear()
-        self.overflowed.add(owner_id)
+    def add(self, chunk: Chunk) -> None:
+        if self.overflowed or self.size + len(chunk.ids) > MAX_BUFFERED_JOBS:
+            for held in self.chunks:
+                self.overflowed.update(held.owners)
+            self.chunks.clear()
+            self.size = 0
+            self.overflowed.update(chunk.owners)
+            return
+        self.chunks.append(chunk)
+        self.size += len(chunk.ids)
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.overflowed or self.workers)
+        return bool(self.chunks or self.overflowed or self.workers)
 
-    def messages(self, max_jobs: int) -> dict[str, dict]:
-        """Return {group: message}: one for each user whose jobs changed, and one for staff."""
-        by_owner: dict[int | None, list[list]] = {}
-        for job_id, (owner_id, status, progress) in self.jobs.items():
-            by_owner.setdefault(owner_id, []).append([job_id, status, progress])
-        messages = {}
-        for owner_id in (by_owner.keys() | self.overflowed) - {None}:
-            rows = by_owner.get(owner_id, [])
-            messages[user_group(owner_id)] = _message(
-                rows, max_jobs=max_jobs, resync=owner_id in self.overflowed,
-                created=any(row[0] in self.created for row in rows),
+    def messages(self, max_jobs: int, watched: set[str] | None = None) -> dict[str, dict]:
+        """Return {group: message} for the watched groups (all when `watched` is None) that have news.
+
+        A user's group hears about the jobs they own, staff about every job,
+        each job listed once with its latest status and progress; a group
+        with more than `max_jobs` jobs to list gets a resync hint instead.
+        """
+        staff = watched is None or STAFF_GROUP in watched
+        # The owners to list jobs for; None stands for every owner.
+        owners = None if watched is None else {
+            int(group[5:]) for group in watched if group.startswith("user.") and group[5:].isdigit()
+        }
+        everything: dict[int, list] | None = {} if staff and not self.overflowed else None
+        everything_created = False
+        mine: dict[int, dict[int, list]] = {}
+        created_by: set[int] = set()
+        resync = {owner for owner in self.overflowed if owner is not None and (owners is None or owner in owners)}
+        for chunk in self.chunks:
+            if everything is not None:
+                everything_created |= chunk.created
+                if not _merge(everything, chunk.ids, chunk, max_jobs):
+                    everything = None  # too many to list: staff resync
+            if owners is not None and owners.isdisjoint(chunk.owners):
+                continue  # nobody watching any of these owners: skip the chunk without a loop in Python
+            for job_id, owner in zip(chunk.ids, chunk.owners):
+                if owner is None or owner in resync or (owners is not None and owner not in owners):
+                    continue
+                if chunk.created:
+                    created_by.add(owner)
+                if not _merge(mine.setdefault(owner, {}), (job_id,), chunk, max_jobs):
+                    resync.add(owner)  # too many to list
+                    del mine[owner]
+        messages = {user_group(owner): _message(jobs, created=owner in created_by) for owner, jobs in mine.items()}
+        messages.update({user_group(owner): _message(None) for owner in resync})
+        if staff and (self.chunks or self.overflowed or self.workers):
+            messages[STAFF_GROUP] = _message(
+                everything, created=everything_created, workers=self.workers,
             )
-        everything = [row for rows in by_owner.values() for row in rows]
-        messages[STAFF_GROUP] = _message(
-            everything, max_jobs=max_jobs, resync=bool(self.overflowed), created=bool(self.created),
-            workers=self.workers,
-        )
         return messages
 
 
-def _message(rows: list[list], *, max_jobs: int, resync: bool, created: bool, workers: bool = False) -> dict:
-    resync = resync or len(rows) > max_jobs
+def _merge(jobs: dict[int, list], ids: Iterable[int], chunk: Chunk, max_jobs: int) -> bool:
+    """Record `chunk`'s change of each of `ids` in `jobs`; return False once `jobs` holds too many to list."""
+    status, progress = chunk.status, chunk.progress
+    for job_id in ids:
+        row = jobs.get(job_id)
+        if row is None:
+            if len(jobs) >= max_jobs:
+                return False
+            jobs[job_id] = [job_id, status, progress]
+            continue
+        # A progress report carries no status and a transition no progress: keep the other.
+        if status is not None:
+            row[1] = status
+        if progress is not None:
+            row[2] = progress
+    return True
+
+
+def _message(jobs: dict[int, list] | None, *, created: bool = False, workers: bool = False) -> dict:
+    resync = jobs is None
     return {
         "type": MESSAGE_TYPE,
         # [[job_id, status, progress], ...]; empty when resync is set.
-        "jobs": [] if resync else sorted(rows),
+        "jobs": [] if resync else sorted(jobs.values()),
         # Too many changes to list: reload everything shown.
         "resync": resync,
         # New jobs appeared (or, with resync, may have).
@@ -153,9 +195,9 @@ class Publisher:
         # Whether the last flush had more changes than its messages could list.
         self.busy = False
 
-    def add(self, changes: Iterable[Change], *, created: bool = False) -> None:
+    def add(self, chunk: Chunk) -> None:
         with self._lock:
-            self._batch.add(changes, created=created)
+            self._batch.add(chunk)
         self._wake.set()
         self._ensure_thread()
 
@@ -192,7 +234,7 @@ class Publisher:
                 logger.exception("publishing job events failed")
 
     def flush(self) -> int:
-        """Send what the buffer holds now, one message per group; return how many were sent.
+        """Send what the buffer holds now, one message per watched group; return how many were sent.
 
         Sets `busy` when a message had to say "resync".
         """
@@ -202,20 +244,32 @@ class Publisher:
             if not batch:
                 self.busy = False
                 return 0
-            messages = batch.messages(conf.get("JOBS_EVENTS_MAX_JOBS"))
-            self.busy = any(message["resync"] for message in messages.values())
             # One loop for the life of the thread, so the channel layer keeps its Redis connections.
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
             try:
-                self._loop.run_until_complete(asyncio.wait_for(_send(messages), SEND_TIMEOUT))
+                sent = self._loop.run_until_complete(asyncio.wait_for(self._publish(batch), SEND_TIMEOUT))
             except Exception as exc:  # noqa: BLE001 - Redis down or slow: drop them, subscribers re-sync
                 now = time.monotonic()
                 if now - self._last_error_logged > 60:
                     self._last_error_logged = now
-                    logger.warning("could not publish %d job event messages: %s", len(messages), exc)
+                    logger.warning("could not publish job events: %s", exc)
                 return 0
-            return len(messages)
+            return sent
+
+    async def _publish(self, batch: Batch) -> int:
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is None:
+            return 0
+        # Read after the batch was taken: a socket that opens later re-reads
+        # its page anyway, and one that closed meanwhile costs one message.
+        watched = await watched_groups(layer)
+        messages = batch.messages(conf.get("JOBS_EVENTS_MAX_JOBS"), watched)
+        self.busy = any(message["resync"] for message in messages.values())
+        await asyncio.gather(*(layer.group_send(group, message) for group, message in messages.items()))
+        return len(messages)
 
     def flush_at_exit(self) -> None:
         # A worker that stops gracefully announces its last changes (the jobs
@@ -259,35 +313,22 @@ async def watched_groups(layer) -> set[str] | None:
     return {m.decode() if isinstance(m, bytes) else m for m in members}
 
 
-async def _send(messages: dict[str, dict]) -> None:
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    watched = await watched_groups(layer)
-    await asyncio.gather(*(
-        layer.group_send(group, message)
-        for group, message in messages.items()
-        if watched is None or group in watched
-    ))
-
-
 publisher = Publisher()
 atexit.register(publisher.flush_at_exit)
 
 
-def jobs_changed(changes: Iterable[Change], *, created: bool = False) -> None:
-    """Announce changes of jobs once the current transaction commits (at once in autocommit).
+def jobs_changed(ids: Sequence[int], owners: Sequence[int | None], status: str | None,
+                 progress: int | None = None, *, created: bool = False) -> None:
+    """Announce that jobs `ids` changed, once the current transaction commits (at once in autocommit).
 
-    `changes` holds (job_id, owner_id, status, progress) tuples. Never
-    raises into the caller: a failure to publish must not undo a transition.
+    `owners` holds each job's owner id (None for no owner), in the order of
+    `ids`. Every job took the new `status` (None: unchanged) and `progress`
+    (None: unchanged). Never raises into the caller: a failure to publish
+    must not undo a transition.
     """
-    if not conf.get("JOBS_EVENTS"):
-        return
-    changes = list(changes)
-    if changes:
-        transaction.on_commit(lambda: publisher.add(changes, created=created), robust=True)
+    if ids and conf.get("JOBS_EVENTS"):
+        chunk = Chunk(ids, owners, status, progress, created)
+        transaction.on_commit(lambda: publisher.add(chunk), robust=True)
 
 
 def workers_changed() -> None:

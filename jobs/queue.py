@@ -143,7 +143,7 @@ def _insert_jobs(type: str, payloads: list, o: dict, *, trace_id: str, unique_ke
 
 def _announce_enqueued(*, type: str, queue: str, status: str, ids: list[int], owner_id, trace_id: str) -> None:
     """Log the new jobs and tell the dashboards, once the insert commits."""
-    events.jobs_changed([(job_id, owner_id, status, 0) for job_id in ids], created=True)
+    events.jobs_changed(ids, [owner_id] * len(ids), status, 0, created=True)
     if not logger.isEnabledFor(logging.INFO):
         return
     fields = {"event": "submit", "type": type, "queue": queue, "attempt": 0, "trace_id": trace_id, "user_id": owner_id}
@@ -383,7 +383,7 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
     for job in claimed:
         if isinstance(job.payload, str):  # Django registers jsonb as text for psycopg
             job.payload = json.loads(job.payload)
-    events.jobs_changed((job.id, job.owner_id, JobStatus.RUNNING, 0) for job in claimed)
+    events.jobs_changed([job.id for job in claimed], [job.owner_id for job in claimed], JobStatus.RUNNING, 0)
     return claimed
 
 
@@ -442,8 +442,9 @@ def complete_jobs(completions: list[tuple]) -> set[int]:
             [batch],
         )
         rows = cursor.fetchall()
-    events.jobs_changed((job_id, owner_id, JobStatus.COMPLETED, 100) for job_id, owner_id in rows)
-    return {job_id for job_id, _ in rows}
+    ids = [row[0] for row in rows]
+    events.jobs_changed(ids, [row[1] for row in rows], JobStatus.COMPLETED, 100)
+    return set(ids)
 
 
 def complete_job(job: ClaimedJob, result: Any) -> bool:
@@ -497,7 +498,7 @@ def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: boo
         updated = cursor.rowcount
     if not updated:
         return None
-    events.jobs_changed([(job.id, job.owner_id, status, None)])
+    events.jobs_changed([job.id], [job.owner_id], status)
     return status
 
 
@@ -526,7 +527,8 @@ def release_jobs(jobs: list[ClaimedJob]) -> int:
         released = {row[0] for row in cursor.fetchall()}
     if released:
         _notify_queues({j.queue for j in jobs})
-        events.jobs_changed((j.id, j.owner_id, JobStatus.QUEUED, 0) for j in jobs if j.id in released)
+        back = [j for j in jobs if j.id in released]
+        events.jobs_changed([j.id for j in back], [j.owner_id for j in back], JobStatus.QUEUED, 0)
     return len(released)
 
 
@@ -542,7 +544,7 @@ def set_progress(job: ClaimedJob, percent: int) -> bool:
         progress=percent
     )
     if updated:
-        events.jobs_changed([(job.id, job.owner_id, JobStatus.RUNNING, percent)])
+        events.jobs_changed([job.id], [job.owner_id], JobStatus.RUNNING, percent)
     return bool(updated)
 
 
@@ -606,7 +608,9 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
         retrying = {job.queue for job in rescued if job.status == JobStatus.RETRYING}
         if retrying:
             _notify_queues(retrying)
-        events.jobs_changed((job.id, job.owner_id, job.status, None) for job in rescued)
+        for status in (JobStatus.RETRYING, JobStatus.DEAD):
+            moved = [job for job in rescued if job.status == status]
+            events.jobs_changed([job.id for job in moved], [job.owner_id for job in moved], status)
     return rescued
 
 
@@ -622,7 +626,7 @@ def expire_jobs() -> int:
             """
         )
         rows = cursor.fetchall()
-    events.jobs_changed((job_id, owner_id, JobStatus.EXPIRED, None) for job_id, owner_id in rows)
+    events.jobs_changed([row[0] for row in rows], [row[1] for row in rows], JobStatus.EXPIRED)
     return len(rows)
 
 
@@ -720,7 +724,7 @@ def _guarded(job_id: int, allowed: tuple[str, ...], action: str, **changes) -> N
 def _announce(job_id: int, status: str) -> str:
     """Publish the change of one job after commit; return its queue."""
     queue, owner_id = Job.objects.values_list("queue", "owner_id").get(pk=job_id)
-    events.jobs_changed([(job_id, owner_id, status, None)])
+    events.jobs_changed([job_id], [owner_id], status)
     return queue
 
 
@@ -762,7 +766,7 @@ def cancel_jobs(queryset) -> int:
         updated = Job.objects.filter(pk__in=list(owners), status__in=ACTIVE_STATUSES).update(
             status=JobStatus.CANCELLED, finished_at=Now(), leased_by=None, lease_token=None, lease_expires_at=None
         )
-        events.jobs_changed((job_id, owner_id, JobStatus.CANCELLED, None) for job_id, owner_id in owners.items())
+        events.jobs_changed(list(owners), list(owners.values()), JobStatus.CANCELLED)
     return updated
 
 
@@ -777,7 +781,7 @@ def retry_jobs_now(queryset) -> int:
     if updated:
         rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
         _notify_queues({queue for _, queue, _ in rows})
-        events.jobs_changed((job_id, owner_id, JobStatus.QUEUED, None) for job_id, _, owner_id in rows)
+        events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED)
     return updated
 
 
@@ -817,5 +821,5 @@ def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
         if ids:
             rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
             _notify_queues({queue for _, queue, _ in rows})
-            events.jobs_changed((job_id, owner_id, JobStatus.QUEUED, 0) for job_id, _, owner_id in rows)
+            events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED, 0)
     return sorted(ids)

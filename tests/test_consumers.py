@@ -31,43 +31,64 @@ def fast_password_hashing(settings):
 # --- The buffer, without Redis ---------------------------------------------------------
 
 
+def chunk(ids, owners, status, progress=None, created=False) -> events.Chunk:
+    return events.Chunk(ids, owners, status, progress, created)
+
+
 def test_batch_coalesces_changes_per_job():
     """Keep one entry per job: the latest status, and the latest progress."""
     batch = events.Batch()
-    batch.add([(1, 7, "queued", 0)], created=True)
-    batch.add([(1, 7, "running", 0)], created=False)
-    batch.add([(1, 7, None, 40)], created=False)
-    batch.add([(1, 7, None, 60)], created=False)
+    batch.add(chunk([1], [7], "queued", 0, created=True))
+    batch.add(chunk([1], [7], "running", 0))
+    batch.add(chunk([1], [7], None, 40))
+    batch.add(chunk([1], [7], None, 60))
     messages = batch.messages(max_jobs=100)
     assert messages["user.7"]["jobs"] == [[1, "running", 60]]
     assert messages["user.7"]["created"] is True
+    assert messages["staff"]["jobs"] == [[1, "running", 60]]
 
 
 def test_batch_sends_one_message_per_owner_and_one_for_staff():
     """Address each owner's changes to that owner's group only, and all of them to staff."""
     batch = events.Batch()
-    batch.add([(1, 7, "completed", 100), (2, 8, "dead", None), (3, None, "running", 0)], created=False)
+    batch.add(chunk([1, 3], [7, None], "completed", 100))
+    batch.add(chunk([2], [8], "dead"))
     messages = batch.messages(max_jobs=100)
     assert set(messages) == {"user.7", "user.8", "staff"}
     assert messages["user.7"]["jobs"] == [[1, "completed", 100]]
     assert messages["user.8"]["jobs"] == [[2, "dead", None]]
+    assert messages["user.7"]["created"] is False
     assert [row[0] for row in messages["staff"]["jobs"]] == [1, 2, 3]
 
 
-def test_batch_says_resync_instead_of_listing_too_many_jobs():
-    """Replace a long list of ids with a resync hint."""
+def test_batch_writes_only_to_watched_groups():
+    """Build messages for the groups an open socket watches, and none for the others."""
     batch = events.Batch()
-    batch.add([(n, 7, "queued", 0) for n in range(150)], created=True)
-    message = batch.messages(max_jobs=100)["user.7"]
-    assert message["resync"] is True and message["jobs"] == []
+    batch.add(chunk([1, 2, 3], [1, 2, None], "completed", 100))
+    assert set(batch.messages(max_jobs=100, watched={"user.1", "staff"})) == {"user.1", "staff"}
+    assert set(batch.messages(max_jobs=100, watched={"user.2"})) == {"user.2"}
+    assert batch.messages(max_jobs=100, watched=set()) == {}
+
+
+def test_batch_says_resync_instead_of_listing_too_many_jobs():
+    """Replace a long list of ids with a resync hint, for the owner and for staff, and keep listing for others."""
+    batch = events.Batch()
+    batch.add(chunk(list(range(150)), [7] * 150, "queued", 0, created=True))
+    batch.add(chunk([500], [8], "queued", 0, created=True))
+    messages = batch.messages(max_jobs=100)
+    assert messages["user.7"]["resync"] is True and messages["user.7"]["jobs"] == []
+    assert messages["staff"]["resync"] is True and messages["staff"]["created"] is True
+    assert messages["user.8"] == {"type": events.MESSAGE_TYPE, "jobs": [[500, "queued", 0]], "resync": False,
+                                  "created": True, "workers": False}
 
 
 def test_batch_stays_bounded_when_it_overflows(monkeypatch):
-    """Stop tracking ids past MAX_BUFFERED_JOBS, and still tell every owner to resync."""
+    """Stop keeping changes past MAX_BUFFERED_JOBS, and still tell every owner to resync."""
     monkeypatch.setattr(events, "MAX_BUFFERED_JOBS", 10)
     batch = events.Batch()
-    batch.add([(n, n % 3 + 1, "queued", 0) for n in range(25)], created=True)
-    assert len(batch.jobs) == 0
+    for n in range(25):
+        batch.add(chunk([n], [n % 3 + 1], "queued", 0, created=True))
+    assert batch.chunks == [] and batch.size == 0
     messages = batch.messages(max_jobs=100)
     assert set(messages) == {"user.1", "user.2", "user.3", "staff"}
     assert all(m["resync"] for m in messages.values())
@@ -80,15 +101,18 @@ def test_workers_changes_go_to_staff_only():
     assert set(batch.messages(max_jobs=100)) == {"staff"}
 
 
-def test_changes_in_a_transaction_wait_for_the_commit(monkeypatch, db):
+def test_changes_in_a_transaction_wait_for_the_commit(monkeypatch, db, django_capture_on_commit_callbacks):
     """Buffer a change only when its transaction commits, and never for a rollback."""
     added = []
-    monkeypatch.setattr(events.publisher, "add", lambda changes, created=False: added.append(changes))
-    with pytest.raises(ZeroDivisionError):
-        with transaction.atomic():
-            events.jobs_changed([(1, 7, "queued", 0)])
-            1 / 0
-    assert added == []
+    monkeypatch.setattr(events.publisher, "add", added.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(ZeroDivisionError):
+            with transaction.atomic():
+                events.jobs_changed([1], [7], "queued", 0)
+                1 / 0
+        events.jobs_changed([2], [7], "queued", 0)
+        assert added == []
+    assert [c.ids for c in added] == [[2]]
 
 
 # --- The consumer on Redis -------------------------------------------------------------
@@ -362,25 +386,6 @@ def test_only_groups_with_an_open_socket_are_watched():
             await communicator.disconnect()
 
     async_to_sync(scenario)()
-
-
-def test_a_flush_skips_groups_nobody_watches(monkeypatch):
-    """Send nothing to a group without an open socket, so idle users cost the workers nothing."""
-    sent = []
-
-    class Layer:
-        async def group_send(self, group, message):
-            sent.append(group)
-
-    async def watched(layer):
-        return {"user.1", "staff"}
-
-    monkeypatch.setattr("channels.layers.get_channel_layer", lambda: Layer())
-    monkeypatch.setattr(events, "watched_groups", watched)
-    batch = events.Batch()
-    batch.add([(1, 1, "completed", 100), (2, 2, "completed", 100)], created=False)
-    asyncio.run(events._send(batch.messages(max_jobs=100)))
-    assert sorted(sent) == ["staff", "user.1"]
 
 
 @pytestmark_live
