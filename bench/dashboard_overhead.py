@@ -18,6 +18,9 @@ hits them alike:
 
 and prints jobs/s for each, the slowdown, and how many messages a socket
 received (coalescing keeps that to a few a second however fast jobs finish).
+The slowdown is the median over rounds of each round's own: the modes of a
+round run back to back, so drift in this machine's speed between rounds
+stays out of it (the slowdown of the modes' median rates is printed too).
 A drain's time runs from its first job's start to its last job's finish, as
 the jobs table records them, so the workers' start-up is left out.
 The issue's bar: the dashboard costs the workers less than 10 %. Everything
@@ -183,12 +186,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_seconds() -> float | None:
-    """Return the CPU time this machine's PostgreSQL has used so far, or None where it can't be read.
+def _cpu_of(name: str, *, reaped: bool = False) -> float | None:
+    """Return the CPU time used so far by every process called `name`, or None if there is none.
 
-    Every process named postgres, plus what the postmaster's exited children
-    (the backends of closed connections) used. Counts the whole server, so
-    nothing else should use it meanwhile.
+    With `reaped`, add what the exited children of the group's first process
+    used: for PostgreSQL, the backends of connections closed meanwhile.
     """
     ticks = 0
     found = False
@@ -196,16 +198,36 @@ def postgres_cpu_seconds() -> float | None:
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() != "postgres":
+            if (entry / "comm").read_text().strip() != name:
                 continue
             fields = _stat(entry.name)
+            parent = (Path("/proc") / fields[1] / "comm").read_text().strip() if fields[1] != "0" else ""
         except OSError:  # gone meanwhile
             continue
         found = True
         ticks += int(fields[11]) + int(fields[12])
-        if fields[1] == "1" or (Path("/proc") / fields[1] / "comm").read_text().strip() != "postgres":
-            ticks += int(fields[13]) + int(fields[14])  # the postmaster: its reaped backends
+        if reaped and parent != name:
+            ticks += int(fields[13]) + int(fields[14])
     return ticks / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def services_cpu_seconds() -> dict[str, float]:
+    """Return the CPU time this machine's PostgreSQL and Redis have used so far, where /proc shows them.
+
+    They are counted whole, so nothing else should use them meanwhile.
+    """
+    used = {"postgres": _cpu_of("postgres", reaped=True), "redis": _cpu_of("redis-server")}
+    return {who: seconds for who, seconds in used.items() if seconds is not None}
+
+
+def _commits() -> int:
+    """Return how many transactions have committed in the benchmark's database so far."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
 
 
 def drain(jobs: int, workers: int, events: bool, owners, server_pid: int) -> tuple[float, dict]:
@@ -214,7 +236,7 @@ def drain(jobs: int, workers: int, events: bool, owners, server_pid: int) -> tup
     The time is the store's: from the first job's start to the last job's
     finish. The CPU seconds, over the workers' lifetime, are the workers',
     uvicorn's, this process's (the dashboards' clients, when open) and,
-    where /proc shows them, PostgreSQL's.
+    where /proc shows them, PostgreSQL's and Redis's.
     """
     from django.db import connection
 
@@ -227,8 +249,9 @@ def drain(jobs: int, workers: int, events: bool, owners, server_pid: int) -> tup
         for start in range(0, per_owner, 1000):
             queue.enqueue_many("reverse_string", ["benchmark"] * min(1000, per_owner - start), owner=owner)
     command = [sys.executable, str(ROOT / "manage.py"), "runworker", "--burst", "--concurrency", "10", "--prefetch", "100"]
+    commits = _commits()
     before = (resource.getrusage(resource.RUSAGE_CHILDREN), cpu_seconds(server_pid), time.process_time(),
-              postgres_cpu_seconds())
+              services_cpu_seconds())
     procs = [subprocess.Popen(command, cwd=ROOT, env=child_env(events)) for _ in range(workers)]
     for proc in procs:
         if proc.wait(timeout=900) != 0:
@@ -239,8 +262,10 @@ def drain(jobs: int, workers: int, events: bool, owners, server_pid: int) -> tup
         "server": cpu_seconds(server_pid) - before[1],
         "clients": time.process_time() - before[2],
     }
-    if before[3] is not None:
-        cpu["postgres"] = postgres_cpu_seconds() - before[3]
+    after = services_cpu_seconds()
+    cpu.update({who: after[who] - seconds for who, seconds in before[3].items() if who in after})
+    # Fewer jobs per claim or completion show up as more transactions.
+    cpu["transactions"] = _commits() - commits
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at))::float8"
@@ -325,23 +350,30 @@ def main(argv=None) -> int:
             server.wait()
 
     off, on = statistics.median(rates["off"]), statistics.median(rates["dashboard"])
-    slowdown = (off - on) / off * 100
+    # Each round's modes run back to back, so a round's own ratio leaves out
+    # the drift of this machine's speed between rounds (which, on a shared
+    # 2-core machine, moves a mode's rate by 20 % from one minute to the next).
+    slowdown = statistics.median((o - d) / o * 100 for o, d in zip(rates["off"], rates["dashboard"]))
     summary = {
         "jobs": args.jobs, "workers": args.workers, "sockets": args.sockets, "rounds": args.rounds,
         "events_off_jobs_per_s": round(off), "dashboard_open_jobs_per_s": round(on),
         "slowdown_percent": round(slowdown, 1),
+        "slowdown_percent_per_round": [round((o - d) / o * 100, 1) for o, d in zip(rates["off"], rates["dashboard"])],
+        "slowdown_percent_of_medians": round((off - on) / off * 100, 1),
         "messages_per_socket_per_drain": round(statistics.mean(received), 1),
         "http_refetches_per_socket_per_drain": round(statistics.mean(fetched), 1),
-        # Median CPU seconds per drain, by whom: where the cost of the dashboards goes.
+        # Median CPU seconds per drain, by whom: where the cost of the dashboards goes
+        # (and the transactions committed in the database meanwhile).
         "cpu_seconds_per_drain": {
             mode: {who: round(statistics.median(d[who] for d in cpu[mode]), 2) for who in cpu[mode][0]}
             for mode in modes
         },
     }
     if "events" in rates:
-        publishing = statistics.median(rates["events"])
-        summary["events_on_no_dashboard_jobs_per_s"] = round(publishing)
-        summary["publishing_slowdown_percent"] = round((off - publishing) / off * 100, 1)
+        summary["events_on_no_dashboard_jobs_per_s"] = round(statistics.median(rates["events"]))
+        summary["publishing_slowdown_percent"] = round(
+            statistics.median((o - e) / o * 100 for o, e in zip(rates["off"], rates["events"])), 1
+        )
     if args.json:
         print(json.dumps(summary))
         return 0
