@@ -4,6 +4,9 @@ No JavaScript library: the template draws the bars as an inline <svg> that
 stretches to its box, and places the axis labels as HTML around it (by
 percentage), so the text stays crisp and legible at any width, phone or
 desktop. Everything here is numbers; nothing from a job reaches the SVG.
+Coordinates are formatted here, as plain decimals: the template would put
+each of them through the locale's number formatting, the largest part of
+rendering the overview.
 """
 
 import math
@@ -16,26 +19,32 @@ HEIGHT = 200
 
 @dataclass
 class Bar:
-    x: float
-    y: float
-    width: float
-    height: float
+    # In plot units.
+    x: str
+    y: str
+    width: str
+    height: str
     value: int
     kind: str  # "completed" or "failed"
-    label: str
+    title: str  # "12:04: 1,234 completed"
 
 
 @dataclass
 class GridLine:
-    y: float  # in plot units
-    percent: float  # from the bottom, for the HTML label
+    y: str  # in plot units
+    percent: str  # from the bottom, for the HTML label
     label: str
 
 
 @dataclass
 class Tick:
-    percent: float  # from the left
+    percent: str  # from the left
     label: str
+
+
+def _decimal(value: float) -> str:
+    """Return `value` to two decimals, without trailing zeros: "12.5", "200"."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 @dataclass
@@ -70,13 +79,14 @@ def throughput_chart(buckets) -> Chart:
         label = bucket.start.strftime("%H:%M")
         for offset, kind, value in ((0, "completed", bucket.completed), (1, "failed", bucket.failed)):
             height = HEIGHT * value / top
-            bars.append(Bar(x=round(x0 + offset * bar_width, 2), y=round(HEIGHT - height, 2),
-                            width=round(bar_width, 2), height=round(height, 2), value=value, kind=kind, label=label))
+            bars.append(Bar(x=_decimal(x0 + offset * bar_width), y=_decimal(HEIGHT - height),
+                            width=_decimal(bar_width), height=_decimal(height), value=value, kind=kind,
+                            title=f"{label}: {value:,} {kind}"))
         if index % 5 == 0 or index == len(buckets) - 1:
-            ticks.append(Tick(percent=round((index + 0.5) * 100 / len(buckets), 2), label=label))
+            ticks.append(Tick(percent=_decimal((index + 0.5) * 100 / len(buckets)), label=label))
     fractions = (0, 0.5, 1) if top % 2 == 0 else (0, 1)
     grid = [
-        GridLine(y=round(HEIGHT * (1 - fraction), 2), percent=round(fraction * 100, 2), label=f"{round(top * fraction):,}")
+        GridLine(y=_decimal(HEIGHT * (1 - fraction)), percent=_decimal(fraction * 100), label=f"{round(top * fraction):,}")
         for fraction in fractions
     ]
     empty = not any(b.value for b in bars)

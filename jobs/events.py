@@ -317,6 +317,14 @@ publisher = Publisher()
 atexit.register(publisher.flush_at_exit)
 
 
+def prepare() -> None:
+    """Load the channel layer now, if events are on, rather than in the first flush."""
+    if conf.get("JOBS_EVENTS"):
+        from channels.layers import get_channel_layer
+
+        get_channel_layer()
+
+
 def jobs_changed(ids: Sequence[int], owners: Sequence[int | None], status: str | None,
                  progress: int | None = None, *, created: bool = False) -> None:
     """Announce that jobs `ids` changed, once the current transaction commits (at once in autocommit).

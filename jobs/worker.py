@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
-from jobs import conf, counters, queue, tracing
+from jobs import conf, counters, events, queue, tracing
 from jobs.errors import JobTimeout, PayloadError, PermanentError, UnknownJobType
 from jobs.registry import JobContext, get_handler, validate_payload
 
@@ -134,6 +134,9 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self._register()
+        # The first flush of job events would otherwise import the channel
+        # layer (a tenth of a second, holding the GIL) while jobs run.
+        events.prepare()
         # Code and settings live as long as the process: keep full garbage
         # collections (20 ms with all of Django to walk) from pausing the loop.
         gc.freeze()

@@ -530,6 +530,24 @@ def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
     assert 'class="chart"' in html and 'class="bar completed"' in html
 
 
+def test_the_chart_is_laid_out_in_plain_decimals():
+    """Scale the bars to a round top, and give the SVG coordinates as plain decimals with their titles."""
+    from datetime import datetime, timezone as dt_timezone
+
+    from dashboard.charts import throughput_chart
+
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=dt_timezone.utc)
+    buckets = [selectors.Bucket(start=start + timedelta(minutes=n), completed=n * 300, failed=n) for n in range(15)]
+    chart = throughput_chart(buckets)
+    last_completed = chart.bars[-2]
+    assert (last_completed.kind, last_completed.value, last_completed.title) == ("completed", 4200, "12:14: 4,200 completed")
+    # 4,200 of a top of 5,000 is 84 % of the plot's 200 units.
+    assert (last_completed.height, last_completed.y) == ("168", "32")
+    assert [line.label for line in chart.grid] == ["0", "2,500", "5,000"]
+    assert all(float(bar.x) >= 0 and float(bar.width) > 0 for bar in chart.bars)
+    assert not chart.empty
+
+
 def test_throughput_shows_each_user_their_own_jobs_and_staff_everyones(alice, bob, staff):
     """Chart a user's finished jobs for them alone, and every finished job, unowned ones included, for staff."""
     queue.enqueue_many("reverse_string", ["a", "b"], owner=alice)
