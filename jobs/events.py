@@ -61,6 +61,7 @@ MAX_BUFFERED_JOBS = 10_000
 WATCH_SECONDS = 60
 WATCH_RENEW = 20
 
+
 def user_group(user_id: int) -> str:
     """Return the channel-layer group of the user with `user_id`."""
     return f"user.{user_id}"
@@ -141,9 +142,7 @@ class Batch:
         messages = {user_group(owner): _message(jobs, created=owner in created_by) for owner, jobs in mine.items()}
         messages.update({user_group(owner): _message(None) for owner in resync})
         if staff and (self.chunks or self.overflowed or self.workers):
-            messages[STAFF_GROUP] = _message(
-                everything, created=everything_created, workers=self.workers,
-            )
+            messages[STAFF_GROUP] = _message(everything, created=everything_created, workers=self.workers)
         return messages
 
 

@@ -1,6 +1,5 @@
 """The API over real HTTP: several server processes, concurrent clients, a real worker."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
