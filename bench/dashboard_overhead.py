@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--log-level", "warning"],
+         "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "5"],
         cwd=ROOT, env=child_env(True),
     )
     try:
@@ -341,10 +341,10 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         try:
-            # Not longer: after dashboards have disconnected, uvicorn's graceful
-            # shutdown sometimes never ends (a WebSocket task stuck cancelling in
-            # channels_redis's receive), and nothing here needs it to.
-            server.wait(timeout=5)
+            # After dashboards have disconnected, uvicorn's graceful shutdown
+            # can wait on a WebSocket task stuck in channels_redis's receive;
+            # --timeout-graceful-shutdown ends it after 5 s, as in the Dockerfile.
+            server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()

@@ -294,7 +294,8 @@ def _serve(stack: contextlib.ExitStack, system, extra_env: dict) -> str:
     port = free_port()
     metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="skipjack-metrics-"))
     command = [system.python, "-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log", "--workers", str(WEB_CONCURRENCY)]
+               "--port", str(port), "--no-access-log", "--workers", str(WEB_CONCURRENCY),
+               "--timeout-graceful-shutdown", "5"]
     env = {**system.env(), **extra_env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     server = WorkerGroup([command], env, system.cwd, f"{system.name}-server").start()
     stack.callback(server.stop)

@@ -13,6 +13,11 @@ from django.core.management import call_command
 
 from queueproject import embedded
 
+# On Ctrl-C uvicorn waits for open connections' tasks; after a dashboard's
+# WebSocket closes, one can linger in the channel layer's receive for good.
+# The Dockerfile passes the same.
+WEB_SHUTDOWN_OPTIONS = ("--timeout-graceful-shutdown", "5")
+
 
 def ensure_admin() -> tuple[str, str]:
     """Create the admin account if missing; return its username and password.
@@ -50,7 +55,7 @@ def run_stack(*, host: str, port: int, processes: int, concurrency: int, stdout)
     children = [
         subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "queueproject.asgi:application", "--host", host, "--port", str(port),
-             "--no-access-log"],
+             "--no-access-log", *WEB_SHUTDOWN_OPTIONS],
             env=env, cwd=settings.BASE_DIR, process_group=0,
         ),
         subprocess.Popen(

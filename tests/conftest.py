@@ -132,12 +132,12 @@ def free_port() -> int:
 class ServerProcess(ChildProcess):
     """A real uvicorn serving the project."""
 
-    def __init__(self, env=None):
+    def __init__(self, env=None, extra_args=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             ["-m", "uvicorn", "queueproject.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
-             "--no-access-log"],
+             "--no-access-log", *extra_args],
             env=env,
         )
 
@@ -162,8 +162,8 @@ def start_server(transactional_db):
     """Start uvicorn processes serving the app on the test database; stop them at teardown."""
     started = []
 
-    def start(env=None):
-        server = ServerProcess(env=env)
+    def start(env=None, extra_args=()):
+        server = ServerProcess(env=env, extra_args=extra_args)
         started.append(server)
         return server
 

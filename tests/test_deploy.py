@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -69,6 +70,49 @@ def test_dockerfile_is_multi_stage_non_root_and_collects_static_files():
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert "collectstatic --noinput" in dockerfile
     assert "DJANGO_SETTINGS_MODULE=queueproject.settings_production" in dockerfile
+
+
+def _web_shutdown_options() -> list[str]:
+    cmd = re.search(r"exec uvicorn ([^\"]+)", (ROOT / "Dockerfile").read_text()).group(1).split()
+    index = cmd.index("--timeout-graceful-shutdown")
+    return cmd[index:index + 2]
+
+
+def test_web_server_stops_within_docker_stops_grace_after_websockets_close(start_server, settings):
+    """Exit on SIGTERM within the Dockerfile's graceful timeout, even after dashboards' sockets came and went."""
+    import asyncio
+    import signal
+
+    import websockets
+
+    from jobs.stack import WEB_SHUTDOWN_OPTIONS
+    from tests.factories import UserFactory
+
+    options = _web_shutdown_options()
+    assert list(WEB_SHUTDOWN_OPTIONS) == options
+    grace = float(options[1])
+    assert grace < 10  # `docker stop` kills after 10 s
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    client = Client()
+    client.force_login(UserFactory(is_staff=True))
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+
+    for _ in range(3):
+        server = start_server(extra_args=options).wait_until_up()
+
+        async def come_and_go():
+            url = server.url.replace("http://", "ws://") + "/ws/events/"
+            headers = {"Cookie": cookie, "Origin": server.url}
+            sockets = [await websockets.connect(url, additional_headers=headers) for _ in range(4)]
+            await asyncio.sleep(0.5)
+            for socket in sockets:
+                await socket.close()
+
+        asyncio.run(come_and_go())
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=grace + 5)
+        assert time.monotonic() - started < grace + 2
 
 
 def test_prometheus_scrapes_the_web_service_and_grafana_reads_prometheus():
