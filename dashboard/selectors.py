@@ -6,6 +6,7 @@ lists are keyset-paginated on the primary key, and nothing loops over job
 rows in Python. A non-staff user sees only their own jobs; staff see all.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +17,7 @@ from django.db.models.functions import MD5, Concat, Left, Now
 from django.utils import timezone
 
 from jobs.counters import FINISHED_BUCKET, FINISHED_TABLE
-from jobs.models import Job, JobStatus, Priority
+from jobs.models import READY_STATUSES, Job, JobStatus, Priority
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
 
 JOB_TABLE = Job._meta.db_table
@@ -46,6 +47,10 @@ LIST_COLUMNS = (
     "id", "type", "queue", "priority", "status", "attempts", "max_retries", "progress",
     "created_at", "started_at", "finished_at", "run_at", "error", "owner__username",
 )
+
+
+# Jobs waiting to run now. The statuses are literals, as job_claim_idx's condition is.
+_DUE = f"status IN ({', '.join(repr(str(s)) for s in READY_STATUSES)}) AND run_at <= statement_timestamp()"
 
 
 def _scope(user, alias: str = "") -> tuple[str, list]:
@@ -101,7 +106,7 @@ def throughput(user) -> list[Bucket]:
     """Return the jobs completed and moved to the DLQ per minute over the last 15 minutes, oldest first."""
     # The per-minute counts the finishing statements keep (jobs.counters),
     # not the jobs: a chart costs the same at any rate and survives pruning.
-    where, params = ("TRUE", []) if user.is_staff else ("f.owner_id = %s", [user.pk])
+    where, params = _scope(user, alias="f.")
     sql = f"""
         WITH bounds AS (
             SELECT date_bin(%s, statement_timestamp(), TIMESTAMPTZ '2000-01-01') AS last_bucket
@@ -139,9 +144,7 @@ def queue_depth(user) -> tuple[list[dict], bool]:
         # One LIMITed range scan of job_claim_idx per priority, as a claim
         # makes, instead of reading every waiting job (27 ms at 100,000).
         sql = " UNION ALL ".join(
-            f"""(SELECT queue, priority, run_at FROM {JOB_TABLE}
-                 WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-                   AND priority = %s
+            f"""(SELECT queue, priority, run_at FROM {JOB_TABLE} WHERE {_DUE} AND priority = %s
                  ORDER BY run_at, id LIMIT %s)"""
             for _ in Priority
         )
@@ -150,9 +153,7 @@ def queue_depth(user) -> tuple[list[dict], bool]:
         # A user's own waiting jobs, through job_owner_status_idx; the claim
         # index would walk everyone's. A user's active jobs are few
         # (JOBS_USER_MAX_ACTIVE), and all of them are read.
-        sql = f"""SELECT queue, priority, run_at FROM {JOB_TABLE}
-                  WHERE owner_id = %s AND status IN ('queued', 'scheduled', 'retrying')
-                    AND run_at <= statement_timestamp()"""
+        sql = f"SELECT queue, priority, run_at FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE}"
         params = [user.pk]
     sql = f"""
         SELECT queue, priority, count(*), min(run_at) FROM ({sql}) AS due
@@ -161,9 +162,9 @@ def queue_depth(user) -> tuple[list[dict], bool]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    sampled = {}
+    sampled = Counter()
     for _, priority, count, _ in rows:
-        sampled[priority] = sampled.get(priority, 0) + count
+        sampled[priority] += count
     capped = {priority for priority, total in sampled.items() if total > COUNT_CAP} if user.is_staff else set()
     depth = [
         {
@@ -183,16 +184,14 @@ def oldest_waiting(user) -> Job | None:
         # One LIMIT 1 per priority, each an index range scan on job_claim_idx
         # (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
         sql = " UNION ALL ".join(
-            f"""(SELECT id FROM {JOB_TABLE} WHERE status IN ('queued', 'scheduled', 'retrying')
-                 AND run_at <= statement_timestamp() AND priority = %s
+            f"""(SELECT id FROM {JOB_TABLE} WHERE {_DUE} AND priority = %s
                  ORDER BY run_at, id LIMIT 1)"""
             for _ in Priority
         )
         params = [int(p) for p in Priority]
     else:
         # A user's own few waiting jobs, as in queue_depth().
-        sql = f"""SELECT id FROM {JOB_TABLE} WHERE owner_id = %s AND status IN ('queued', 'scheduled', 'retrying')
-                  AND run_at <= statement_timestamp() ORDER BY run_at, id LIMIT 1"""
+        sql = f"SELECT id FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE} ORDER BY run_at, id LIMIT 1"
         params = [user.pk]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -21,10 +21,9 @@ drops the minutes past FINISHED_RETENTION.
 """
 
 import math
+from datetime import timedelta
 
 from django.db import connection, transaction
-
-from datetime import timedelta
 
 from jobs.models import FinishedCount, JobCounter
 
