@@ -20,7 +20,6 @@ import threading
 
 import psycopg
 import redis
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
@@ -116,28 +115,12 @@ def readiness_response() -> JsonResponse:
 class HealthCheckMiddleware:
     """Answer /healthz/ and /readyz/ before anything else looks at the request."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response):
         self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request):
-        if self.is_async:
-            return self.__acall__(request)
         if request.path == LIVENESS_PATH:
             return JsonResponse({"status": "ok"})
         if request.path == READINESS_PATH:
             return readiness_response()
         return self.get_response(request)
-
-    async def __acall__(self, request):
-        if request.path == LIVENESS_PATH:
-            return JsonResponse({"status": "ok"})
-        if request.path == READINESS_PATH:
-            # The checks block on the network and use the ORM: run them in a thread.
-            return await sync_to_async(readiness_response)()
-        return await self.get_response(request)

@@ -18,7 +18,6 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.functional import empty
 
 HEADER = "X-Trace-Id"
@@ -78,30 +77,14 @@ def _user_id(request):
 class TraceIdMiddleware:
     """Bind a trace id to each request, echo it in the response and log the request."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response):
         self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request):
-        if self.is_async:
-            return self.__acall__(request)
         trace_id = request.trace_id = trace_id_from(request)
         started = time.monotonic()
         with bound(trace_id=trace_id):
             response = self.get_response(request)
-            self._finish(request, response, trace_id, started)
-        return response
-
-    async def __acall__(self, request):
-        trace_id = request.trace_id = trace_id_from(request)
-        started = time.monotonic()
-        with bound(trace_id=trace_id):
-            response = await self.get_response(request)
             self._finish(request, response, trace_id, started)
         return response
 
