@@ -1,9 +1,10 @@
-"""A cursor for the queue's hot statements."""
+"""Cursors and connection settings for the queue's hot statements."""
 
 import functools
 
 from django.db import connection
 from django.db.backends.postgresql.base import ServerBindingCursor
+from django.db.backends.signals import connection_created
 from django_prometheus.db.common import ExportingCursorWrapper
 
 
@@ -32,3 +33,28 @@ def statement_cursor():
     if connection.queries_logged:
         return connection.make_debug_cursor(cursor)
     return connection.make_cursor(cursor)
+
+
+def plan_every_run(*, connection, **kwargs) -> None:
+    """Have PostgreSQL plan each run of a prepared statement on `connection` with its parameters.
+
+    Left to itself, PostgreSQL switches a prepared statement to one generic
+    plan after five runs if that looks no dearer, and keeps it until the
+    next ANALYZE. The worker's claims and completions read the jobs table,
+    and a generic plan made while it was nearly empty (a hash join over a
+    sequential scan) cost 31 ms per completion at 300,000 rows instead of
+    0.1 ms. Planned on every run, they are still parsed only once. The
+    inserts of enqueue() read no table, so elsewhere their generic plan is
+    the right one, and a third faster than planning each run.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_custom_plan")
+
+
+def plan_every_run_in_this_process() -> None:
+    """Apply plan_every_run to this thread's open connection and to every connection the process opens later."""
+    if connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
+        return  # nothing is prepared (behind a pooler that could not keep it), so nothing is planned ahead
+    connection_created.connect(plan_every_run, dispatch_uid="jobs.db.plan_every_run")
+    if connection.connection is not None:
+        plan_every_run(connection=connection)

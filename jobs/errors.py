@@ -31,3 +31,7 @@ class PayloadError(ValueError):
 
 class IllegalTransition(Exception):
     """A state change the job's current status does not allow."""
+
+
+class OwnerAtCapacity(Exception):
+    """An enqueue refused because the owner already has as many unfinished jobs as it allowed."""

@@ -2,25 +2,24 @@
 
 The REST API and the dashboard both submit through `submit_job`. Its limits
 hold across any number of web processes because they are checked in the
-database, inside the transaction that inserts the job, while the user's row
-is locked: two concurrent submissions of one user are serialized there.
+database, inside the transaction that inserts the job, while the user's
+SubmissionAllowance row is locked: two concurrent submissions of one user
+are serialized there.
 """
 
 import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 
 from jobs import conf, queue
+from jobs.errors import OwnerAtCapacity
 from jobs.metrics import count_rate_limit_rejection
-from jobs.models import ACTIVE_STATUSES, Job, SubmissionAllowance
+from jobs.models import Job, SubmissionAllowance
 from jobs.registry import validate_payload
 
 RATE_WINDOW = timedelta(minutes=1)
-JOB_TABLE = Job._meta.db_table
-USER_TABLE = get_user_model()._meta.db_table
 ALLOWANCE_TABLE = SubmissionAllowance._meta.db_table
 
 
@@ -60,7 +59,7 @@ def limits_apply(user) -> bool:
 
 @dataclass
 class Usage:
-    """What a user's limits are checked against, read while their row is locked."""
+    """What a user's limits are checked against, read while their allowance row is locked."""
 
     # After this submission, how far past now the user's allowance is full
     # again, in seconds; None when nothing was submitted.
@@ -69,39 +68,20 @@ class Usage:
     active: int = 0
 
 
-def lock_user(user, *, submitting: bool = False) -> Usage:
-    """Lock the user's row until the end of the transaction and read what their limits need.
+# Every limited action of one user first locks the user's SubmissionAllowance
+# row (making it if need be), so what it reads afterwards includes everything
+# the others committed, and two of them never both see room for one more job.
+# Reads must be later statements: a statement reads from the snapshot taken
+# at its start, before the lock was granted, and would miss the job whose
+# transaction the lock waited for.
+_LOCK = f"""
+    INSERT INTO {ALLOWANCE_TABLE} AS a (user_id, refilled_at) VALUES (%(user)s, statement_timestamp())
+    ON CONFLICT (user_id) DO UPDATE SET refilled_at = a.refilled_at
+"""
 
-    Every limited action of one user takes this lock first, so what it reads
-    includes everything the others committed. With `submitting`, the
-    submission is taken from the user's SubmissionAllowance; if the
-    transaction rolls back (a refusal), it is given back.
-    """
-    with connection.cursor() as cursor:
-        # Its own statement: one that also read the counts would read them
-        # from the snapshot taken before the lock was granted, and miss the
-        # job whose transaction the lock waited for.
-        cursor.execute(f"SELECT 1 FROM {USER_TABLE} WHERE id = %s FOR NO KEY UPDATE", [user.pk])
-        if not limits_apply(user):
-            return Usage()
-        active = f"""(
-            SELECT count(*) FROM (
-                SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(user)s AND status = ANY(%(active_statuses)s) LIMIT %(cap)s
-            ) AS unfinished
-        )"""
-        params = {
-            "user": user.pk, "active_statuses": list(ACTIVE_STATUSES), "cap": conf.get("JOBS_USER_MAX_ACTIVE") + 1,
-            "cost": _submission_cost(),
-        }
-        if submitting:
-            cursor.execute(f"WITH spent AS ({_SPEND}) SELECT ahead, {active} FROM spent", params)
-        else:
-            cursor.execute(f"SELECT NULL::float8, {active}", params)
-        return Usage(*cursor.fetchone())
-
-
-# Take one submission from the user's allowance: it is full again `cost`
-# seconds later than it would have been (or than now, if it is full already).
+# Lock as above and take one submission from the user's allowance: it is
+# full again `cost` seconds later than it would have been (or than now, if
+# it is full already). A refusal rolls the transaction back, and gives it back.
 _SPEND = f"""
     INSERT INTO {ALLOWANCE_TABLE} AS a (user_id, refilled_at)
     VALUES (%(user)s, statement_timestamp() + make_interval(secs => %(cost)s))
@@ -111,6 +91,18 @@ _SPEND = f"""
 """
 
 
+def lock_user(user) -> Usage:
+    """Lock the user's limits until the end of the transaction; return their unfinished jobs (for users with limits)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK, {"user": user.pk})
+    return Usage(active=count_active(user) if limits_apply(user) else 0)
+
+
+def count_active(user) -> int:
+    """Return the user's unfinished jobs, counted up to the cap plus one."""
+    return Job.objects.filter(owner=user).active()[: conf.get("JOBS_USER_MAX_ACTIVE") + 1].count()
+
+
 def _submission_cost() -> float:
     """Seconds of allowance one submission takes: a minute shared by the per-minute limit."""
     limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
@@ -118,8 +110,8 @@ def _submission_cost() -> float:
     return RATE_WINDOW.total_seconds() / limit if limit > 0 else 2 * RATE_WINDOW.total_seconds()
 
 
-def count_submission(user) -> float:
-    """Take one submission from the user's allowance; return Usage.ahead."""
+def spend_submission(user) -> float:
+    """Lock the user's limits and take one submission from their allowance; return Usage.ahead."""
     with connection.cursor() as cursor:
         cursor.execute(_SPEND, {"user": user.pk, "cost": _submission_cost()})
         return cursor.fetchone()[0]
@@ -160,10 +152,11 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
     errors of queue.enqueue for an invalid job.
     """
     payload = validate_payload(type, {} if payload is None else payload)
+    limited = limits_apply(user)
     with transaction.atomic():
-        # A replayed request is not a new submission: with a key, it counts once no earlier job is found.
-        usage = lock_user(user, submitting=not idempotency_key)
         if idempotency_key:
+            # Staff too: a repeat sent while the first is in flight waits for it, then replays it.
+            lock_user(user)
             earlier = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
             if earlier is not None:
                 if earlier.type != type or earlier.payload != payload:
@@ -171,12 +164,18 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
                         "This Idempotency-Key was already used for a different request."
                     )
                 return Submission(job=earlier, replayed=True)
-            if limits_apply(user):
-                usage.ahead = count_submission(user)
-        if limits_apply(user):
-            check_rate_limit(usage)
-            check_active_limit(usage)
-        job = queue.enqueue(type, payload, owner=user, idempotency_key=idempotency_key, **options)
+        if limited:
+            check_rate_limit(Usage(ahead=spend_submission(user)))
+        try:
+            # The cap is checked by the insert itself, the first statement after the lock.
+            job = queue.enqueue(
+                type, payload, owner=user, idempotency_key=idempotency_key,
+                owner_max_active=conf.get("JOBS_USER_MAX_ACTIVE") if limited else None, **options,
+            )
+        except OwnerAtCapacity:
+            # Counted again for the message; one may have finished since the insert.
+            limit = conf.get("JOBS_USER_MAX_ACTIVE")
+            check_active_limit(Usage(active=max(count_active(user), limit)))
     return Submission(job=job)
 
 

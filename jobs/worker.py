@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import psycopg
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
 
-from jobs import conf, counters, events, queue, tracing
+from jobs import conf, counters, db, events, queue, tracing
 from jobs.errors import JobTimeout, PayloadError, PermanentError, UnknownJobType
 from jobs.registry import JobContext, get_handler, validate_payload
 
@@ -133,6 +133,8 @@ class Worker:
         if self.install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        # Before the first claim: claims and completions must not get a generic plan.
+        db.plan_every_run_in_this_process()
         self._register()
         # The first flush of job events would otherwise import the channel
         # layer (a tenth of a second, holding the GIL) while jobs run.

@@ -122,17 +122,11 @@ DATABASES["default"]["OPTIONS"] = {
         "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
     },
     # The queue's hot statements (jobs.db.statement_cursor) are prepared on a
-    # connection after this many runs. Set it to "off" behind a pooler that
+    # connection after this many runs (and in workers planned on every run:
+    # jobs.db.plan_every_run). Set it to "off" behind a pooler that
     # cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
     "prepare_threshold": None if PREPARE_THRESHOLD.lower() in ("off", "none", "") else int(PREPARE_THRESHOLD),
 }
-if DATABASES["default"]["OPTIONS"]["prepare_threshold"] is not None:
-    # Prepared, but planned on every run with its parameters and the table's
-    # size at the time. A generic plan made while the jobs table was nearly
-    # empty (a hash join over a sequential scan) would stay cached until the
-    # next ANALYZE, costing more with every job added: 31 ms per completion
-    # at 300,000 rows instead of 0.1 ms. Preparing still saves the parsing.
-    DATABASES["default"]["OPTIONS"]["options"] = "-c plan_cache_mode=force_custom_plan"
 # Test each pooled connection as it is handed out, so one that died with a
 # database restart is replaced instead of failing a request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

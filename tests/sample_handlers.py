@@ -46,3 +46,11 @@ def log_line(job):
 def unstorable_result(job):
     """Return a result JSON cannot hold: NaN (as json.dumps would write it) or a set."""
     return float("nan") if job.payload.get("kind") == "nan" else {1, 2}
+
+
+@job_handler("plan_cache_mode")
+def plan_cache_mode(job):
+    """Return how the handler's own database connection plans prepared statements."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('plan_cache_mode')")
+        return cursor.fetchone()[0]

@@ -7,12 +7,13 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import queue
-from jobs.errors import IllegalTransition, PayloadError, UnknownJobType
-from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority
+from jobs import db, queue
+from jobs.errors import IllegalTransition, OwnerAtCapacity, PayloadError, UnknownJobType
+from jobs.models import ACTIVE_STATUSES, Job, JobCounter, JobStatus, Priority
 from tests.factories import JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -111,6 +112,23 @@ def test_enqueue_is_one_statement():
         job = queue.enqueue("reverse_string", "hello")
     assert len(queries.captured_queries) == 1
     assert Job.objects.get(pk=job.pk).run_at == job.run_at
+
+
+def test_owner_max_active_refuses_a_job_past_the_owners_unfinished_jobs():
+    """Store nothing, count nothing and raise OwnerAtCapacity when the owner's unfinished jobs reach the cap."""
+    owner = UserFactory()
+    JobFactory(owner=owner, status=JobStatus.COMPLETED)  # finished jobs do not count
+    running = JobFactory(owner=owner, status=JobStatus.RUNNING)
+    JobFactory(status=JobStatus.QUEUED)  # nor do other owners'
+    second = queue.enqueue("reverse_string", "a", owner=owner, owner_max_active=2)
+    counted = JobCounter.objects.filter(name="enqueued").aggregate(n=Sum("value"))["n"]
+    with CaptureQueriesContext(connection) as queries, pytest.raises(OwnerAtCapacity):
+        queue.enqueue("reverse_string", "b", owner=owner, owner_max_active=2)
+    assert len(queries.captured_queries) == 1
+    assert set(Job.objects.filter(owner=owner).active().values_list("pk", flat=True)) == {running.pk, second.pk}
+    assert JobCounter.objects.filter(name="enqueued").aggregate(n=Sum("value"))["n"] == counted
+    Job.objects.filter(pk=second.pk).update(status=JobStatus.DEAD)
+    assert queue.enqueue("reverse_string", "c", owner=owner, owner_max_active=2).owner_id == owner.pk
 
 
 def test_unique_key_returns_the_existing_active_job():
@@ -532,6 +550,7 @@ def test_claim_front_moves_forward_and_sweeps_less_often_while_nothing_is_behind
 
 def test_prepared_completion_is_planned_for_the_table_as_it_is_now():
     """Plan the prepared completion afresh on each run: one prepared on a near-empty table must not scan it all later."""
+    db.plan_every_run(connection=connection)  # as workers do (Worker.run)
     # Prepared after 5 runs; PostgreSQL considers a generic plan after 5 more.
     prepared = claim_and_complete_one_by_one(15)
     (name,) = [name for name, text in prepared.items() if "jsonb_to_recordset" in text]

@@ -218,6 +218,14 @@ def test_new_jobs_wake_an_idle_worker_through_notify(start_worker):
     worker.stop()
 
 
+def test_a_workers_connections_plan_prepared_statements_on_every_run(start_worker):
+    """Plan every run of a prepared statement on each connection a worker opens, not a generic plan made once."""
+    job = queue.enqueue("plan_cache_mode")
+    start_worker(*FAST)
+    wait_for_status(job.pk, JobStatus.COMPLETED)
+    assert Job.objects.get(pk=job.pk).result == "force_custom_plan"
+
+
 def test_worker_survives_losing_its_database_connections(start_worker):
     """Reconnect after every connection to PostgreSQL is cut, and lose no job."""
     first = queue.enqueue("reverse_string", "one")
