@@ -2,7 +2,7 @@
 
 import functools
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.signals import connection_created
 from django_prometheus.db.common import ExportingCursorWrapper
@@ -25,14 +25,15 @@ def statement_cursor():
     for a pooler that cannot keep prepared statements). Queries are still
     logged in DEBUG and have their errors translated like any other.
     """
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    with connection.wrap_database_errors:
-        cursor = _cursor_class(connection.alias, connection.vendor)(connection.connection)
-    if connection.queries_logged:
-        return connection.make_debug_cursor(cursor)
-    return connection.make_cursor(cursor)
+    db = connections[DEFAULT_DB_ALIAS]  # once: each look-up through `connection` costs one
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_thread_sharing()
+    with db.wrap_database_errors:
+        cursor = _cursor_class(db.alias, db.vendor)(db.connection)
+    if db.queries_logged:
+        return db.make_debug_cursor(cursor)
+    return db.make_cursor(cursor)
 
 
 def plan_every_run(*, connection, **kwargs) -> None:

@@ -53,15 +53,16 @@ MAX_SECONDS = 365 * 24 * 3600.0
 REQUEUEABLE_STATUSES = (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
 
 
+_PRIORITIES = {int(choice): choice for choice in Priority}
+_PRIORITY_LABELS = {choice.label: choice for choice in Priority}
+
+
 def parse_priority(value: Any) -> int:
     """Return the Priority for "high"/"normal"/"low", 0/1/2 or a Priority; raise ValueError otherwise."""
-    if isinstance(value, str):
-        for choice in Priority:
-            if choice.label == value.lower():
-                return choice
-        raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
-    if isinstance(value, int) and not isinstance(value, bool) and value in Priority.values:
-        return Priority(value)
+    if isinstance(value, str) and value.lower() in _PRIORITY_LABELS:
+        return _PRIORITY_LABELS[value.lower()]
+    if isinstance(value, int) and not isinstance(value, bool) and value in _PRIORITIES:
+        return _PRIORITIES[value]
     raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
 
 
