@@ -91,11 +91,10 @@ _SPEND = f"""
 """
 
 
-def lock_user(user) -> Usage:
-    """Lock the user's limits until the end of the transaction; return their unfinished jobs (for users with limits)."""
+def lock_user(user) -> None:
+    """Lock the user's limits until the end of the transaction."""
     with connection.cursor() as cursor:
         cursor.execute(_LOCK, {"user": user.pk})
-    return Usage(active=count_active(user) if limits_apply(user) else 0)
 
 
 def count_active(user) -> int:
@@ -182,9 +181,9 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
 def retry_for_user(user, job_id: int) -> None:
     """Requeue one of the user's dead, cancelled or expired jobs, within their active-job cap."""
     with transaction.atomic():
-        usage = lock_user(user)
+        lock_user(user)
         if limits_apply(user):
-            check_active_limit(usage)
+            check_active_limit(Usage(active=count_active(user)))
         queue.retry_job(job_id)
 
 
@@ -196,8 +195,9 @@ def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: i
     """
     dead = queue.dead_jobs(ids=job_ids, owner=None if user.is_staff else user)
     with transaction.atomic():
-        usage = lock_user(user)
+        lock_user(user)
         if limits_apply(user):
+            usage = Usage(active=count_active(user))
             room = conf.get("JOBS_USER_MAX_ACTIVE") - usage.active
             if room <= 0 and dead.exists():
                 check_active_limit(usage)
