@@ -15,9 +15,8 @@ class LeanSerializer(serializers.Serializer):
     """A serializer that gives each instance shallow copies of its declared fields.
 
     DRF deep-copies every declared field for each serializer instance, which
-    builds each field anew: for POST /api/jobs/ that was a fifth of the
-    request's CPU, half of it for the input and half for the answer
-    (bench/PROFILE.md). A shallow copy still gets its own binding (name,
+    builds each field anew: for POST /api/jobs/, input and answer, a sixth
+    of the request's CPU (bench/PROFILE.md). A shallow copy still gets its own binding (name,
     parent), and shares what no request changes: validators, error
     messages, choices. A nested serializer is shared as it is, so this is
     only for serializers whose fields never read the context.
