@@ -57,7 +57,10 @@ ROWS = [
     Row("Drain, 10 dashboards open (jobs/s)", "dashboard_stream", "dashboard_open_jobs_per_s", "{:,.0f}"),
     Row("Dashboard stream cost (median of rounds, 1 - open/off)", "dashboard_stream", "cost", "{:.1%}", "< 10 %", _below(0.10)),
     Row("Dashboard messages per socket per drain", "dashboard_stream", "messages_per_socket_per_drain", "{:.1f}"),
+    Row("Stability: offered (jobs/s)", "stability", "offered_rate", "{:,.0f}"),
     Row("Stability: last / first interval", "stability", "ratio", "{:.2f}", ">= 0.9", _at_least(0.9)),
+    # Last against first passes even at capacity, with a backlog growing all along: this shows it.
+    Row("Stability: still queued at the end (jobs)", "stability", "backlog_at_end", "{:,}"),
     Row("Peak RSS per worker process (MB)", "drain", "peak_rss_mb", "{:.0f}", "<= 150 MB", _at_most(150)),
     Row("Peak RSS after the stability run (MB)", "stability", "peak_rss_mb", "{:.0f}", "<= 150 MB", _at_most(150)),
 ]
