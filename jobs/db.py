@@ -1,6 +1,7 @@
 """Cursors and connection settings for the queue's hot statements."""
 
 import functools
+import weakref
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.postgresql.base import ServerBindingCursor
@@ -36,6 +37,11 @@ def statement_cursor():
     return db.make_cursor(cursor)
 
 
+# The psycopg connections already set: connection_created fires each time
+# Django takes a connection from the pool, not only when one is opened.
+_PLANNED_EVERY_RUN = weakref.WeakSet()
+
+
 def plan_every_run(*, connection, **kwargs) -> None:
     """Have PostgreSQL plan each run of a prepared statement on `connection` with its parameters.
 
@@ -48,8 +54,15 @@ def plan_every_run(*, connection, **kwargs) -> None:
     inserts of enqueue() read no table, so elsewhere their generic plan is
     the right one, and a third faster than planning each run.
     """
+    if connection.connection in _PLANNED_EVERY_RUN:
+        return  # a pooled connection keeps its setting: one round trip per connection, not per checkout
+    # Django connects in autocommit mode, where the setting lasts as long as
+    # the connection; in a transaction, a rollback would undo it.
+    lasting = connection.get_autocommit()
     with connection.cursor() as cursor:
         cursor.execute("SET plan_cache_mode = force_custom_plan")
+    if lasting:
+        _PLANNED_EVERY_RUN.add(connection.connection)
 
 
 def plan_every_run_in_this_process() -> None:

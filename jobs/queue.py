@@ -117,7 +117,7 @@ def _insert_sql(*, single: bool, capped: bool) -> str:
         WHERE (
             SELECT count(*) FROM (
                 SELECT 1 FROM {JOB_TABLE} WHERE owner_id = %(owner)s AND status IN ({_ACTIVE_SQL})
-                LIMIT %(max_active)s::integer
+                LIMIT greatest(%(max_active)s::integer, 0)
             ) AS unfinished
         ) + %(adding)s::integer <= %(max_active)s::integer
     """ if capped else ""

@@ -123,8 +123,9 @@ DATABASES["default"]["OPTIONS"] = {
     },
     # The queue's hot statements (jobs.db.statement_cursor) are prepared on a
     # connection after this many runs (and in workers planned on every run:
-    # jobs.db.plan_every_run). Set it to "off" behind a pooler that
-    # cannot keep prepared statements (PgBouncer in transaction mode before 1.21).
+    # jobs.db.plan_every_run). Set it to "off" behind a pooler in transaction
+    # mode (PgBouncer): it cannot keep prepared statements before 1.21, nor a
+    # worker's session setting at any version.
     "prepare_threshold": None if PREPARE_THRESHOLD.lower() in ("off", "none", "") else int(PREPARE_THRESHOLD),
 }
 # Test each pooled connection as it is handed out, so one that died with a

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.backends.signals import connection_created
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -121,12 +121,12 @@ def test_owner_max_active_refuses_a_job_past_the_owners_unfinished_jobs():
     running = JobFactory(owner=owner, status=JobStatus.RUNNING)
     JobFactory(status=JobStatus.QUEUED)  # nor do other owners'
     second = queue.enqueue("reverse_string", "a", owner=owner, owner_max_active=2)
-    counted = JobCounter.objects.filter(name="enqueued").aggregate(n=Sum("value"))["n"]
+    counted = list(JobCounter.objects.filter(name="enqueued").values_list("pk", flat=True))
     with CaptureQueriesContext(connection) as queries, pytest.raises(OwnerAtCapacity):
         queue.enqueue("reverse_string", "b", owner=owner, owner_max_active=2)
     assert len(queries.captured_queries) == 1
     assert set(Job.objects.filter(owner=owner).active().values_list("pk", flat=True)) == {running.pk, second.pk}
-    assert JobCounter.objects.filter(name="enqueued").aggregate(n=Sum("value"))["n"] == counted
+    assert list(JobCounter.objects.filter(name="enqueued").values_list("pk", flat=True)) == counted  # not even a 0
     Job.objects.filter(pk=second.pk).update(status=JobStatus.DEAD)
     assert queue.enqueue("reverse_string", "c", owner=owner, owner_max_active=2).owner_id == owner.pk
 
@@ -546,6 +546,29 @@ def test_claim_front_moves_forward_and_sweeps_less_often_while_nothing_is_behind
     assert intervals == [4.0, 8.0, 10.0, 10.0, 10.0]
     front.claimed([job(50.0)], swept=True, now=100.0)  # a straggler behind the front
     assert front.sweep_interval == 1.0 and front.next_sweep == 101.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pooled_connection_is_set_to_plan_every_run_once():
+    """Set a worker's connections to plan every run once each, not each time Django takes one from the pool."""
+    connection.force_debug_cursor = True
+    start, seen = len(connection.queries_log), set()
+    try:
+        db.plan_every_run_in_this_process()
+        if connection.connection is not None:
+            seen.add(id(connection.connection))
+        for _ in range(8):
+            connection.close()  # back to the pool
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_setting('plan_cache_mode')")
+                assert cursor.fetchone()[0] == "force_custom_plan"
+            seen.add(id(connection.connection))
+        sets = [q for q in list(connection.queries_log)[start:] if q["sql"].startswith("SET plan_cache_mode")]
+        assert len(seen) < 8  # the pool handed some connection out again
+        assert len(sets) == len(seen)
+    finally:
+        connection.force_debug_cursor = False
+        connection_created.disconnect(dispatch_uid="jobs.db.plan_every_run")
 
 
 def test_prepared_completion_is_planned_for_the_table_as_it_is_now():

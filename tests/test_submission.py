@@ -7,7 +7,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs.models import Job, SubmissionAllowance
-from jobs.submission import RateLimited, submit_job
+from jobs.submission import RateLimited, TooManyActiveJobs, submit_job
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -67,6 +67,26 @@ def test_a_limit_of_zero_refuses_every_submission(user, settings):
     with pytest.raises(RateLimited) as refused:
         submit(user)
     assert refused.value.retry_after is None
+    assert not Job.objects.exists()
+
+
+def test_the_cap_on_unfinished_jobs_refuses_the_one_past_it(user, settings):
+    """Refuse a submission past the cap with TooManyActiveJobs, and give its share of the allowance back."""
+    settings.JOBS_USER_MAX_ACTIVE = 2
+    submit(user, "a")
+    submit(user, "b")
+    ahead = seconds_ahead(user)
+    with pytest.raises(TooManyActiveJobs, match="You have 2 unfinished jobs; the limit is 2"):
+        submit(user, "c")
+    assert Job.objects.filter(owner=user).count() == 2
+    assert seconds_ahead(user) <= ahead
+
+
+@pytest.mark.parametrize("cap", [0, -1])
+def test_a_cap_below_one_refuses_every_submission(user, settings, cap):
+    settings.JOBS_USER_MAX_ACTIVE = cap
+    with pytest.raises(TooManyActiveJobs):
+        submit(user)
     assert not Job.objects.exists()
 
 
