@@ -57,17 +57,6 @@ def limits_apply(user) -> bool:
     return not user.is_staff
 
 
-@dataclass
-class Usage:
-    """What a user's limits are checked against, read while their allowance row is locked."""
-
-    # After this submission, how far past now the user's allowance is full
-    # again, in seconds; None when nothing was submitted.
-    ahead: float | None = None
-    # Unfinished jobs, counted up to the cap plus one.
-    active: int = 0
-
-
 # Every limited action of one user first locks the user's SubmissionAllowance
 # row (making it if need be), so what it reads afterwards includes everything
 # the others committed, and two of them never both see room for one more job.
@@ -110,34 +99,37 @@ def _submission_cost() -> float:
 
 
 def spend_submission(user) -> float:
-    """Lock the user's limits and take one submission from their allowance; return Usage.ahead."""
+    """Lock the user's limits and take one submission from their allowance.
+
+    Return how far past now, in seconds, the allowance is full again.
+    """
     with connection.cursor() as cursor:
         cursor.execute(_SPEND, {"user": user.pk, "cost": _submission_cost()})
         return cursor.fetchone()[0]
 
 
-def check_active_limit(usage: Usage, adding: int = 1) -> None:
-    """Raise TooManyActiveJobs if `adding` more unfinished jobs would pass the user's cap."""
+def check_active_limit(active: int, adding: int = 1) -> None:
+    """Raise TooManyActiveJobs if `adding` more to the user's `active` unfinished jobs would pass their cap."""
     limit = conf.get("JOBS_USER_MAX_ACTIVE")
-    if usage.active + adding > limit:
+    if active + adding > limit:
         count_rate_limit_rejection("active_jobs")
-        have = f"more than {limit}" if usage.active > limit else str(usage.active)
+        have = f"more than {limit}" if active > limit else str(active)
         raise TooManyActiveJobs(
             f"You have {have} unfinished jobs; the limit is {limit}. "
             "Wait for some to finish or cancel them, then try again."
         )
 
 
-def check_rate_limit(usage: Usage) -> None:
-    """Raise RateLimited if this submission needs more allowance than the user has."""
+def check_rate_limit(ahead: float) -> None:
+    """Raise RateLimited if the allowance, after this submission, is full again more than a minute ahead."""
     window = RATE_WINDOW.total_seconds()
-    if usage.ahead is None or usage.ahead <= window:
+    if ahead <= window:
         return
     count_rate_limit_rejection("submissions_per_minute")
     limit = conf.get("JOBS_USER_SUBMISSIONS_PER_MINUTE")
     if limit < 1:
         raise RateLimited("Job submissions are turned off for your account.")
-    wait = max(1, math.ceil(usage.ahead - window))
+    wait = max(1, math.ceil(ahead - window))
     raise RateLimited(f"You may submit {limit} jobs a minute. Try again in {wait} seconds.", retry_after=wait)
 
 
@@ -164,7 +156,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
                     )
                 return Submission(job=earlier, replayed=True)
         if limited:
-            check_rate_limit(Usage(ahead=spend_submission(user)))
+            check_rate_limit(spend_submission(user))
         try:
             # The cap is checked by the insert itself, the first statement after the lock.
             job = queue.enqueue(
@@ -174,7 +166,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
         except OwnerAtCapacity:
             # Counted again for the message; one may have finished since the insert.
             limit = conf.get("JOBS_USER_MAX_ACTIVE")
-            check_active_limit(Usage(active=max(count_active(user), limit)))
+            check_active_limit(max(count_active(user), limit))
     return Submission(job=job)
 
 
@@ -183,7 +175,7 @@ def retry_for_user(user, job_id: int) -> None:
     with transaction.atomic():
         lock_user(user)
         if limits_apply(user):
-            check_active_limit(Usage(active=count_active(user)))
+            check_active_limit(count_active(user))
         queue.retry_job(job_id)
 
 
@@ -197,9 +189,9 @@ def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: i
     with transaction.atomic():
         lock_user(user)
         if limits_apply(user):
-            usage = Usage(active=count_active(user))
-            room = conf.get("JOBS_USER_MAX_ACTIVE") - usage.active
+            active = count_active(user)
+            room = conf.get("JOBS_USER_MAX_ACTIVE") - active
             if room <= 0 and dead.exists():
-                check_active_limit(usage)
+                check_active_limit(active)
             max_jobs = room if max_jobs is None else min(max_jobs, room)
         return queue.requeue_dead(dead, limit=max_jobs)
