@@ -69,6 +69,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # /healthz/ and /readyz/ are answered here, before host validation and the HTTPS redirect.
     "jobs.health.HealthCheckMiddleware",
+    # Before anything reads the header as a number.
+    "jobs.api.middleware.MalformedContentLengthMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     # Binds the request's X-Trace-Id (or a new one) for its log lines and the jobs it enqueues.
     "jobs.tracing.TraceIdMiddleware",

@@ -209,6 +209,13 @@ def test_malformed_and_deeply_nested_json_are_400_not_500(api):
     assert Job.objects.count() == 0
 
 
+@pytest.mark.parametrize("length", ["@C@HQ-Z(f", "-1", "1e3", "\u0661"])
+def test_a_malformed_content_length_is_400_not_500(api, length):
+    response = api.get("/api/jobs/", HTTP_CONTENT_LENGTH=length)
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Malformed Content-Length header."}
+
+
 def test_payload_size_limit(api, settings):
     """Refuse a payload over the limit with 400, and a body far over it with 413."""
     settings.JOBS_MAX_PAYLOAD_BYTES = 2048

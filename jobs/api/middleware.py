@@ -12,6 +12,24 @@ def max_body_bytes() -> int:
     return conf.get("JOBS_MAX_PAYLOAD_BYTES") + ENVELOPE_BYTES
 
 
+class MalformedContentLengthMiddleware:
+    """Answer 400 to a request whose Content-Length is not a non-negative integer.
+
+    HTTP servers refuse such a request before the application sees it, but
+    anything that reads the header as a number (django-prometheus does, for
+    every request) must not be the first to find out.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        length = request.headers.get("content-length") or "0"
+        if not length.isascii() or not length.isdigit():
+            return JsonResponse({"detail": "Malformed Content-Length header."}, status=400)
+        return self.get_response(request)
+
+
 class ApiBodySizeLimitMiddleware:
     """Answer 413 to an API request whose body is larger than any valid request can be."""
 
