@@ -5,6 +5,8 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
@@ -324,6 +326,42 @@ def test_scheduled_job_past_its_run_at_shows_as_queued(api, alice):
     assert api.get(f"/api/jobs/{due.pk}/").json()["status"] == "queued"
     assert [j["id"] for j in api.get("/api/jobs/", {"status": "scheduled"}).json()["results"]] == [future.pk]
     assert [j["id"] for j in api.get("/api/jobs/", {"status": "queued"}).json()["results"]] == [due.pk]
+
+
+def columns_read(queries) -> set[str]:
+    """Return the jobs table's columns that `queries` selected."""
+    table = Job._meta.db_table
+    return {field.column for field in Job._meta.concrete_fields
+            for query in queries if query["sql"].startswith("SELECT") and f'"{table}"."{field.column}"' in query["sql"]}
+
+
+def test_list_leaves_results_out_and_the_detail_serves_them_whole(api, alice):
+    """List jobs without their results or history, not even read from the database; serve both on the job's route."""
+    result = {"frames": "x" * 1_000_000}
+    attempt = {"attempt": 1, "worker": "w", "started_at": "2030-01-01T00:00:00Z", "finished_at": "2030-01-01T00:00:01Z",
+               "outcome": "completed", "error": "", "traceback": ""}
+    job = JobFactory(owner=alice, status=JobStatus.COMPLETED, attempts=1, result=result, history=[attempt])
+    with CaptureQueriesContext(connection) as queries:
+        listing = api.get("/api/jobs/")
+    (row,) = listing.json()["results"]
+    assert row["id"] == job.pk and row["status"] == "completed"
+    assert "result" not in row and "history" not in row
+    assert len(listing.content) < 10_000
+    assert not columns_read(queries) & {"result", "history"}
+    detail = api.get(f"/api/jobs/{job.pk}/").json()
+    assert detail["result"] == result and [a["outcome"] for a in detail["history"]] == ["completed"]
+
+
+def test_dlq_list_reads_no_results_or_history(api, alice):
+    """List dead jobs with their last error, without reading their results or attempt histories."""
+    JobFactory(owner=alice, status=JobStatus.DEAD, attempts=4, error="ValueError: bad", result={"partial": "x" * 1_000_000},
+               history=[{"attempt": n, "traceback": "Traceback ..." * 10_000} for n in range(1, 5)])
+    with CaptureQueriesContext(connection) as queries:
+        listing = api.get("/api/dlq/")
+    (row,) = listing.json()["results"]
+    assert row["error"] == "ValueError: bad" and "result" not in row and "history" not in row
+    assert len(listing.content) < 10_000
+    assert not columns_read(queries) & {"result", "history"}
 
 
 def test_detail_includes_the_attempt_history(api, alice):

@@ -76,6 +76,11 @@ class AttemptSerializer(LeanSerializer):
 
 
 class JobSerializer(LeanSerializer):
+    """A job as lists show it: without its result and attempt history, which can be large."""
+
+    # The columns no list reads; JobDetailSerializer adds them back.
+    LIST_DEFERS = ("result", "history")
+
     id = serializers.IntegerField()
     type = serializers.CharField()
     payload = serializers.JSONField()
@@ -88,7 +93,6 @@ class JobSerializer(LeanSerializer):
     timeout = serializers.FloatField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
     unique_key = serializers.CharField(allow_null=True)
-    result = serializers.JSONField(allow_null=True)
     error = serializers.CharField(allow_blank=True)
     progress = serializers.IntegerField()
     created_at = serializers.DateTimeField()
@@ -101,6 +105,9 @@ class JobSerializer(LeanSerializer):
 
 
 class JobDetailSerializer(JobSerializer):
+    """A job on its own: with its whole result and every attempt."""
+
+    result = serializers.JSONField(allow_null=True)
     history = AttemptSerializer(many=True)
 
 

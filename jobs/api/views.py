@@ -55,6 +55,7 @@ class JobListCreateApi(APIView):
         parameters=[JobFilterSerializer],
         responses={200: paginated(JobSerializer), 400: ERRORS[400], 401: ErrorSerializer, 404: ErrorSerializer},
         summary="List your jobs",
+        description="Each job without its result and attempt history; GET /api/jobs/{id}/ serves both.",
         operation_id="jobs_list",
     )
     def get(self, request):
@@ -65,7 +66,7 @@ class JobListCreateApi(APIView):
             request.user, statuses=f.get("status", ()), type=f.get("type"), queue=f.get("queue"),
             priorities=f.get("priority", ()), created_after=f.get("created_after"),
             created_before=f.get("created_before"), ordering=f.get("ordering", "-id"),
-        )
+        ).defer(*JobSerializer.LIST_DEFERS)
         paginator = Pagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(JobSerializer(page, many=True).data)
@@ -142,9 +143,10 @@ class DeadJobListApi(APIView):
         parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
         responses={200: paginated(DeadJobSerializer), 401: ErrorSerializer, 404: ErrorSerializer},
         summary="Your dead jobs (the DLQ)",
+        description="Each with its last error; GET /api/jobs/{id}/ serves its result and attempt history.",
     )
     def get(self, request):
-        jobs = Job.objects.for_user(request.user).dead().order_by("-finished_at", "-id")
+        jobs = Job.objects.for_user(request.user).dead().defer(*JobSerializer.LIST_DEFERS).order_by("-finished_at", "-id")
         paginator = Pagination()
         page = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(DeadJobSerializer(page, many=True).data)
