@@ -22,6 +22,11 @@ DEFAULTS = {
     # Payloads above this many bytes of JSON are refused.
     "JOBS_MAX_PAYLOAD_BYTES": 64 * 1024,
     "JOBS_MAX_PAYLOAD_DEPTH": 32,
+    # Results above this many bytes of JSON fail their job permanently.
+    "JOBS_MAX_RESULT_BYTES": 1024 * 1024,
+    # Handler threads a worker may leave running after giving up on their
+    # jobs (timeouts, cancels) before it restarts itself; None: its concurrency.
+    "JOBS_MAX_ABANDONED_THREADS": None,
     # Finished jobs are deleted this many seconds after they finish (0 keeps them).
     "JOBS_RETENTION_SECONDS": 7 * 24 * 3600.0,
     # Off unless an operator turns it on; even then only staff may submit.

@@ -14,16 +14,27 @@ One process runs one Worker: a main thread that talks to the database and
 Handlers never run inside a transaction, and no database error, bad job or
 misbehaving handler ends the loop. Only SIGTERM/SIGINT do, after the
 running jobs finish or are released within the shutdown grace period.
+
+A handler is never interrupted from outside. A thread cannot be killed, and
+an exception raised into it lands wherever the thread happens to be: in the
+next job's code, in the slot's own bookkeeping, or inside the logging
+module's lock, which then stays held for good. So a job given up on (a
+timeout, a cancel, a lease lost while the worker stalled) is abandoned
+instead: its stop event is set for handlers that look at it, whatever it
+reports afterwards is dropped, and its slot thread is retired and replaced
+at once, so the worker keeps its concurrency. A retired thread exits when
+its handler returns. If more than `max_abandoned` of them are still running,
+the worker stops claiming, shuts down gracefully and starts itself afresh
+(RESTART), which is the only way to end a handler stuck for good.
 """
 
-import ctypes
 import gc
-import json
 import logging
 import os
 import queue as local_queue
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -31,15 +42,28 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import psycopg
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection, connections
 
 from jobs import conf, counters, db, events, queue, tracing
-from jobs.errors import JobTimeout, PayloadError, PermanentError, UnknownJobType
+from jobs.errors import PayloadError, PermanentError, UnknownJobType
 from jobs.registry import JobContext, get_handler, validate_payload
+from jobs.storable import storable_json, storable_text
 
 logger = logging.getLogger("jobs.worker")
 
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError, psycopg.Error)
+# The database refused a value (an encoding, a size): the same write will fail again.
+DATA_ERRORS = (DataError, psycopg.DataError)
+
+# Exit code of a worker that must be replaced by a fresh process; runworker
+# re-executes itself on it.
+RESTART = 75
+# Longest error message stored; the traceback keeps its last TRACEBACK_CHARS.
+ERROR_CHARS = 10_000
+TRACEBACK_CHARS = 20_000
+# Writes of one outcome that failed on a lost connection before the worker
+# gives it up; the job's lease then runs out and it is rescued.
+MAX_WRITE_ATTEMPTS = 5
 
 
 @dataclass(eq=False)
@@ -50,14 +74,18 @@ class Running:
     context: JobContext
     timeout: float
     started: float | None = None  # time.monotonic() when a slot picked it up
-    thread: threading.Thread | None = None
+    slot: "Slot | None" = None
+    # Set by its slot, under the worker's lock, once its outcome is in _done.
+    finished: bool = False
     # Set once the main thread gave up on it (timeout, lost lease, shutdown):
     # whatever the slot reports afterwards is dropped.
     abandoned: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Outcome:
+    """A finished attempt, waiting to be written back."""
+
     running: Running
     ok: bool
     result: object = None
@@ -65,23 +93,33 @@ class Outcome:
     traceback: str = ""
     permanent: bool = False
     duration: float = 0.0
+    # How the attempt ended, as stored in the job's history.
+    kind: str = "failed"
+    write_attempts: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Slot:
-    thread: threading.Thread
-    retired: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    current: Running | None = None  # what its handler runs now
+    # Set when its job was abandoned: the thread exits once the handler returns.
+    retired: bool = False
 
 
-def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
-    """Raise `exc_type` inside `thread` at its next Python instruction.
+def _describe(exc: BaseException, prefix: str = "") -> str:
+    """Return "Type: message" for `exc`, even when its message cannot be read."""
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the failure
+        message = "(the exception's message could not be read)"
+    return storable_text(f"{prefix}{type(exc).__name__}: {message}")[:ERROR_CHARS]
 
-    A thread cannot be killed; this is how a timed-out handler is stopped
-    when it does not check its stop event. A handler blocked in C code is
-    interrupted when that call returns; its slot is replaced meanwhile.
-    """
-    if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+
+def _format_traceback() -> str:
+    try:
+        return storable_text(traceback.format_exc()[-TRACEBACK_CHARS:])
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 class Worker:
@@ -95,6 +133,7 @@ class Worker:
         shutdown_timeout: float = 30.0,
         poll_interval: float | None = None,
         lease_seconds: float | None = None,
+        max_abandoned: int | None = None,
         install_signal_handlers: bool = True,
     ):
         self.queues = queues or None
@@ -105,19 +144,28 @@ class Worker:
         self.poll_interval = poll_interval if poll_interval is not None else conf.get("JOBS_POLL_INTERVAL")
         self.lease_seconds = lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS")
         self.heartbeat_interval = self.lease_seconds / 3
+        if max_abandoned is None:
+            max_abandoned = conf.get("JOBS_MAX_ABANDONED_THREADS")
+        self.max_abandoned = concurrency if max_abandoned is None else max_abandoned
         self.install_signal_handlers = install_signal_handlers
 
         self.worker_id = None
         self.processed = 0
         self.failed = 0
+        self.exit_code = 0
         self._held: dict[int, Running] = {}  # every job claimed and not yet written back
         self._todo: local_queue.SimpleQueue = local_queue.SimpleQueue()
         self._done: deque[Outcome] = deque()
         self._unwritten: list[Outcome] = []  # outcomes whose write failed; retried
         self._slots: list[Slot] = []
+        self._abandoned: list[threading.Thread] = []  # retired slot threads whose handler still runs
+        # Taken by a slot to start or finish a job and by the main thread to
+        # give up on one, so the two never disagree on who reports it.
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._notified = threading.Event()
         self._stopping = threading.Event()
+        self._signals: deque[int] = deque()
         self._more_likely = True
         self._front = queue.ClaimFront(self.poll_interval)
         self._swept = False
@@ -165,19 +213,34 @@ class Worker:
                 break
             self._sleep()
         self._shutdown()
-        return 0
+        return self.exit_code
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
 
     def _on_signal(self, signum, frame):
+        # Only flags: a signal handler runs between any two bytecodes of the
+        # main thread, which may be inside the logging module at the time.
+        self._signals.append(signum)
         if self._stopping.is_set():
             # A second signal: stop waiting for running jobs.
             self.shutdown_timeout = 0
-        logger.info("received %s, shutting down", signal.Signals(signum).name,
-                    extra={"event": "worker_stopping", "worker_id": str(self.worker_id)})
+        else:
+            # However the main thread is held up, the process ends.
+            threading.Thread(target=self._exit_after_grace, name="skipjack-deadline", daemon=True).start()
         self.stop()
+
+    def _exit_after_grace(self) -> None:
+        time.sleep(self.shutdown_timeout + 10)
+        logger.error("shutdown did not finish within its grace period; exiting now (leases will be rescued)")
+        os._exit(1)
+
+    def _log_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.popleft()
+            logger.info("received %s, shutting down", signal.Signals(signum).name,
+                        extra={"event": "worker_stopping", "worker_id": str(self.worker_id)})
 
     def _register(self) -> None:
         delay = 0.5
@@ -205,11 +268,22 @@ class Worker:
     def _tick(self) -> bool:
         """Do one round of work; return True when there was nothing to do."""
         now = time.monotonic()
-        wrote = self._write_back()
         self._enforce_timeouts(now)
+        try:
+            wrote = self._write_back()
+        except DB_ERRORS as exc:
+            # Retried next round. If the database itself is gone, the
+            # heartbeat below fails too, and the loop backs off.
+            logger.warning("could not write back finished jobs, retrying: %s", exc,
+                           extra={"event": "db_error", "worker_id": str(self.worker_id)})
+            self._reset_connection()
+            wrote = True
         if now >= self._next_heartbeat:
+            self._check_slots()
             self._heartbeat()
             self._next_heartbeat = now + self.heartbeat_interval
+        if self._too_many_abandoned():
+            return False
         claimed = 0
         rescued = False
         free = self.capacity - len(self._held)
@@ -243,6 +317,20 @@ class Worker:
 
     def _deadlines(self):
         return (r.started + r.timeout for r in self._held.values() if r.started is not None and not r.abandoned)
+
+    def _too_many_abandoned(self) -> bool:
+        """Return True, and start a restart, once too many handlers ignore that they were given up on."""
+        self._abandoned = [thread for thread in self._abandoned if thread.is_alive()]
+        if len(self._abandoned) <= self.max_abandoned:
+            return False
+        logger.error(
+            "%d handlers are still running jobs this worker gave up on (the limit is %d); "
+            "restarting the worker process to free their threads", len(self._abandoned), self.max_abandoned,
+            extra={"event": "worker_restart", "worker_id": str(self.worker_id)},
+        )
+        self.exit_code = RESTART
+        self.stop()
+        return True
 
     def _claim(self, limit: int, now: float) -> int:
         start = self._front.start(now)
@@ -279,46 +367,82 @@ class Worker:
             handler_timeout = None
         return handler_timeout or conf.get("JOBS_DEFAULT_TIMEOUT")
 
+    # --- writing outcomes back ----------------------------------------------
+
     def _write_back(self) -> bool:
         """Write finished jobs to the database; return True if there were any.
 
-        Outcomes whose write fails stay queued for the next round. Every
-        write carries the lease token, so one that landed just before the
-        error cannot be applied twice.
+        Outcomes whose write fails on a lost connection stay queued for the
+        next round, up to MAX_WRITE_ATTEMPTS. Every write carries the lease
+        token, so one that landed just before the error cannot be applied
+        twice. A value the database refuses fails only its own job.
         """
         while self._done:
-            outcome = self._done.popleft()
-            if not outcome.running.abandoned:
-                self._unwritten.append(outcome)
+            self._unwritten.append(self._done.popleft())
         if not self._unwritten:
             return False
         pending, self._unwritten = self._unwritten, []
-        successes = [o for o in pending if o.ok]
-        failures = [o for o in pending if not o.ok]
+        try:
+            self._write_successes([o for o in pending if o.ok])
+            failures = [o for o in pending if not o.ok]
+            for outcome in failures:
+                self._write_failure(outcome)
+        except DB_ERRORS:
+            # Whatever was written is forgotten already; the rest is retried.
+            self._unwritten = []
+            for outcome in pending:
+                if outcome.running.job.id not in self._held:
+                    continue
+                outcome.write_attempts += 1
+                if outcome.write_attempts < MAX_WRITE_ATTEMPTS:
+                    self._unwritten.append(outcome)
+                else:
+                    # Given up: its lease is no longer renewed, and the rescue retries the job.
+                    self._log(logging.ERROR, "write_failed", outcome.running.job, error="its outcome could not be written")
+                    self._forget(outcome.running)
+            raise
+        return True
+
+    def _write_successes(self, successes: list[Outcome]) -> None:
+        if not successes:
+            return
         try:
             completed = queue.complete_jobs(
                 [(o.running.job.id, o.running.job.lease_token, o.result, o.duration) for o in successes]
             )
-        except DB_ERRORS:
-            self._unwritten = pending
-            raise
-        for o in successes:
-            self._forget(o.running)
-            if o.running.job.id in completed:
+        except DATA_ERRORS:
+            # One result the database refuses would fail the batch every
+            # time: write each alone, and fail the one that cannot be stored.
+            completed = set()
+            for outcome in successes:
+                try:
+                    completed |= queue.complete_jobs(
+                        [(outcome.running.job.id, outcome.running.job.lease_token, outcome.result, outcome.duration)]
+                    )
+                except DATA_ERRORS as exc:
+                    outcome.ok, outcome.result, outcome.permanent = False, None, True
+                    outcome.error = _describe(exc, prefix="Result could not be stored: ")
+                    self._write_failure(outcome)
+        for outcome in successes:
+            if not outcome.ok:
+                continue
+            self._forget(outcome.running)
+            if outcome.running.job.id in completed:
                 self.processed += 1
-                self._log(logging.INFO, "finish", o.running.job, duration=o.duration)
+                self._log(logging.INFO, "finish", outcome.running.job, duration=outcome.duration)
             else:
-                self._log(logging.WARNING, "lease_lost", o.running.job, duration=o.duration)
-        for index, o in enumerate(failures):
-            try:
-                status = queue.fail_job(o.running.job, error=o.error, traceback=o.traceback, permanent=o.permanent,
-                                        run_seconds=o.duration)
-            except DB_ERRORS:
-                self._unwritten = failures[index:]
-                raise
-            self._forget(o.running)
-            self._count_failure(o.running.job, status, error=o.error, duration=o.duration)
-        return True
+                self._log(logging.WARNING, "lease_lost", outcome.running.job, duration=outcome.duration)
+
+    def _write_failure(self, outcome: Outcome) -> None:
+        job = outcome.running.job
+        try:
+            status = queue.fail_job(job, error=outcome.error, traceback=outcome.traceback, permanent=outcome.permanent,
+                                    outcome=outcome.kind, run_seconds=outcome.duration)
+        except DATA_ERRORS as exc:
+            status = queue.fail_job(job, error=_describe(exc, prefix="The error could not be stored: "),
+                                    permanent=outcome.permanent, outcome=outcome.kind, run_seconds=outcome.duration)
+        self._forget(outcome.running)
+        self._count_failure(job, status, error=outcome.error, duration=outcome.duration)
 
     def _count_failure(self, job: queue.ClaimedJob, status: str | None, *, error: str, duration: float) -> None:
         self.failed += 1
@@ -332,38 +456,60 @@ class Worker:
     def _forget(self, running: Running) -> None:
         self._held.pop(running.job.id, None)
 
+    # --- giving up on jobs -----------------------------------------------------
+
     def _enforce_timeouts(self, now: float) -> None:
         for running in list(self._held.values()):
             if running.started is None or running.abandoned or now < running.started + running.timeout:
                 continue
-            self._abandon(running)
-            error = f"Timed out after {running.timeout:g}s"
-            status = queue.fail_job(running.job, error=error, outcome="timeout", run_seconds=now - running.started)
-            self._forget(running)
-            self._count_failure(running.job, status, error=error, duration=now - running.started)
+            if self._abandon(running):
+                self._done.append(Outcome(running=running, ok=False, error=f"Timed out after {running.timeout:g}s",
+                                          kind="timeout", duration=now - running.started))
 
-    def _abandon(self, running: Running) -> None:
-        """Give up on a started job: stop its handler and free its slot at once."""
-        running.abandoned = True
+    def _abandon(self, running: Running) -> bool:
+        """Give up on a job: drop whatever it reports from now on, and free its slot at once.
+
+        Return False if its slot had reported it already (its outcome stands).
+        Nothing is raised into the handler's thread: the handler sees its
+        stop event, and its thread exits when the handler returns.
+        """
+        with self._lock:
+            if running.finished or running.abandoned:
+                return False
+            running.abandoned = True
+            slot = running.slot if running.slot is not None and running.slot.current is running else None
+            if slot is not None:
+                slot.retired = True
         running.context.stop_requested.set()
-        thread = running.thread
-        if thread is not None and thread.is_alive():
-            _raise_in_thread(thread, JobTimeout)
-            for slot in self._slots:
-                if slot.thread is thread:
-                    slot.retired.set()
-                    self._slots.remove(slot)
-                    if not self._stopping.is_set():
-                        self._start_slot()
-                    break
+        if slot is not None:
+            self._slots.remove(slot)
+            self._abandoned.append(slot.thread)
+            if not self._stopping.is_set():
+                self._start_slot()
+        return True
+
+    def _check_slots(self) -> None:
+        """Replace a slot thread that died, and fail the job it was running."""
+        for slot in [s for s in self._slots if not s.thread.is_alive()]:
+            self._slots.remove(slot)
+            running = slot.current
+            logger.error("slot thread %s died; starting a new one", slot.thread.name,
+                         extra={"event": "slot_died", "worker_id": str(self.worker_id)})
+            if running is not None and self._abandon(running):
+                self._done.append(Outcome(running=running, ok=False, error="The worker's slot thread running it died.",
+                                          duration=time.monotonic() - (running.started or time.monotonic())))
+            if not self._stopping.is_set():
+                self._start_slot()
 
     def _heartbeat(self) -> None:
-        started = [r for r in self._held.values() if not r.abandoned]
+        # Every held job is waiting for a slot, run by a live slot, or
+        # finished and waiting to be written back: nothing else is renewed.
+        held = [r for r in self._held.values() if not r.abandoned]
         still_ours = queue.heartbeat(
-            self.worker_id, busy=sum(1 for r in started if r.started is not None), processed=self.processed,
-            failed=self.failed, running=[r.job for r in started], lease_seconds=self.lease_seconds,
+            self.worker_id, busy=sum(1 for s in self._slots if s.current is not None), processed=self.processed,
+            failed=self.failed, running=[r.job for r in held], lease_seconds=self.lease_seconds,
         )
-        for running in started:
+        for running in held:
             if running.job.id not in still_ours:
                 # Cancelled, or rescued by another worker after we stalled.
                 self._log(logging.WARNING, "lease_lost", running.job)
@@ -390,41 +536,50 @@ class Worker:
     # --- slots ---------------------------------------------------------------
 
     def _start_slot(self) -> None:
-        slot = Slot(thread=threading.Thread(target=self._slot_loop, daemon=True))
-        slot.thread._skipjack_slot = slot  # the loop finds its retire flag here
-        slot.thread.name = f"skipjack-slot-{len(self._slots)}"
+        slot = Slot()
+        slot.thread = threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
+                                       name=f"skipjack-slot-{len(self._slots)}")
         self._slots.append(slot)
         slot.thread.start()
 
-    def _slot_loop(self) -> None:
-        slot = threading.current_thread()._skipjack_slot
-        while not slot.retired.is_set():
+    def _slot_loop(self, slot: Slot) -> None:
+        while True:
             running = self._todo.get()
             if running is None:
                 return
-            if running.abandoned:
-                continue
-            try:
-                job = running.job
-                # The handler's own log lines, and any job it enqueues, carry this job's trace id.
-                with tracing.bound(trace_id=job.trace_id, job_id=job.id, type=job.type, queue=job.queue,
-                                   attempt=job.attempts, user_id=job.owner_id, worker_id=str(self.worker_id)):
-                    outcome = self._execute(running)
-            except JobTimeout:
-                # Delivered asynchronously after the handler returned; the
-                # main thread already gave up on this job.
-                continue
-            self._done.append(outcome)
+            with self._lock:
+                if running.abandoned:  # released at shutdown before it started
+                    continue
+                running.slot, running.started = slot, time.monotonic()
+                slot.current = running
+            outcome = self._execute(running)
+            with self._lock:
+                slot.current = None
+                if not running.abandoned:
+                    running.finished = True
+                    self._done.append(outcome)
+                retired = slot.retired
             self._wake.set()
             if connection.connection is not None:
                 # The handler used the ORM: hand the connection back to the pool.
                 connections.close_all()
+            if retired:
+                return
 
     def _execute(self, running: Running) -> Outcome:
-        running.thread = threading.current_thread()
-        running.started = time.monotonic()
+        """Resolve the handler, run it, and turn whatever happened into an Outcome; never raise."""
         job = running.job
-        self._log(logging.INFO, "start", job)
+        try:
+            # The handler's own log lines, and any job it enqueues, carry this job's trace id.
+            with tracing.bound(trace_id=job.trace_id, job_id=job.id, type=job.type, queue=job.queue,
+                               attempt=job.attempts, user_id=job.owner_id, worker_id=str(self.worker_id)):
+                self._log(logging.INFO, "start", job)
+                return self._run_handler(running)
+        except BaseException as exc:  # noqa: BLE001 - nothing a job does may end its slot
+            return self._failure(running, exc)
+
+    def _run_handler(self, running: Running) -> Outcome:
+        job = running.job
         try:
             handler = get_handler(job.type)
             running.context.payload = validate_payload(job.type, job.payload)
@@ -435,23 +590,25 @@ class Worker:
             return self._failure(running, exc, permanent=True, prefix="Invalid payload: ")
         except PermanentError as exc:
             return self._failure(running, exc, permanent=True)
-        except JobTimeout as exc:
-            if running.abandoned:
-                raise
-            return self._failure(running, exc)
         except BaseException as exc:  # noqa: BLE001 - a handler's SystemExit must not end the worker
             return self._failure(running, exc)
+        # Checked and made storable here, in the slot, so one job's result
+        # cannot fail the batched write of the others.
         try:
-            # Checked here, so one job's result cannot fail the batched write of the others.
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            result, size = storable_json(result)
+        except (TypeError, ValueError, RecursionError) as exc:
             return self._failure(running, exc, permanent=True, prefix="Result is not JSON: ")
+        max_bytes = conf.get("JOBS_MAX_RESULT_BYTES")
+        if size > max_bytes:
+            error = f"Result is {size} bytes of JSON; the limit is {max_bytes} (JOBS_MAX_RESULT_BYTES)."
+            return Outcome(running=running, ok=False, error=error, permanent=True,
+                           duration=time.monotonic() - running.started)
         return Outcome(running=running, ok=True, result=result, duration=time.monotonic() - running.started)
 
     def _failure(self, running: Running, exc: BaseException, *, permanent=False, prefix="") -> Outcome:
         return Outcome(
-            running=running, ok=False, error=f"{prefix}{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(), permanent=permanent, duration=time.monotonic() - running.started,
+            running=running, ok=False, error=_describe(exc, prefix), traceback=_format_traceback(),
+            permanent=permanent, duration=time.monotonic() - running.started,
         )
 
     # --- LISTEN/NOTIFY -------------------------------------------------------
@@ -480,43 +637,63 @@ class Worker:
     # --- shutdown -------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        self._log_signals()
         deadline = time.monotonic() + self.shutdown_timeout
         unstarted = self._drain_todo()
         self._release(unstarted)
         # Let running jobs finish within the grace period, writing back as they do.
-        while self._running() and time.monotonic() < deadline:
+        running = self._running()
+        if running and self.shutdown_timeout > 0:
+            names = ", ".join(f"{r.job.type}#{r.job.id}" for r in running[:10])
+            more = f" and {len(running) - 10} more" if len(running) > 10 else ""
+            logger.warning(
+                "waiting up to %gs for %d running job(s) to finish: %s%s (send the signal again to stop now)",
+                self.shutdown_timeout, len(running), names, more,
+                extra={"event": "worker_draining", "worker_id": str(self.worker_id)},
+            )
+        while self._running() and time.monotonic() < deadline and self.shutdown_timeout > 0:
             self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
+            self._log_signals()
+            deadline = min(deadline, time.monotonic() + self.shutdown_timeout)
+            self._safely(lambda: self._enforce_timeouts(time.monotonic()))
             self._safely(self._write_back)
             if time.monotonic() >= self._next_heartbeat:
                 self._safely(self._heartbeat)
                 self._next_heartbeat = time.monotonic() + self.heartbeat_interval
-        unfinished = self._running()
-        for running in unfinished:
-            self._abandon(running)
+        # What still runs had its attempt: it counts, and the job is retried
+        # (or is dead, if that was its last attempt) like any failure.
+        now = time.monotonic()
+        for running in self._running():
+            if self._abandon(running):
+                self._done.append(Outcome(running=running, ok=False, kind="interrupted",
+                                          error="Interrupted: the worker shut down before the handler finished.",
+                                          duration=now - (running.started or now)))
         self._safely(self._write_back)
-        self._release(unfinished)
         for slot in self._slots:
-            slot.retired.set()
-        for _ in self._slots:
             self._todo.put(None)
         self._safely(lambda: queue.stop_worker(self.worker_id, processed=self.processed, failed=self.failed))
         logger.info("worker stopped", extra={"event": "worker_stop", "worker_id": str(self.worker_id),
-                                               "processed": self.processed, "released": len(unstarted) + len(unfinished)})
+                                               "processed": self.processed, "released": len(unstarted)})
 
     def _running(self) -> list[Running]:
-        return [r for r in self._held.values() if not r.abandoned]
+        """Return the held jobs whose handler runs now."""
+        return [r for r in self._held.values() if r.started is not None and not r.abandoned and not r.finished]
 
     def _drain_todo(self) -> list[Running]:
+        """Take back every claimed job no slot has started."""
         drained = []
         while True:
             try:
                 running = self._todo.get_nowait()
             except local_queue.Empty:
-                return drained
+                break
             if running is not None:
-                running.abandoned = True
                 drained.append(running)
+        with self._lock:
+            for running in drained:
+                running.abandoned = True
+        return drained
 
     def _release(self, held: list[Running]) -> None:
         if not held:
@@ -556,3 +733,9 @@ class Worker:
             extra["error"] = error
             message += f": {error}"
         logger.log(level, message, extra=extra)
+
+
+def restart_process() -> None:
+    """Replace this process with a fresh run of the same command (same pid, new interpreter)."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.argv])

@@ -245,7 +245,8 @@ for _name in (
 ):
     if _name in os.environ:
         globals()[_name] = float(os.environ[_name])
-for _name in ("JOBS_USER_SUBMISSIONS_PER_MINUTE", "JOBS_USER_MAX_ACTIVE"):
+for _name in ("JOBS_USER_SUBMISSIONS_PER_MINUTE", "JOBS_USER_MAX_ACTIVE", "JOBS_MAX_RESULT_BYTES",
+              "JOBS_MAX_ABANDONED_THREADS"):
     if _name in os.environ:
         globals()[_name] = int(os.environ[_name])
 if "JOBS_HANDLER_MODULES" in os.environ:

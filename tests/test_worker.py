@@ -109,17 +109,23 @@ def test_sigterm_lets_the_running_job_finish(start_worker, effects):
 
 
 def test_sigterm_past_the_grace_period_releases_jobs_without_losing_them(start_worker, effects):
-    """Release unfinished and prefetched jobs on SIGTERM; another worker completes them all."""
+    """On SIGTERM, release prefetched jobs uncounted; the one interrupted mid-run keeps its attempt and retries."""
     ids = queue.enqueue_many("record_effect", [{"seconds": 3}] * 4)
     worker = start_worker("--concurrency", "1", "--prefetch", "3", "--shutdown-timeout", "0.5", *FAST)
     wait_for(lambda: Job.objects.filter(status=JobStatus.RUNNING).count() == 4, message="4 jobs claimed")
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
+    assert "waiting up to 0.5s for 1 running job(s) to finish: record_effect#" in worker.output()
     rows = Job.objects.filter(pk__in=ids)
-    assert set(rows.values_list("status", "attempts")) == {(JobStatus.QUEUED, 0)}
+    assert sorted(rows.values_list("status", "attempts")) == [
+        (JobStatus.QUEUED, 0), (JobStatus.QUEUED, 0), (JobStatus.QUEUED, 0), (JobStatus.RETRYING, 1)]
+    interrupted = rows.get(status=JobStatus.RETRYING)
+    assert interrupted.history[-1]["outcome"] == "interrupted"
+    queue.retry_now(interrupted.pk)  # instead of waiting out its backoff
     drain = start_worker("--burst", "--concurrency", "4", *FAST)
     assert drain.wait(timeout=60) == 0
-    assert set(rows.values_list("status", "attempts")) == {(JobStatus.COMPLETED, 1)}
+    assert sorted(rows.values_list("status", "attempts")) == [
+        (JobStatus.COMPLETED, 1), (JobStatus.COMPLETED, 1), (JobStatus.COMPLETED, 1), (JobStatus.COMPLETED, 2)]
 
 
 def test_timeout_frees_the_slot_and_records_the_error(start_worker):

@@ -3,7 +3,7 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs.supervisor import child_command, supervise
-from jobs.worker import Worker
+from jobs.worker import RESTART, Worker, restart_process
 
 
 def positive(kind):
@@ -45,5 +45,7 @@ class Command(BaseCommand):
                 poll_interval=options["poll_interval"],
                 lease_seconds=options["lease"],
             ).run()
+        if code == RESTART:
+            restart_process()
         if code:
             sys.exit(code)
