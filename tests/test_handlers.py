@@ -14,6 +14,7 @@ from django.test import override_settings
 from jobs.errors import JobTimeout, PayloadError, PermanentError, UnknownJobType
 from jobs.handlers.web import MAX_REDIRECTS, is_refused_address
 from jobs.registry import JobContext, get_handler, validate_payload
+from tests.examples import examples
 
 shell_enabled = override_settings(JOBS_ENABLE_SHELL_COMMANDS=True)
 private_allowed = override_settings(JOBS_SCRAPE_ALLOW_PRIVATE=True)
@@ -531,3 +532,18 @@ def test_run_command_stops_a_command_past_its_timeout():
 def test_run_command_payload_errors_name_the_field(payload, errors):
     """Refuse anything but a non-empty list of strings and a bounded timeout."""
     assert field_errors("run_command", payload) == errors
+
+
+# Every type
+
+
+@shell_enabled
+@pytest.mark.parametrize(
+    "type_name, payload",
+    [(example.type, example.payload) for example in examples()] + [("fail", {}), ("process_video", {})],
+    ids=str,
+)
+def test_a_validated_payload_validates_to_itself(type_name, payload):
+    """Accept what a type's validator returns, unchanged: the API, enqueue and the worker each validate it again."""
+    normalized = validate_payload(type_name, payload)
+    assert validate_payload(type_name, normalized) == normalized

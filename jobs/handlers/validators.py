@@ -46,9 +46,14 @@ class _Fields:
         self.errors.setdefault(str(name), []).append(message)
 
     def present(self, name: str, default: Any) -> bool:
-        """Return whether field `name` was given; flag it if it is required and missing."""
+        """Return whether field `name` was given; flag it if it is required and missing.
+
+        Null is taken as left out for a field whose default is null: a
+        validator must accept its own output, and the worker validates
+        every payload again before it runs it.
+        """
         self.seen.add(name)
-        if name in self.data:
+        if name in self.data and not (default is None and self.data[name] is None):
             return True
         if default is _MISSING:
             self.error(name, "This field is required.")
