@@ -35,7 +35,7 @@ from jobs.counters import COUNTER_TABLE, finished_sql, tally_sql
 from jobs.db import statement_cursor
 from jobs.errors import IllegalTransition, JobTypeNotAllowed, OwnerAtCapacity
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority, Worker
-from jobs.registry import get_handler, validate_payload
+from jobs.registry import get_handler, unstorable, validate_payload
 from jobs.retry import backoff_seconds
 from jobs.tracing import current_trace_id
 
@@ -93,6 +93,14 @@ def _job_options(type_name, *, owner, queue, priority, max_retries, timeout, run
     if run_at is not None:  # otherwise the database's clock sets it
         options["run_at"] = run_at
     return options
+
+
+def _check_storable(**options) -> None:
+    """Raise ValueError naming the first text option that PostgreSQL cannot store."""
+    for name, value in options.items():
+        problem = unstorable(value) if isinstance(value, str) else None
+        if problem:
+            raise ValueError(f"{name} must not contain {problem}.")
 
 
 def _notify(queue: str) -> None:
@@ -219,6 +227,7 @@ def enqueue(
     and ValueError for a bad option.
     """
     payload = validate_payload(type, {} if payload is None else payload)
+    _check_storable(queue=queue, unique_key=unique_key, idempotency_key=idempotency_key, trace_id=trace_id)
     now = timezone.now()
     options = _job_options(
         type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
@@ -263,6 +272,7 @@ def enqueue_many(type: str, payloads: Iterable[Any], *, owner=None, queue=None, 
     payloads = [validate_payload(type, {} if p is None else p) for p in payloads]
     if not payloads:
         return []
+    _check_storable(queue=queue, trace_id=trace_id)
     now = timezone.now()
     o = _job_options(
         type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,

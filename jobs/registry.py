@@ -110,12 +110,70 @@ def json_depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def unstorable(text: str) -> str | None:
+    """Return what in `text` PostgreSQL cannot store, as "NUL characters" or "the lone surrogate U+D800"; else None.
+
+    Neither text columns nor jsonb take NUL, and a lone surrogate (half of
+    a UTF-16 pair, which a JSON escape such as "\\ud800" can make) is no
+    character in UTF-8 at all. Either would fail the INSERT with a 500.
+    """
+    if "\x00" in text:
+        return "NUL characters"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            return f"the lone surrogate U+{ord(text[exc.start]):04X}"
+    return None
+
+
+def unstorable_fields(payload: Any) -> dict[str, list[str]]:
+    """Return the fields of `payload` that hold text PostgreSQL cannot store, in keys or values at any depth.
+
+    A field is a top-level key of an object payload; anything else (a bare
+    value, a list, a bad key at the top) is reported as "payload".
+    """
+    errors: dict[str, list[str]] = {}
+    if isinstance(payload, dict):
+        stack = []
+        for key, value in payload.items():
+            problem = unstorable(key) if isinstance(key, str) else None
+            if problem:
+                errors.setdefault("payload", []).append(f"Field names must not contain {problem}.")
+            else:
+                stack.append((key, value))
+    else:
+        stack = [("payload", payload)]
+    for field, value in stack:
+        items = [value]
+        while items and field not in errors:
+            item = items.pop()
+            if isinstance(item, str):
+                problem = unstorable(item)
+                if problem:
+                    errors[field] = [f"Must not contain {problem}."]
+            elif isinstance(item, dict):
+                for key, child in item.items():
+                    problem = unstorable(key) if isinstance(key, str) else None
+                    if problem:
+                        errors[field] = [f"Field names must not contain {problem}."]
+                        break
+                    items.append(child)
+            elif isinstance(item, list):
+                items.extend(item)
+    return errors
+
+
 def validate_payload(type_name: str, payload: Any) -> Any:
     """Return `payload` normalized for `type_name`, or raise UnknownJobType / PayloadError."""
     handler = get_handler(type_name)
     max_depth = conf.get("JOBS_MAX_PAYLOAD_DEPTH")
     if json_depth(payload, max_depth) > max_depth:
         raise PayloadError(f"Payload is nested more than {max_depth} levels deep.")
+    # Before the type's validator, so that neither it nor its messages ever hold such text.
+    unstorable_errors = unstorable_fields(payload)
+    if unstorable_errors:
+        raise PayloadError(unstorable_errors)
     if handler.validate is not None:
         payload = handler.validate(payload)
     try:

@@ -211,6 +211,41 @@ def test_malformed_and_deeply_nested_json_are_400_not_500(api):
     assert Job.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "body, errors",
+    [
+        (r'{"type": "reverse_string", "payload": {"text": "a\u0000b"}}',
+         {"payload": {"text": ["Must not contain NUL characters."]}}),
+        (r'{"type": "reverse_string", "payload": {"text": "\ud800"}}',
+         {"payload": {"text": ["Must not contain the lone surrogate U+D800."]}}),
+        (r'{"type": "reverse_string", "payload": "\u0000"}', {"payload": {"payload": ["Must not contain NUL characters."]}}),
+        (r'{"type": "record_effect", "payload": {"\ud800": 1}}',
+         {"payload": {"payload": ["Field names must not contain the lone surrogate U+D800."]}}),
+        (r'{"type": "reverse_string", "payload": "x", "queue": "a\u0000b"}', "queue"),
+        (r'{"type": "reverse_string", "payload": "x", "unique_key": "a\u0000b"}', "unique_key"),
+        (r'{"type": "reverse_string", "payload": "x", "unique_key": "\udfff"}', "unique_key"),
+        (r'{"type": "reverse_string", "payload": "x", "priority": "\ud800"}', "priority"),
+        (r'{"type": "reverse_string", "payload": "x", "\ud800": 1}', {"\\ud800": ["This field cannot be set."]}),
+    ],
+)
+def test_nul_and_lone_surrogates_are_400_per_field_not_500(api, body, errors):
+    """Answer text PostgreSQL cannot store with 400 and the field that holds it, and create nothing."""
+    response = api.post("/api/jobs/", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    if isinstance(errors, str):
+        assert list(response.json()) == [errors]
+    else:
+        assert response.json() == errors
+    assert Job.objects.count() == 0
+
+
+def test_an_idempotency_key_with_nul_is_400(api):
+    response = post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": "x"}, HTTP_IDEMPOTENCY_KEY="a\x00b")
+    assert response.status_code == 400
+    assert response.json() == {"Idempotency-Key": ["Must not contain NUL characters."]}
+    assert Job.objects.count() == 0
+
+
 @pytest.mark.parametrize("length", ["@C@HQ-Z(f", "-1", "1e3", "\u0661"])
 def test_a_malformed_content_length_is_400_not_500(api, length):
     response = api.get("/api/jobs/", HTTP_CONTENT_LENGTH=length)

@@ -478,6 +478,40 @@ def test_submit_raw_json_for_types_without_fields(alice, monkeypatch):
     assert Job.objects.get().payload == {"a": [1, 2]}
 
 
+def test_submit_refuses_nul_next_to_the_field(alice):
+    """Refuse a NUL typed into a payload input with 400 and the error beside that input; store nothing."""
+    response = submit(client_for(alice), type="send_email", p_to="ada@example.com", p_subject="Hi\x00", p_body="b")
+    html = response.content.decode()
+    assert response.status_code == 400
+    subject = html[html.index('name="p_subject"'):]
+    assert subject[: subject.index("</label>")].count("Must not contain NUL characters.") == 1
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    (r'{"a": "\u0000"}', "a: Must not contain NUL characters."),
+    (r'{"a": ["\ud800"]}', "a: Must not contain the lone surrogate U+D800."),
+    (r'"\udfff"', "Must not contain the lone surrogate U+DFFF."),
+])
+def test_submit_refuses_nul_and_lone_surrogates_in_raw_json(alice, monkeypatch, text, message):
+    """Refuse JSON whose text PostgreSQL cannot store with 400 and the field named; store nothing."""
+    from jobs import registry
+
+    monkeypatch.setitem(registry._registry, "dashboard_custom", registry.Handler(name="dashboard_custom", func=lambda job: None))
+    response = submit(client_for(alice), type="dashboard_custom", p_payload=text)
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize("field", ["queue", "idempotency_key"])
+def test_submit_refuses_nul_in_the_options(alice, field):
+    """Refuse a NUL in the queue name or the form's key with 400; store nothing."""
+    response = submit(client_for(alice), p_text="hello", **{field: "a\x00b"})
+    assert response.status_code == 400
+    assert Job.objects.count() == 0
+
+
 def test_submit_shows_the_rate_limit(alice, settings):
     """Show the per-minute limit's message when it is reached."""
     settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 1

@@ -547,3 +547,25 @@ def test_a_validated_payload_validates_to_itself(type_name, payload):
     """Accept what a type's validator returns, unchanged: the API, enqueue and the worker each validate it again."""
     normalized = validate_payload(type_name, payload)
     assert validate_payload(type_name, normalized) == normalized
+
+
+NUL = "Must not contain NUL characters."
+
+
+@pytest.mark.parametrize(
+    "type_name, payload, errors",
+    [
+        ("reverse_string", {"text": "a\x00b"}, {"text": [NUL]}),
+        ("reverse_string", {"text": "\ud800"}, {"text": ["Must not contain the lone surrogate U+D800."]}),
+        ("reverse_string", "a\x00b", {"payload": [NUL]}),
+        ("send_email", {"to": ["ada@example.com", "\udfff@example.com"], "subject": "\x00", "body": ""},
+         {"to": ["Must not contain the lone surrogate U+DFFF."], "subject": [NUL]}),
+        ("record_effect", {"a": {"b": ["c", "d\x00"]}, "fine": "😀 \\u0000"}, {"a": [NUL]}),
+        ("record_effect", {"a\x00": 1}, {"payload": ["Field names must not contain NUL characters."]}),
+        ("record_effect", {"a": {"\ud83d": 1}}, {"a": ["Field names must not contain the lone surrogate U+D83D."]}),
+        ("record_effect", ["\x00"], {"payload": [NUL]}),
+    ],
+)
+def test_text_postgresql_cannot_store_is_refused_naming_the_field(type_name, payload, errors):
+    """Refuse NUL and lone surrogates anywhere in a payload, keys included, before the type's own validator runs."""
+    assert field_errors(type_name, payload) == errors

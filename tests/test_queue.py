@@ -588,3 +588,26 @@ def test_prepared_completion_is_planned_for_the_table_as_it_is_now():
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Index Scan using jobs_job_pkey" in plan, plan
     assert "Seq Scan on jobs_job" not in plan, plan
+
+
+@pytest.mark.parametrize("payload, field", [({"text": "a\x00b"}, "text"), ({"text": "\ud800"}, "text"), ("\x00", "payload")])
+def test_enqueue_refuses_a_payload_postgresql_cannot_store(payload, field):
+    """Raise PayloadError naming the field that holds a NUL or a lone surrogate, and store nothing."""
+    with pytest.raises(PayloadError) as excinfo:
+        queue.enqueue("reverse_string", payload)
+    assert list(excinfo.value.errors) == [field]
+    with pytest.raises(PayloadError):
+        queue.enqueue_many("reverse_string", ["fine", payload])
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize("option", ["queue", "unique_key", "idempotency_key", "trace_id"])
+@pytest.mark.parametrize("value", ["a\x00b", "\ud800"])
+def test_enqueue_refuses_options_postgresql_cannot_store(option, value):
+    """Raise ValueError naming the option that holds a NUL or a lone surrogate, and store nothing."""
+    with pytest.raises(ValueError, match=f"^{option} must not contain"):
+        queue.enqueue("reverse_string", "x", **{option: value})
+    if option in ("queue", "trace_id"):
+        with pytest.raises(ValueError, match=f"^{option} must not contain"):
+            queue.enqueue_many("reverse_string", ["x"], **{option: value})
+    assert Job.objects.count() == 0

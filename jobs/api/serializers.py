@@ -26,6 +26,11 @@ class LeanSerializer(serializers.Serializer):
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
 
+def printable(text: str) -> str:
+    """Return `text` with any lone surrogate written as an escape (\\ud800), so that a response can carry it."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode()
+
+
 class StrictSerializer(LeanSerializer):
     """Refuse fields it does not declare, so nothing unexpected is silently ignored."""
 
@@ -33,14 +38,19 @@ class StrictSerializer(LeanSerializer):
         if isinstance(data, dict):
             unknown = set(data) - set(self.fields)
             if unknown:
-                raise serializers.ValidationError({name: ["This field cannot be set."] for name in sorted(unknown)})
+                raise serializers.ValidationError(
+                    {printable(name): ["This field cannot be set."] for name in sorted(unknown)}
+                )
         return super().to_internal_value(data)
 
 
 class JobCreateSerializer(StrictSerializer):
     type = serializers.CharField(max_length=100)
     payload = serializers.JSONField(required=False, default=dict)
-    priority = serializers.ChoiceField(choices=PRIORITY_CHOICES, default="normal")
+    # The message does not repeat the input, which may be text no response can carry.
+    priority = serializers.ChoiceField(
+        choices=PRIORITY_CHOICES, default="normal", error_messages={"invalid_choice": "Use high, normal or low."}
+    )
     queue = serializers.RegexField(
         r"^[A-Za-z0-9_.-]{1,64}$", required=False,
         error_messages={"invalid": "Use 1 to 64 letters, digits and . - _ only."},

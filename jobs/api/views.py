@@ -26,6 +26,7 @@ from jobs.api.serializers import (
 )
 from jobs.errors import JobTypeNotAllowed
 from jobs.models import Job
+from jobs.registry import unstorable
 from jobs.submission import requeue_dead_for_user, retry_for_user, submit_job
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -87,6 +88,8 @@ class JobListCreateApi(APIView):
         key = request.headers.get("Idempotency-Key")
         if key is not None and not (0 < len(key) <= 255):
             raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
+        if key and (problem := unstorable(key)):
+            raise ValidationError({"Idempotency-Key": [f"Must not contain {problem}."]})
         data = JobCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
