@@ -5,6 +5,7 @@ import json
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connections
+from django.http import HttpResponseBadRequest
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
 from django.utils.dateparse import parse_datetime
@@ -91,8 +92,28 @@ def _history_row(entry) -> str:
     )
 
 
+class RefuseUnstorableQueryMixin:
+    """Answer 400 to a changelist whose query string holds text PostgreSQL cannot take.
+
+    Every filter, search and lookup in the query string ends up as a
+    parameter of the changelist's SQL, and PostgreSQL refuses a NUL in any
+    text parameter: without this, `?type=%00` is a 500.
+    """
+
+    def changelist_view(self, request, extra_context=None):
+        for name, values in request.GET.lists():
+            for text in (name, *values):
+                problem = registry.unstorable(text)
+                if problem:
+                    return HttpResponseBadRequest(
+                        f"The query parameter {name!r} must not contain {problem}.",
+                        content_type="text/plain; charset=utf-8",
+                    )
+        return super().changelist_view(request, extra_context)
+
+
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
     list_display = (
         "id", "type", "status", "priority", "queue", "owner", "attempts_of_max",
         "run_at", "created_at", "finished_at",
@@ -206,7 +227,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
     """Workers register and update themselves; the admin only shows them."""
 
     list_display = (

@@ -160,6 +160,24 @@ def test_changelist_drills_down_by_created_date(admin_client):
     assert results(response) == [job.pk]
 
 
+@pytest.mark.parametrize("query, parameter", [
+    ("q=%00", "q"), ("q=a%00b", "q"), ("type=%00", "type"), ("status=%00", "status"), ("queue=%00", "queue"),
+    ("priority=%00", "priority"), ("owner__id__exact=%00", "owner__id__exact"), ("error=boom%00", "error"),
+    ("created_at__year=%00", "created_at__year"), ("o=%00", "o"), ("%00=1", "\x00"),
+])
+def test_changelist_answers_a_nul_in_its_query_with_400(admin_client, query, parameter):
+    """Refuse a NUL in any query parameter, its name or its value, with 400 naming it; PostgreSQL stores no NUL."""
+    JobFactory()
+    response = admin_client.get(f"{reverse(CHANGELIST)}?{query}")
+    assert response.status_code == 400
+    assert repr(parameter) in response.content.decode()
+
+
+def test_worker_changelist_answers_a_nul_in_its_query_with_400(admin_client):
+    response = admin_client.get(reverse("admin:jobs_worker_changelist") + "?hostname=%00")
+    assert response.status_code == 400
+
+
 def test_unfiltered_changelist_shows_the_planner_estimate_for_a_huge_table(admin_client, monkeypatch):
     monkeypatch.setattr("jobs.admin.estimated_job_count", lambda using: 5_000_000)
     dead = JobFactory(status=JobStatus.DEAD)
