@@ -2,9 +2,12 @@
 
 Each validator takes the payload as submitted and returns it normalized, or
 raises PayloadError mapping every bad field to its messages, so a client sees
-all of its mistakes at once.
+all of its mistakes at once. Each is a PayloadSchema: its fields are data,
+so the dashboard's Submit form asks for exactly what the validator takes.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +27,33 @@ MAX_COMMAND_SECONDS = 3600
 MAX_ARGV_ITEMS = 256
 
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a payload: its JSON kind, whether it may be left out, and its bounds.
+
+    `kind` is "string", "integer", "number" (above 0), "boolean" or
+    "strings" (a non-empty list of strings). A field without a default is
+    required; one whose default is None also accepts null, as left out.
+    """
+
+    name: str
+    kind: str
+    default: Any = _MISSING
+    # string: whether an empty (or all-space) string is accepted.
+    blank: bool = True
+    max_length: int = 0
+    min_value: int = 0
+    max_value: float = 0
+    max_items: int = 0
+    # strings: whether one string stands for a list of one.
+    single: bool = False
+
+    @property
+    def required(self) -> bool:
+        """Return whether a payload must have this field."""
+        return self.default is _MISSING
 
 
 class _Fields:
@@ -59,61 +89,47 @@ class _Fields:
             self.error(name, "This field is required.")
         return False
 
-    def string(self, name: str, *, max_length: int, default: Any = _MISSING, blank: bool = True) -> Any:
-        """Return field `name` as a string of at most `max_length` characters."""
-        if not self.present(name, default):
-            return default
-        value = self.data[name]
+    def read(self, field: Field) -> Any:
+        """Return `field`'s value, or its default if it was left out; record what is wrong with it."""
+        if not self.present(field.name, field.default):
+            return field.default
+        return getattr(self, f"_{field.kind}")(field, self.data[field.name])
+
+    def _string(self, field: Field, value: Any) -> Any:
         if not isinstance(value, str):
-            self.error(name, "Must be a string.")
-        elif not blank and not value.strip():
-            self.error(name, "This field may not be blank.")
-        elif len(value) > max_length:
-            self.error(name, f"Must be at most {max_length} characters.")
+            self.error(field.name, "Must be a string.")
+        elif not field.blank and not value.strip():
+            self.error(field.name, "This field may not be blank.")
+        elif len(value) > field.max_length:
+            self.error(field.name, f"Must be at most {field.max_length} characters.")
         return value
 
-    def integer(self, name: str, *, min_value: int, max_value: int, default: Any = _MISSING) -> Any:
-        """Return field `name` as an int in [min_value, max_value]."""
-        if not self.present(name, default):
-            return default
-        value = self.data[name]
+    def _integer(self, field: Field, value: Any) -> Any:
         # bool is an int subclass; `true` is never a count.
-        if isinstance(value, bool) or not isinstance(value, int) or not min_value <= value <= max_value:
-            self.error(name, f"Must be an integer between {min_value} and {max_value}.")
+        if isinstance(value, bool) or not isinstance(value, int) or not field.min_value <= value <= field.max_value:
+            self.error(field.name, f"Must be an integer between {field.min_value} and {field.max_value}.")
         return value
 
-    def number(self, name: str, *, max_value: float, default: Any = _MISSING) -> Any:
-        """Return field `name` as a number above 0 and at most `max_value`."""
-        if not self.present(name, default):
-            return default
-        value = self.data[name]
+    def _number(self, field: Field, value: Any) -> Any:
         # The comparison also rejects NaN and infinity.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= max_value:
-            self.error(name, f"Must be a number greater than 0 and at most {max_value}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= field.max_value:
+            self.error(field.name, f"Must be a number greater than 0 and at most {field.max_value}.")
         return value
 
-    def boolean(self, name: str, *, default: Any = _MISSING) -> Any:
-        """Return field `name` as a bool."""
-        if not self.present(name, default):
-            return default
-        value = self.data[name]
+    def _boolean(self, field: Field, value: Any) -> Any:
         if not isinstance(value, bool):
-            self.error(name, "Must be true or false.")
+            self.error(field.name, "Must be true or false.")
         return value
 
-    def string_list(self, name: str, *, max_items: int, single: bool = False) -> Any:
-        """Return field `name` as a non-empty list of strings; with `single`, also accept one string."""
-        if not self.present(name, _MISSING):
-            return _MISSING
-        value = self.data[name]
-        if single and isinstance(value, str):
+    def _strings(self, field: Field, value: Any) -> Any:
+        if field.single and isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            self.error(name, "Must be a string or a list of strings." if single else "Must be a list of strings.")
+            self.error(field.name, "Must be a string or a list of strings." if field.single else "Must be a list of strings.")
         elif not value:
-            self.error(name, "Must not be empty.")
-        elif len(value) > max_items:
-            self.error(name, f"Must have at most {max_items} items.")
+            self.error(field.name, "Must not be empty.")
+        elif len(value) > field.max_items:
+            self.error(field.name, f"Must have at most {field.max_items} items.")
         return value
 
     def done(self, **values: Any) -> dict[str, Any]:
@@ -126,89 +142,102 @@ class _Fields:
         return values
 
 
-def text_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"text": str}` from a dict or a bare string."""
-    fields = _Fields(payload, bare="text")
-    return fields.done(text=fields.string("text", max_length=MAX_TEXT_LENGTH))
+class PayloadSchema:
+    """A payload validator declared as its fields, which the dashboard's Submit form reads too.
+
+    Calling it with a payload returns the payload normalized, or raises
+    PayloadError with every bad field. `check(values, fields)`, if given,
+    runs after the fields are read: it may normalize `values` further and
+    record more errors with `fields.error(name, message)`.
+    """
+
+    def __init__(self, *fields: Field, bare: str | None = None, check: Callable | None = None):
+        self.fields = fields
+        # The field a payload that is a bare value (not an object) stands for.
+        self.bare = bare
+        self.check = check
+
+    def __call__(self, payload: Any) -> dict[str, Any]:
+        reader = _Fields(payload, bare=self.bare)
+        values = {field.name: reader.read(field) for field in self.fields}
+        if self.check is not None:
+            self.check(values, reader)
+        return reader.done(**values)
 
 
-def fibonacci_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"n": int}` from a dict or a bare int."""
-    fields = _Fields(payload, bare="n")
-    return fields.done(n=fields.integer("n", min_value=0, max_value=MAX_FIBONACCI_N))
+text_payload = PayloadSchema(Field("text", "string", max_length=MAX_TEXT_LENGTH), bare="text")
+
+fibonacci_payload = PayloadSchema(Field("n", "integer", min_value=0, max_value=MAX_FIBONACCI_N), bare="n")
+
+sleep_payload = PayloadSchema(Field("seconds", "number", max_value=MAX_SLEEP_SECONDS), bare="seconds")
+
+fail_payload = PayloadSchema(
+    Field("message", "string", default="Failed on purpose.", max_length=1000),
+    Field("permanent", "boolean", default=False),
+)
 
 
-def sleep_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"seconds": number}` from a dict or a bare number."""
-    fields = _Fields(payload, bare="seconds")
-    return fields.done(seconds=fields.number("seconds", max_value=MAX_SLEEP_SECONDS))
-
-
-def fail_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"message": str, "permanent": bool}`, filling in defaults."""
-    fields = _Fields(payload)
-    return fields.done(
-        message=fields.string("message", max_length=1000, default="Failed on purpose."),
-        permanent=fields.boolean("permanent", default=False),
-    )
-
-
-def email_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"to": [address, ...], "subject": str, "body": str}`; `to` may be one address."""
-    fields = _Fields(payload)
-    to = fields.string_list("to", max_items=MAX_RECIPIENTS, single=True)
+def _check_email(values: dict[str, Any], fields: _Fields) -> None:
     if "to" not in fields.errors:
-        to = [address.strip() for address in to]
-        for address in to:
+        values["to"] = [address.strip() for address in values["to"]]
+        for address in values["to"]:
             try:
                 validate_email(address)
             except ValidationError:
                 fields.error("to", f"{address!r} is not a valid email address.")
-    subject = fields.string("subject", max_length=255, blank=False)
+    subject = values["subject"]
     # A newline in a header would let the subject inject headers; Django refuses it at send time.
     if isinstance(subject, str) and ("\n" in subject or "\r" in subject):
         fields.error("subject", "Must not contain line breaks.")
-    body = fields.string("body", max_length=50_000)
-    return fields.done(to=to, subject=subject, body=body)
 
 
-def video_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"url": str | None, "duration": number, "steps": int}`, filling in defaults."""
-    fields = _Fields(payload)
-    return fields.done(
-        url=fields.string("url", max_length=MAX_URL_LENGTH, default=None),
-        duration=fields.number("duration", max_value=MAX_VIDEO_SECONDS, default=2),
-        steps=fields.integer("steps", min_value=1, max_value=MAX_VIDEO_STEPS, default=10),
-    )
+# `to` may be one address; the normalized payload always has a list.
+email_payload = PayloadSchema(
+    Field("to", "strings", max_items=MAX_RECIPIENTS, single=True),
+    Field("subject", "string", max_length=255, blank=False),
+    Field("body", "string", max_length=50_000),
+    check=_check_email,
+)
+
+video_payload = PayloadSchema(
+    Field("url", "string", default=None, max_length=MAX_URL_LENGTH),
+    Field("duration", "number", default=2, max_value=MAX_VIDEO_SECONDS),
+    Field("steps", "integer", default=10, min_value=1, max_value=MAX_VIDEO_STEPS),
+)
 
 
-def url_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"url": str}` for an http(s) URL with a host, from a dict or a bare string."""
-    fields = _Fields(payload, bare="url")
-    url = fields.string("url", max_length=MAX_URL_LENGTH, blank=False)
-    if "url" not in fields.errors:
-        url = url.strip()
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 -- raises ValueError for a malformed port
-        except ValueError:
-            fields.error("url", "Enter a valid URL.")
-        else:
-            if parts.scheme not in ("http", "https"):
-                fields.error("url", "Must be an http or https URL.")
-            elif not parts.hostname:
-                fields.error("url", "Must include a host.")
-    return fields.done(url=url)
+def _check_url(values: dict[str, Any], fields: _Fields) -> None:
+    if "url" in fields.errors:
+        return
+    values["url"] = url = values["url"].strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a malformed port
+    except ValueError:
+        fields.error("url", "Enter a valid URL.")
+    else:
+        if parts.scheme not in ("http", "https"):
+            fields.error("url", "Must be an http or https URL.")
+        elif not parts.hostname:
+            fields.error("url", "Must include a host.")
 
 
-def command_payload(payload: Any) -> dict[str, Any]:
-    """Return `{"argv": [str, ...], "timeout": number}`, filling in the timeout."""
-    fields = _Fields(payload)
-    argv = fields.string_list("argv", max_items=MAX_ARGV_ITEMS)
+# An http(s) URL with a host.
+url_payload = PayloadSchema(
+    Field("url", "string", max_length=MAX_URL_LENGTH, blank=False), bare="url", check=_check_url
+)
+
+
+def _check_command(values: dict[str, Any], fields: _Fields) -> None:
     if "argv" not in fields.errors:
-        if not argv[0]:
+        if not values["argv"][0]:
             fields.error("argv", "The program name may not be blank.")
-        if any("\0" in arg for arg in argv):
+        if any("\0" in arg for arg in values["argv"]):
             fields.error("argv", "Must not contain NUL characters.")
-    timeout = fields.number("timeout", max_value=MAX_COMMAND_SECONDS, default=60)
-    return fields.done(argv=argv, timeout=timeout)
+
+
+command_payload = PayloadSchema(
+    Field("argv", "strings", max_items=MAX_ARGV_ITEMS),
+    Field("timeout", "number", default=60, max_value=MAX_COMMAND_SECONDS),
+    check=_check_command,
+)
