@@ -1,9 +1,11 @@
 """Forms of the dashboard: the job list's filters and the submit form.
 
-The submit form shows one input per payload field for the built-in job
-types, and a JSON text area for any other type. Either way the payload is
-validated by the job type's own validator (through jobs.submission), so the
-errors shown next to each input are the same ones the API returns.
+The submit form shows one input per field of a job type's PayloadSchema
+(every built-in type has one), and a JSON text area for any other type.
+Which inputs are required, and what an empty one sends, follow from the
+schema; either way the payload is validated by the type's own validator
+(through jobs.submission), so the errors shown next to each input are the
+same ones the API returns.
 """
 
 import json
@@ -13,8 +15,12 @@ from datetime import timedelta
 
 from django import forms
 
+from jobs.errors import UnknownJobType
+from jobs.handlers.validators import MAX_FIBONACCI_N, Field, PayloadSchema
 from jobs.models import JobStatus, Priority
-from jobs.registry import handlers
+from jobs.queue import MAX_SECONDS
+from jobs.registry import get_handler, handlers
+from jobs.submission import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 
 SINCE_CHOICES = {
     "15m": ("Last 15 minutes", timedelta(minutes=15)),
@@ -51,59 +57,107 @@ class JobFilterForm(forms.Form):
 
 @dataclass(frozen=True)
 class PayloadField:
+    """One payload input of the Submit form."""
+
     name: str
     label: str
     # text, textarea, int, number, bool, or lines (a list of strings, one per line)
     kind: str = "text"
+    # Marked as required: left empty, the payload is refused.
     required: bool = False
     help: str = ""
     placeholder: str = ""
+    # Left empty, the input is sent as "" rather than left out of the payload.
+    send_empty: bool = False
 
     @property
     def input_name(self) -> str:
         return f"p_{self.name}"
 
 
-_TEXT = (PayloadField("text", "Text", "textarea", required=True, placeholder="hello world"),)
+@dataclass(frozen=True)
+class Look:
+    """How a payload field of a built-in type is shown; what it accepts comes from the type's PayloadSchema."""
 
-# The payload inputs of the built-in job types. Other types get a JSON text area.
-PAYLOAD_FIELDS: dict[str, tuple[PayloadField, ...]] = {
+    label: str
+    # "textarea" shows a string field in a text area.
+    widget: str = ""
+    help: str = ""
+    placeholder: str = ""
+
+
+_TEXT = {"text": Look("Text", "textarea", placeholder="hello world")}
+
+LOOKS: dict[str, dict[str, Look]] = {
     "reverse_string": _TEXT,
     "uppercase_text": _TEXT,
-    "fibonacci_calc": (PayloadField("n", "n", "int", required=True, help="0 to 1000", placeholder="10"),),
-    "sleep": (PayloadField("seconds", "Seconds", "number", required=True, placeholder="5"),),
-    "fail": (
-        PayloadField("message", "Error message", placeholder="Failed on purpose."),
-        PayloadField("permanent", "Permanent: skip the retries, straight to the DLQ", "bool"),
-    ),
-    "send_email": (
-        PayloadField("to", "To", "lines", required=True, help="One address per line", placeholder="ada@example.com"),
-        PayloadField("subject", "Subject", required=True),
-        PayloadField("body", "Body", "textarea"),
-    ),
-    "process_video": (
-        PayloadField("url", "Video URL", placeholder="https://example.com/video.mp4"),
-        PayloadField("duration", "Duration (seconds)", "number", placeholder="2"),
-        PayloadField("steps", "Progress steps", "int", placeholder="10"),
-    ),
-    "scrape_website": (PayloadField("url", "URL", required=True, placeholder="https://example.com"),),
-    "run_command": (
-        PayloadField("argv", "Command", "lines", required=True, help="Program and arguments, one per line; no shell"),
-        PayloadField("timeout", "Timeout (seconds)", "number", placeholder="60"),
-    ),
+    "fibonacci_calc": {"n": Look("n", help=f"0 to {MAX_FIBONACCI_N}", placeholder="10")},
+    "sleep": {"seconds": Look("Seconds", placeholder="5")},
+    "fail": {
+        "message": Look("Error message", placeholder="Failed on purpose."),
+        "permanent": Look("Permanent: skip the retries, straight to the DLQ"),
+    },
+    "send_email": {
+        "to": Look("To", help="One address per line", placeholder="ada@example.com"),
+        "subject": Look("Subject"),
+        "body": Look("Body", "textarea"),
+    },
+    "process_video": {
+        "url": Look("Video URL", placeholder="https://example.com/video.mp4"),
+        "duration": Look("Duration (seconds)", placeholder="2"),
+        "steps": Look("Progress steps", placeholder="10"),
+    },
+    "scrape_website": {"url": Look("URL", placeholder="https://example.com")},
+    "run_command": {
+        "argv": Look("Command", help="Program and arguments, one per line; no shell"),
+        "timeout": Look("Timeout (seconds)", placeholder="60"),
+    },
 }
+# The input for each kind of payload field.
+_INPUT_KINDS = {"string": "text", "integer": "int", "number": "number", "boolean": "bool", "strings": "lines"}
 JSON_FIELD = PayloadField("payload", "Payload (JSON)", "textarea", placeholder='{"key": "value"}')
 
 
+def _payload_field(field: Field, look: Look | None) -> PayloadField:
+    look = look or Look(field.name.replace("_", " ").capitalize())
+    kind = _INPUT_KINDS[field.kind]
+    if kind == "text" and look.widget == "textarea":
+        kind = "textarea"
+    # An input left empty is "" for a string field the payload must have, and left out otherwise.
+    send_empty = field.required and field.kind == "string"
+    # So left empty it is refused, unless it is "" the field takes, or a checkbox, which is never empty.
+    required = field.required and not (send_empty and field.blank) and field.kind != "boolean"
+    return PayloadField(
+        name=field.name, label=look.label, kind=kind, required=required, help=look.help,
+        placeholder=look.placeholder, send_empty=send_empty,
+    )
+
+
 def payload_fields(type_name: str) -> tuple[PayloadField, ...]:
-    return PAYLOAD_FIELDS.get(type_name, (JSON_FIELD,))
+    """Return the inputs of `type_name`'s payload: one per field of its schema, or a JSON text area."""
+    try:
+        schema = get_handler(type_name).validate
+    except UnknownJobType:
+        schema = None
+    if not isinstance(schema, PayloadSchema):
+        return (JSON_FIELD,)
+    looks = LOOKS.get(type_name, {})
+    return tuple(_payload_field(field, looks.get(field.name)) for field in schema.fields)
 
 
 def _number(text: str, kind: str):
     try:
-        return int(text) if kind == "int" else float(text)
+        return int(text) if kind == "int" else _int_or_float(text)
     except ValueError:
         return text  # left as text, so the type's validator names the problem
+
+
+def _int_or_float(text: str):
+    """Return "5" as 5 and "2.5" as 2.5, as JSON would have them."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def payload_from_post(type_name: str, data) -> tuple[object, dict[str, list[str]]]:
@@ -133,7 +187,7 @@ def payload_from_post(type_name: str, data) -> tuple[object, dict[str, list[str]
             if raw:
                 payload[field.name] = _number(raw, field.kind)
             continue
-        if raw or field.required:
+        if raw or field.send_empty:
             payload[field.name] = raw
     return payload, {}
 
@@ -162,8 +216,12 @@ def type_choices(user) -> list[tuple[str, str]]:
 class SubmitJobForm(forms.Form):
     type = forms.ChoiceField()
     priority = forms.ChoiceField(choices=PRIORITY_CHOICES, initial="normal")
-    queue = forms.CharField(required=False, max_length=64, help_text="Empty: the default queue.")
-    delay = forms.FloatField(required=False, min_value=0, max_value=365 * 24 * 3600, help_text="Seconds to wait before it runs.")
+    # The API's rule; like the API, it trims spaces first.
+    queue = forms.RegexField(
+        QUEUE_NAME_PATTERN, strip=True, required=False, error_messages={"invalid": QUEUE_NAME_MESSAGE},
+        help_text="Empty: the default queue.",
+    )
+    delay = forms.FloatField(required=False, min_value=0, max_value=MAX_SECONDS, help_text="Seconds to wait before it runs.")
     max_retries = forms.IntegerField(required=False, min_value=0, max_value=100, help_text="Empty: the type's default.")
     # One submission per rendered form: a double click or a resent POST
     # finds the job the first one made instead of making another.
@@ -180,7 +238,7 @@ class SubmitJobForm(forms.Form):
         data = self.cleaned_data
         options = {"priority": data["priority"]}
         if data.get("queue"):
-            options["queue"] = data["queue"].strip()
+            options["queue"] = data["queue"]
         if data.get("delay"):
             options["delay"] = data["delay"]
         if data.get("max_retries") is not None:

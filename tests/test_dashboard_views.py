@@ -1,5 +1,6 @@
 """The dashboard's pages through Django's test client: access, isolation, escaping, actions."""
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -536,6 +537,85 @@ def test_submit_fields_follow_the_type_picker(alice):
     """Return the payload inputs of the chosen type."""
     html = client_for(alice).get(reverse("dashboard:submit-fields"), {"type": "send_email"}).content.decode()
     assert 'name="p_to"' in html and 'name="p_subject"' in html and 'name="p_body"' in html
+
+
+# Every payload input of each built-in type, filled in with a value its validator accepts.
+FILLED = {
+    "reverse_string": {"p_text": "hello"},
+    "uppercase_text": {"p_text": "hello"},
+    "fibonacci_calc": {"p_n": "10"},
+    "sleep": {"p_seconds": "1"},
+    "fail": {"p_message": "boom"},
+    "send_email": {"p_to": "ada@example.com", "p_subject": "Hi", "p_body": "Hello."},
+    "process_video": {"p_url": "https://example.com/cat.mp4", "p_duration": "1", "p_steps": "2"},
+    "scrape_website": {"p_url": "https://example.com"},
+    "run_command": {"p_argv": "echo\nhello", "p_timeout": "5"},
+}
+
+
+def payload_inputs(html: str) -> dict[str, str]:
+    """Return each payload input's label block in `html`, by the input's name."""
+    blocks = re.findall(r'<label class="(?:field|check-field)[^"]*">(.*?)</label>', html, re.S)
+    return {re.search(r'name="(p_\w+)"', block).group(1): block for block in blocks if 'name="p_' in block}
+
+
+def marked_required(block: str) -> bool:
+    return '<abbr title="required">' in block
+
+
+@pytest.mark.parametrize("type_name", sorted(FILLED))
+def test_an_input_is_marked_required_exactly_when_leaving_it_empty_is_refused(staff, settings, type_name):
+    """Mark the inputs that may not be left empty, and only those; refuse each such one left empty, beside it."""
+    settings.JOBS_ENABLE_SHELL_COMMANDS = True
+    client = client_for(staff)
+    inputs = payload_inputs(client.get(reverse("dashboard:submit-fields"), {"type": type_name}).content.decode())
+    assert set(inputs) >= set(FILLED[type_name])
+    assert submit(client, type=type_name, key="all", **FILLED[type_name]).status_code == 302
+    for name in FILLED[type_name]:
+        response = submit(client, type=type_name, key=f"without-{name}", **{**FILLED[type_name], name: ""})
+        if marked_required(inputs[name]):
+            assert response.status_code == 400, f"{name} is marked required but may be left empty"
+            assert 'class="field-error"' in payload_inputs(response.content.decode())[name], name
+        else:
+            assert response.status_code == 302, f"{name} is not marked required but may not be left empty"
+
+
+@pytest.mark.parametrize("type_name, required", [
+    ("reverse_string", set()), ("send_email", {"p_to", "p_subject"}), ("process_video", set()),
+    ("fibonacci_calc", {"p_n"}), ("scrape_website", {"p_url"}),
+])
+def test_required_markers_follow_the_validators(alice, type_name, required):
+    """Mark Text and Body as optional (empty text is valid), To, Subject, n and URL as required."""
+    html = client_for(alice).get(reverse("dashboard:submit-fields"), {"type": type_name}).content.decode()
+    assert {name for name, block in payload_inputs(html).items() if marked_required(block)} == required
+
+
+def test_empty_text_and_body_are_sent_as_empty_strings(alice):
+    """Store an empty Text or Body as the empty string the validators accept, as the API would."""
+    client = client_for(alice)
+    assert submit(client, p_text="", key="a").status_code == 302
+    assert submit(client, type="send_email", p_to="ada@example.com", p_subject="Hi", p_body="", key="b").status_code == 302
+    assert sorted(Job.objects.values_list("payload", flat=True), key=len) == [
+        {"text": ""}, {"to": ["ada@example.com"], "subject": "Hi", "body": ""}]
+
+
+@pytest.mark.parametrize("name", ["a b/c", "x" * 65, "émails", "emails ", "emails\n", "default", "reports.v2-eu_1", "x" * 64])
+def test_submit_takes_exactly_the_queue_names_the_api_takes(alice, name):
+    """Accept a queue name on the Submit page exactly when the API accepts it, with the API's message beside it."""
+    from rest_framework.test import APIClient
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(alice).access_token}")
+    by_api = api.post("/api/jobs/", {"type": "reverse_string", "payload": "x", "queue": name}, format="json")
+    by_form = submit(client_for(alice), p_text="x", queue=name)
+    assert (by_api.status_code == 201) == (by_form.status_code == 302), (by_api.content, by_form.status_code)
+    if by_api.status_code == 400:
+        assert by_form.status_code == 400
+        assert by_api.json()["queue"] == ["Use 1 to 64 letters, digits and . - _ only."]
+        assert "Use 1 to 64 letters, digits and . - _ only." in by_form.content.decode()
+    else:  # both trim the name
+        assert list(Job.objects.order_by("id").values_list("queue", flat=True)) == [name.strip()] * 2
 
 
 # --- Overview -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from jobs.models import JobStatus, Priority
 from jobs.queue import MAX_SECONDS
 from jobs.registry import validate_payload
 from jobs.selectors import JOB_ORDERINGS, visible_status
+from jobs.submission import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 
 PRIORITY_CHOICES = Priority.labels
 
@@ -51,10 +52,7 @@ class JobCreateSerializer(StrictSerializer):
     priority = serializers.ChoiceField(
         choices=PRIORITY_CHOICES, default="normal", error_messages={"invalid_choice": "Use high, normal or low."}
     )
-    queue = serializers.RegexField(
-        r"^[A-Za-z0-9_.-]{1,64}$", required=False,
-        error_messages={"invalid": "Use 1 to 64 letters, digits and . - _ only."},
-    )
+    queue = serializers.RegexField(QUEUE_NAME_PATTERN, required=False, error_messages={"invalid": QUEUE_NAME_MESSAGE})
     max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False)
     timeout = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
     run_at = serializers.DateTimeField(required=False)
