@@ -54,3 +54,38 @@ def plan_cache_mode(job):
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('plan_cache_mode')")
         return cursor.fetchone()[0]
+
+
+chatty_logger = logging.getLogger("tests.chatty")
+
+
+@job_handler("chatty")
+def chatty(job):
+    """Log on every line for `seconds`, never looking at the stop event; return the job's id."""
+    end = time.monotonic() + float(job.payload.get("seconds", 0.1))
+    line = 0
+    while time.monotonic() < end:
+        line += 1
+        chatty_logger.info("job %s says line %s", job.job_id, line)
+        time.sleep(0.002)
+    return {"job": job.job_id}
+
+
+@job_handler("hostile_output")
+def hostile_output(job):
+    """Return or raise what a hostile page might have put in a result: NUL, lone surrogates, deep nesting, bulk."""
+    kind = job.payload["kind"]
+    if kind == "nul_string":
+        return "a\x00b"
+    if kind == "nul_key":
+        return {"a\x00": ["b\ud800", {"c": "\x00\udfff"}], "fine": "😀 \\u0000"}
+    if kind == "nul_error":
+        raise RuntimeError("a\x00b \ud800")
+    if kind == "deep":
+        result = []
+        for _ in range(5000):
+            result = [result]
+        return result
+    if kind == "huge":
+        return "x" * int(job.payload.get("bytes", 2 * 1024 * 1024))
+    raise ValueError(kind)
