@@ -39,8 +39,7 @@ EXPOSE 8000
 # /metrics through PROMETHEUS_MULTIPROC_DIR, emptied at each start. The worker
 # service runs `python manage.py runworker` instead. Requests are logged by
 # the app (with their trace ids), so uvicorn's access log is off. On SIGTERM
-# uvicorn waits for open connections' tasks; after dashboards' WebSockets
-# close, one can linger in the channel layer's receive for good, so the wait
-# stops after 5 s, within `docker stop`'s 10.
+# uvicorn lets open requests and WebSockets finish; a request that hangs
+# holds the stop for 5 s at most, within `docker stop`'s 10.
 ENV WEB_CONCURRENCY=2
 CMD ["sh", "-c", "python manage.py migrate --noinput --verbosity 0 && export PROMETHEUS_MULTIPROC_DIR=/tmp/skipjack-metrics && rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn queueproject.asgi:application --host 0.0.0.0 --port 8000 --proxy-headers --no-access-log --timeout-graceful-shutdown 5"]

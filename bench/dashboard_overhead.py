@@ -341,9 +341,8 @@ def main(argv=None) -> int:
     finally:
         server.terminate()
         try:
-            # After dashboards have disconnected, uvicorn's graceful shutdown
-            # can wait on a WebSocket task stuck in channels_redis's receive;
-            # --timeout-graceful-shutdown ends it after 5 s, as in the Dockerfile.
+            # --timeout-graceful-shutdown bounds uvicorn's wait for open
+            # connections to 5 s, as in the Dockerfile.
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()

@@ -13,9 +13,9 @@ from django.core.management import call_command
 
 from queueproject import embedded
 
-# On Ctrl-C uvicorn waits for open connections' tasks; after a dashboard's
-# WebSocket closes, one can linger in the channel layer's receive for good.
-# The Dockerfile passes the same.
+# On Ctrl-C uvicorn lets open requests and WebSockets finish; a request
+# that hangs must not hold the stop for longer than this. The Dockerfile
+# passes the same, within `docker stop`'s 10 s.
 WEB_SHUTDOWN_OPTIONS = ("--timeout-graceful-shutdown", "5")
 
 

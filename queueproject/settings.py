@@ -152,7 +152,9 @@ SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's, with connections that cannot lose a consumer's
+        # cancellation (queueproject/channel_layer.py).
+        "BACKEND": "queueproject.channel_layer.RedisChannelLayer",
         # A consumer waits for messages with a 5 s BZPOPMIN; redis-py 8 gives
         # up reading after 5 s by default, which would end every idle socket.
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}], "prefix": "skipjack"},
