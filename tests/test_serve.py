@@ -3,6 +3,7 @@
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,3 +116,84 @@ def test_web_server_stops_at_once_on_ctrl_c_with_dashboards_open(start_server, s
     assert server.wait(timeout=10) == 0
     assert "ERROR" not in server.output()
     assert took < 2, server.output()
+
+
+class Serve(ChildProcess):
+    """A real `manage.py serve` on the test database, keeping its data in `data_dir`."""
+
+    def __init__(self, data_dir, *args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["manage.py", "serve", "--port", str(self.port), *args],
+                         # This test's key, which signs the sessions it opens dashboards with.
+                         env={"SKIPJACK_DATA_DIR": str(data_dir), "SECRET_KEY": settings.SECRET_KEY})
+
+    def wait_until_up(self):
+        def up():
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve exited: {self.output()}")
+            try:
+                return urllib.request.urlopen(self.url + "/admin/login/", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(lambda: "Press Ctrl-C to stop." in self.output(), timeout=60, message="the banner")
+        wait_for(up, timeout=60, message="the web server")
+        return self
+
+    def after_banner(self) -> str:
+        return self.output().split("Press Ctrl-C to stop.", 1)[1]
+
+
+def test_serve_prints_its_banner_then_only_warnings_and_errors(tmp_path, settings):
+    """Print the login, where its password is kept and the --port option; then no INFO line, and no ERROR on Ctrl-C.
+
+    Requests, dashboards' WebSockets and jobs run meanwhile, and a dashboard
+    is still open when Ctrl-C stops it all, promptly and with exit code 0.
+    """
+    cookie = dashboard_cookie(settings)
+    serve = Serve(tmp_path).wait_until_up()
+    try:
+        banner = serve.output()
+        assert f"(the password is kept in {tmp_path / 'admin_password'})" in banner
+        assert "--port" in banner and "--access-log" in banner
+        urllib.request.urlopen(serve.url + "/dashboard/", timeout=5)
+        job = queue.enqueue("reverse_string", "hello world")
+        wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED, message="the worker")
+        took = stop_with_sockets_open(serve, serve.url, cookie, came_and_went=10, kept=1)
+        assert serve.wait(timeout=10) == 0
+    finally:
+        serve.stop()
+    after = serve.after_banner()
+    assert "Stopping." in after
+    assert " INFO " not in after and "ERROR" not in after, after
+    assert took < 5, after
+
+
+def test_serve_logs_requests_and_websockets_with_access_log(tmp_path, settings):
+    """Log each HTTP request and each WebSocket's opening with --access-log."""
+    cookie = dashboard_cookie(settings)
+    serve = Serve(tmp_path, "--access-log").wait_until_up()
+    try:
+        urllib.request.urlopen(serve.url + "/dashboard/", timeout=5)
+        wait_for(lambda: "GET /dashboard/ 302" in serve.after_banner(), timeout=10, message="the request's line")
+        stop_with_sockets_open(serve, serve.url, cookie, came_and_went=0, kept=1)
+        assert serve.wait(timeout=10) == 0
+    finally:
+        serve.stop()
+    assert '"WebSocket /ws/events/" [accepted]' in serve.after_banner()
+
+
+def test_serve_refuses_a_port_in_use_and_names_the_option_to_choose_another(tmp_path):
+    """Exit 1 at once, before starting anything, saying the port is taken and how to pick another."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = ChildProcess(["manage.py", "serve", "--port", str(port)], env={"SKIPJACK_DATA_DIR": str(tmp_path)})
+        try:
+            assert serve.wait(timeout=30) == 1
+        finally:
+            serve.stop()
+    assert f"Port {port} on 127.0.0.1 is in use. Choose another with --port" in serve.output()
+    assert not (tmp_path / "admin_password").exists()

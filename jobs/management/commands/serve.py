@@ -1,8 +1,8 @@
 import os
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from jobs.stack import run_stack
+from jobs.stack import port_in_use, run_stack
 
 
 class Command(BaseCommand):
@@ -13,11 +13,16 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--worker-processes", type=int, default=1)
         parser.add_argument("--concurrency", type=int, default=10)
+        parser.add_argument("--access-log", action="store_true",
+                            help="Log every HTTP request and WebSocket (by default only warnings and errors).")
 
     def handle(self, *args, **options):
+        host, port = options["host"], options["port"]
+        if port_in_use(host, port):
+            raise CommandError(f"Port {port} on {host} is in use. Choose another with --port, e.g. --port {port + 1}.")
         raise SystemExit(
             run_stack(
-                host=options["host"], port=options["port"], processes=options["worker_processes"],
-                concurrency=options["concurrency"], stdout=self.stdout,
+                host=host, port=port, processes=options["worker_processes"], concurrency=options["concurrency"],
+                access_log=options["access_log"], stdout=self.stdout, stderr=self.stderr,
             )
         )
