@@ -111,8 +111,9 @@ ASGI_APPLICATION = "queueproject.asgi.application"
 # --- Databases -------------------------------------------------------------
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.postgres_url()
-# django-prometheus's PostgreSQL backend is Django's, plus query and connection metrics.
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, engine="django_prometheus.db.backends.postgresql")}
+# django-prometheus's PostgreSQL backend (Django's, plus query and connection
+# metrics), which also fails fast while the database is unreachable (jobs.outage).
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, engine="jobs.backends.postgresql")}
 PREPARE_THRESHOLD = os.environ.get("DB_PREPARE_THRESHOLD", "5")
 DATABASES["default"]["OPTIONS"] = {
     # psycopg 3's pool, managed by Django: each process keeps a few warm
@@ -122,7 +123,17 @@ DATABASES["default"]["OPTIONS"] = {
         "max_size": int(os.environ.get("DB_POOL_MAX_SIZE", "20")),
         # Seconds a request waits for a free connection before it fails.
         "timeout": float(os.environ.get("DB_POOL_TIMEOUT", "10")),
+        # Seconds the pool retries a failed connection in the background
+        # before it leaves new ones to demand. psycopg's default, 5 minutes of
+        # doubling waits, could leave a pool without connections for a minute
+        # after the database was back; on demand, the first request after it
+        # connects at once.
+        "reconnect_timeout": 2.0,
     },
+    # Seconds to establish a connection before it counts as failed (libpq
+    # allows no less than 2). psycopg's default of 130 s would keep a
+    # partitioned database from ever being noticed within the pool's timeout.
+    "connect_timeout": int(os.environ.get("DB_CONNECT_TIMEOUT", "3")),
     # The queue's hot statements (jobs.db.statement_cursor) are prepared on a
     # connection after this many runs (and in workers planned on every run:
     # jobs.db.plan_every_run). Set it to "off" behind a pooler in transaction
