@@ -24,3 +24,5 @@ urlpatterns = [
 ]
 
 handler404 = "queueproject.views.not_found"
+# An unreachable database is a 503 with Retry-After, not a 500.
+handler500 = "queueproject.views.server_error"
