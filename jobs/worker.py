@@ -64,6 +64,9 @@ TRACEBACK_CHARS = 20_000
 # Writes of one outcome that failed on a lost connection before the worker
 # gives it up; the job's lease then runs out and it is rescued.
 MAX_WRITE_ATTEMPTS = 5
+# Seconds past the shutdown grace period after which a worker that has not
+# finished stopping (a database call that hangs) exits anyway.
+SHUTDOWN_MARGIN = 3.0
 
 
 @dataclass(eq=False)
@@ -213,6 +216,7 @@ class Worker:
                 break
             self._sleep()
         self._shutdown()
+        listener.join(timeout=2)  # it notices the stop within a second and closes its connection
         return self.exit_code
 
     def stop(self) -> None:
@@ -232,7 +236,8 @@ class Worker:
         self.stop()
 
     def _exit_after_grace(self) -> None:
-        time.sleep(self.shutdown_timeout + 10)
+        # The margin covers the last write-back; only a hung database call outlasts it.
+        time.sleep(self.shutdown_timeout + SHUTDOWN_MARGIN)
         logger.error("shutdown did not finish within its grace period; exiting now (leases will be rescued)")
         os._exit(1)
 
@@ -491,15 +496,16 @@ class Worker:
     def _check_slots(self) -> None:
         """Replace a slot thread that died, and fail the job it was running."""
         for slot in [s for s in self._slots if not s.thread.is_alive()]:
-            self._slots.remove(slot)
-            running = slot.current
             logger.error("slot thread %s died; starting a new one", slot.thread.name,
                          extra={"event": "slot_died", "worker_id": str(self.worker_id)})
-            if running is not None and self._abandon(running):
+            running = slot.current
+            if running is not None and self._abandon(running):  # which replaces the slot
                 self._done.append(Outcome(running=running, ok=False, error="The worker's slot thread running it died.",
                                           duration=time.monotonic() - (running.started or time.monotonic())))
-            if not self._stopping.is_set():
-                self._start_slot()
+            elif slot in self._slots:
+                self._slots.remove(slot)
+                if not self._stopping.is_set():
+                    self._start_slot()
 
     def _heartbeat(self) -> None:
         # Every held job is waiting for a slot, run by a live slot, or

@@ -1,0 +1,102 @@
+"""The worker's write-back and slots in-process, on the real database: what a handler returns is
+made storable, a value the database refuses fails only its own job, and a slot that dies is replaced."""
+
+import json
+
+import pytest
+
+from jobs import queue
+from jobs.models import Job, JobStatus
+from jobs.storable import storable_json, storable_text
+from jobs.worker import Outcome, Running, Worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_storable_text_replaces_nul_and_lone_surrogates():
+    assert storable_text("a\x00b\ud800c\udfff😀") == "a\ufffdb\ufffdc\ufffd😀"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain", "plain"),
+        ({"a\x00": ["b\ud800", {"c": "\x00"}]}, {"a\ufffd": ["b\ufffd", {"c": "\ufffd"}]}),
+        # A backslash followed by "u0000" is text, not a NUL.
+        ("\\u0000 and \\\x00", "\\u0000 and \\\ufffd"),
+        ([1, 2.5, None, True], [1, 2.5, None, True]),
+    ],
+)
+def test_storable_json_fixes_keys_and_values_at_any_depth(value, expected):
+    stored, size = storable_json(value)
+    assert stored == expected
+    assert size == len(json.dumps(expected, ensure_ascii=False).encode())
+
+
+@pytest.mark.parametrize("value", [float("nan"), {1, 2}, 10**5000], ids=["nan", "set", "huge-int"])
+def test_storable_json_refuses_what_is_no_json(value):
+    with pytest.raises((ValueError, TypeError)):
+        storable_json(value)
+
+
+def worker_holding(count: int) -> tuple[Worker, list[Running]]:
+    """Return a registered in-process worker that has claimed `count` reverse_string jobs, and their Running."""
+    queue.enqueue_many("reverse_string", [f"job {n}" for n in range(count)])
+    worker = Worker(install_signal_handlers=False)
+    worker._register()
+    held = []
+    for job in queue.claim_jobs(worker_id=worker.worker_id, limit=count):
+        running = Running(job=job, context=worker._context(job), timeout=60, started=0.0)
+        worker._held[job.id] = running
+        held.append(running)
+    return worker, held
+
+
+def test_a_result_the_database_refuses_fails_only_its_own_job_in_the_batch():
+    """Write the rest of a batch when one result cannot be stored, and send that one to the DLQ with the reason."""
+    worker, held = worker_holding(5)
+    bad = held[2]
+    for running in held:
+        # Bypasses the slot, which would have made the result storable.
+        result = "a\x00b" if running is bad else running.job.payload["text"][::-1]
+        worker._done.append(Outcome(running=running, ok=True, result=result, duration=0.01))
+    assert worker._write_back()
+    rows = {row.pk: row for row in Job.objects.filter(pk__in=[r.job.id for r in held])}
+    for running in held:
+        row = rows[running.job.id]
+        if running is bad:
+            assert row.status == JobStatus.DEAD
+            assert row.error.startswith("Result could not be stored: ")
+        else:
+            assert (row.status, row.result) == (JobStatus.COMPLETED, running.job.payload["text"][::-1])
+    assert not worker._held and not worker._unwritten
+
+
+def test_an_error_the_database_refuses_is_replaced_by_the_reason():
+    worker, (running,) = worker_holding(1)
+    worker._done.append(Outcome(running=running, ok=False, error="boom \x00", traceback="tb \x00", duration=0.01))
+    worker._write_back()
+    row = Job.objects.get(pk=running.job.id)
+    assert row.status == JobStatus.RETRYING
+    assert row.error.startswith("The error could not be stored: ")
+
+
+class SlotKillingWorker(Worker):
+    """A worker whose slot dies outside the handler for jobs of one payload, as only a bug in the loop could."""
+
+    def _execute(self, running):
+        if running.job.payload.get("text") == "kill the slot":
+            raise SystemExit("the slot's own code failed")
+        return super()._execute(running)
+
+
+def test_a_slot_thread_that_dies_is_replaced_and_its_job_failed():
+    doomed = queue.enqueue("reverse_string", "kill the slot", max_retries=0)
+    fine = queue.enqueue_many("reverse_string", ["a", "b", "c"])
+    worker = SlotKillingWorker(burst=True, concurrency=2, lease_seconds=0.3, poll_interval=0.1,
+                               install_signal_handlers=False)
+    assert worker.run() == 0
+    row = Job.objects.get(pk=doomed.pk)
+    assert (row.status, row.error) == (JobStatus.DEAD, "The worker's slot thread running it died.")
+    assert Job.objects.filter(pk__in=fine, status=JobStatus.COMPLETED).count() == 3
+    assert len(worker._slots) == 2, "the dead slot was replaced"
