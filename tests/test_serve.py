@@ -197,3 +197,25 @@ def test_serve_refuses_a_port_in_use_and_names_the_option_to_choose_another(tmp_
             serve.stop()
     assert f"Port {port} on 127.0.0.1 is in use. Choose another with --port" in serve.output()
     assert not (tmp_path / "admin_password").exists()
+
+
+def test_serve_says_what_its_stop_waits_for_and_a_second_ctrl_c_ends_the_wait(tmp_path):
+    """Say on Ctrl-C that running jobs get 30 s, and exit within seconds of a second Ctrl-C with a job still running."""
+    serve = Serve(tmp_path).wait_until_up()
+    try:
+        job = queue.enqueue("sleep", {"seconds": 60})
+        wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.RUNNING, message="the job to start")
+        serve.signal(signal.SIGINT)
+        wait_for(lambda: "Stopping." in serve.after_banner(), timeout=5, message="the stop's message")
+        time.sleep(1)
+        assert serve.proc.poll() is None  # the worker gives the job its time
+        started = time.monotonic()
+        serve.signal(signal.SIGINT)
+        assert serve.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        serve.stop()
+    after = serve.after_banner()
+    assert "The worker gives running jobs up to 30 s to finish; Ctrl-C again stops it now." in after
+    assert "Stopping now." in after
+    assert Job.objects.get(pk=job.pk).status != JobStatus.RUNNING
