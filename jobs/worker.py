@@ -52,8 +52,11 @@ from jobs.storable import storable_json, storable_text
 logger = logging.getLogger("jobs.worker")
 
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError, psycopg.Error)
+# The connection is gone: any write may work again once it is back.
+CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 # The database refused a value (an encoding, a size): the same write will fail again.
 DATA_ERRORS = (DataError, psycopg.DataError)
+UNSTORABLE_ERROR = "The error could not be stored: "
 
 # Exit code of a worker that must be replaced by a fresh process; runworker
 # re-executes itself on it.
@@ -61,8 +64,9 @@ RESTART = 75
 # Longest error message stored; the traceback keeps its last TRACEBACK_CHARS.
 ERROR_CHARS = 10_000
 TRACEBACK_CHARS = 20_000
-# Writes of one outcome that failed on a lost connection before the worker
-# gives it up; the job's lease then runs out and it is rescued.
+# Writes of one outcome that the database refused (other than for a lost
+# connection) before the worker gives it up; the job's lease then runs out
+# and it is rescued.
 MAX_WRITE_ATTEMPTS = 5
 # Seconds past the shutdown grace period after which a worker that has not
 # finished stopping (a database call that hangs) exits anyway.
@@ -215,6 +219,7 @@ class Worker:
             if idle and self.burst:
                 break
             self._sleep()
+        self._stopping.set()  # also after a burst: the listener and the slots watch it
         self._shutdown()
         listener.join(timeout=2)  # it notices the stop within a second and closes its connection
         return self.exit_code
@@ -377,77 +382,86 @@ class Worker:
     def _write_back(self) -> bool:
         """Write finished jobs to the database; return True if there were any.
 
-        Outcomes whose write fails on a lost connection stay queued for the
-        next round, up to MAX_WRITE_ATTEMPTS. Every write carries the lease
-        token, so one that landed just before the error cannot be applied
-        twice. A value the database refuses fails only its own job.
+        Successes go in one statement. A batch the database refuses is
+        written one outcome at a time, so a value it cannot store fails only
+        its own job, and an outcome refused for another reason is tried again
+        next round, up to MAX_WRITE_ATTEMPTS times. On a lost connection
+        everything unwritten waits for the next round. Every write carries
+        the lease token, so one that landed just before an error cannot be
+        applied twice.
         """
         while self._done:
             self._unwritten.append(self._done.popleft())
         if not self._unwritten:
             return False
         pending, self._unwritten = self._unwritten, []
+        successes = [o for o in pending if o.ok]
         try:
-            self._write_successes([o for o in pending if o.ok])
-            failures = [o for o in pending if not o.ok]
-            for outcome in failures:
-                self._write_failure(outcome)
-        except DB_ERRORS:
-            # Whatever was written is forgotten already; the rest is retried.
-            self._unwritten = []
+            if successes:
+                try:
+                    self._completed(successes, queue.complete_jobs([self._completion(o) for o in successes]))
+                except CONNECTION_ERRORS:
+                    raise
+                except DB_ERRORS:
+                    for outcome in successes:
+                        self._write_alone(outcome)
             for outcome in pending:
-                if outcome.running.job.id not in self._held:
-                    continue
-                outcome.write_attempts += 1
-                if outcome.write_attempts < MAX_WRITE_ATTEMPTS:
-                    self._unwritten.append(outcome)
-                else:
-                    # Given up: its lease is no longer renewed, and the rescue retries the job.
-                    self._log(logging.ERROR, "write_failed", outcome.running.job, error="its outcome could not be written")
-                    self._forget(outcome.running)
+                if not outcome.ok:
+                    self._write_alone(outcome)
+        except CONNECTION_ERRORS:
+            deferred = {id(o) for o in self._unwritten}
+            self._unwritten += [o for o in pending if o.running.job.id in self._held and id(o) not in deferred]
             raise
         return True
 
-    def _write_successes(self, successes: list[Outcome]) -> None:
-        if not successes:
-            return
+    @staticmethod
+    def _completion(outcome: Outcome) -> tuple:
+        return (outcome.running.job.id, outcome.running.job.lease_token, outcome.result, outcome.duration)
+
+    def _write_alone(self, outcome: Outcome) -> None:
+        job = outcome.running.job
         try:
-            completed = queue.complete_jobs(
-                [(o.running.job.id, o.running.job.lease_token, o.result, o.duration) for o in successes]
-            )
-        except DATA_ERRORS:
-            # One result the database refuses would fail the batch every
-            # time: write each alone, and fail the one that cannot be stored.
-            completed = set()
-            for outcome in successes:
-                try:
-                    completed |= queue.complete_jobs(
-                        [(outcome.running.job.id, outcome.running.job.lease_token, outcome.result, outcome.duration)]
-                    )
-                except DATA_ERRORS as exc:
-                    outcome.ok, outcome.result, outcome.permanent = False, None, True
-                    outcome.error = _describe(exc, prefix="Result could not be stored: ")
-                    self._write_failure(outcome)
+            if outcome.ok:
+                self._completed([outcome], queue.complete_jobs([self._completion(outcome)]))
+            else:
+                status = queue.fail_job(job, error=outcome.error, traceback=outcome.traceback,
+                                        permanent=outcome.permanent, outcome=outcome.kind, run_seconds=outcome.duration)
+                self._forget(outcome.running)
+                self._count_failure(job, status, error=outcome.error, duration=outcome.duration)
+        except CONNECTION_ERRORS:
+            raise
+        except DATA_ERRORS as exc:
+            if outcome.ok:
+                # The same result would come back: the job fails for good, saying why.
+                outcome.ok, outcome.result, outcome.permanent = False, None, True
+                outcome.error = _describe(exc, prefix="Result could not be stored: ")
+                self._write_alone(outcome)
+            elif not outcome.error.startswith(UNSTORABLE_ERROR):
+                outcome.error, outcome.traceback = _describe(exc, prefix=UNSTORABLE_ERROR), ""
+                self._write_alone(outcome)
+            else:
+                self._write_later(outcome, exc)
+        except DB_ERRORS as exc:
+            self._write_later(outcome, exc)
+
+    def _write_later(self, outcome: Outcome, exc: BaseException) -> None:
+        outcome.write_attempts += 1
+        if outcome.write_attempts < MAX_WRITE_ATTEMPTS:
+            self._unwritten.append(outcome)
+            return
+        # Given up: its lease is no longer renewed, and the rescue retries the job.
+        self._log(logging.ERROR, "write_failed", outcome.running.job,
+                  error=f"its outcome could not be written {outcome.write_attempts} times: {_describe(exc)}")
+        self._forget(outcome.running)
+
+    def _completed(self, successes: list[Outcome], completed: set[int]) -> None:
         for outcome in successes:
-            if not outcome.ok:
-                continue
             self._forget(outcome.running)
             if outcome.running.job.id in completed:
                 self.processed += 1
                 self._log(logging.INFO, "finish", outcome.running.job, duration=outcome.duration)
             else:
                 self._log(logging.WARNING, "lease_lost", outcome.running.job, duration=outcome.duration)
-
-    def _write_failure(self, outcome: Outcome) -> None:
-        job = outcome.running.job
-        try:
-            status = queue.fail_job(job, error=outcome.error, traceback=outcome.traceback, permanent=outcome.permanent,
-                                    outcome=outcome.kind, run_seconds=outcome.duration)
-        except DATA_ERRORS as exc:
-            status = queue.fail_job(job, error=_describe(exc, prefix="The error could not be stored: "),
-                                    permanent=outcome.permanent, outcome=outcome.kind, run_seconds=outcome.duration)
-        self._forget(outcome.running)
-        self._count_failure(job, status, error=outcome.error, duration=outcome.duration)
 
     def _count_failure(self, job: queue.ClaimedJob, status: str | None, *, error: str, duration: float) -> None:
         self.failed += 1

@@ -100,3 +100,46 @@ def test_a_slot_thread_that_dies_is_replaced_and_its_job_failed():
     assert (row.status, row.error) == (JobStatus.DEAD, "The worker's slot thread running it died.")
     assert Job.objects.filter(pk__in=fine, status=JobStatus.COMPLETED).count() == 3
     assert len(worker._slots) == 2, "the dead slot was replaced"
+
+
+@pytest.fixture
+def refuse_updates_of():
+    """Make PostgreSQL refuse every UPDATE of the given job ids, as a trigger or a constraint might."""
+    from django.db import connection
+
+    def refuse(ids):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                CREATE OR REPLACE FUNCTION skipjack_test_refuse() RETURNS trigger AS $$
+                BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql;
+                CREATE TRIGGER skipjack_test_refuse BEFORE UPDATE ON {Job._meta.db_table}
+                FOR EACH ROW WHEN (OLD.id = ANY('{{{",".join(map(str, ids))}}}'::bigint[]))
+                EXECUTE FUNCTION skipjack_test_refuse();
+                """
+            )
+
+    yield refuse
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TRIGGER IF EXISTS skipjack_test_refuse ON {Job._meta.db_table}")
+        cursor.execute("DROP FUNCTION IF EXISTS skipjack_test_refuse()")
+
+
+def test_an_outcome_the_database_keeps_refusing_is_given_up_without_holding_back_the_others(refuse_updates_of):
+    """Write the rest of the batch at once, try the refused one a few more rounds, then leave it to the rescue."""
+    from jobs.worker import MAX_WRITE_ATTEMPTS
+
+    worker, held = worker_holding(4)
+    stuck = held[1]
+    refuse_updates_of([stuck.job.id])
+    for running in held:
+        worker._done.append(Outcome(running=running, ok=True, result="done", duration=0.01))
+    worker._write_back()
+    others = [r.job.id for r in held if r is not stuck]
+    assert Job.objects.filter(pk__in=others, status=JobStatus.COMPLETED).count() == 3
+    assert [o.running for o in worker._unwritten] == [stuck]
+    assert list(worker._held) == [stuck.job.id], "its lease is still renewed while it waits"
+    for _ in range(MAX_WRITE_ATTEMPTS - 1):
+        worker._write_back()
+    assert not worker._unwritten and not worker._held
+    assert Job.objects.get(pk=stuck.job.id).status == JobStatus.RUNNING  # until its lease runs out
