@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""Set up a virtualenv on first use, then run the system or the tests.
+"""Set up a virtualenv on first use, then run the system, a command or the tests.
 
-    python3 dev.py run     # web + workers + embedded databases, prints a login
-    python3 dev.py test    # the test suite (extra arguments go to pytest)
+    python3 dev.py run              # web + workers + embedded databases, prints a login
+    python3 dev.py manage COMMAND   # a manage.py command: enqueue, runworker, queue_status, ...
+    python3 dev.py test             # the test suite (extra arguments go to pytest)
+
+`run` and `manage` install the runtime dependencies of pyproject.toml into
+.venv/ (or SKIPJACK_VENV); `test` adds the `dev` extra (pytest, Playwright,
+Schemathesis, ...). Each installs again when pyproject.toml changes.
 
 Needs nothing but Python 3.11 or 3.12. With DATABASE_URL / REDIS_URL unset, an
 embedded PostgreSQL and Redis run under .data/.
@@ -18,10 +23,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("SKIPJACK_VENV", ROOT / ".venv"))
 PYTHON = VENV / "bin" / "python"
+# The hash of the pyproject.toml installed from, then the parts installed: "runtime", "dev".
 STAMP = VENV / ".skipjack-installed"
 
 
-def ensure_environment() -> None:
+def requirements(parts: list[str]) -> list[str]:
+    """Return the requirements of pyproject.toml's runtime dependencies and of the extras in `parts`."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = [part for part in parts if part != "runtime"]
+    return [*project["dependencies"], *(req for extra in extras for req in project["optional-dependencies"][extra])]
+
+
+def ensure_environment(parts: list[str]) -> None:
+    """Create the virtualenv if missing and install what `parts` need, unless it already is."""
     if sys.version_info < (3, 11):
         sys.exit("Skipjack needs Python 3.11 or newer.")
     if sys.version_info >= (3, 13) and not os.environ.get("DATABASE_URL"):
@@ -32,21 +48,32 @@ def ensure_environment() -> None:
     if not PYTHON.exists():
         print(f"Creating {VENV} ...", flush=True)
         venv.create(VENV, with_pip=True)
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not STAMP.exists() or STAMP.read_text() != wanted:
-        print("Installing Skipjack and its dependencies ...", flush=True)
-        subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-        subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True)
-        STAMP.write_text(wanted)
+        subprocess.run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--upgrade", "pip"], check=True)
+    pyproject = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = STAMP.read_text().split() if STAMP.exists() else []
+    installed = stamp[1:] if stamp[:1] == [pyproject] else []
+    if all(part in installed for part in parts):
+        return
+    what = "the runtime dependencies" if parts == ["runtime"] else "the runtime and test dependencies"
+    print(f"Installing {what} of pyproject.toml into {VENV} (on first use, and when pyproject.toml changes) ...",
+          flush=True)
+    # Only the dependencies, as the Dockerfile does: the code runs from this
+    # directory, so the project itself needs no (editable) install or build.
+    subprocess.run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", *requirements(parts)], check=True)
+    STAMP.write_text(" ".join([pyproject, *sorted(set(installed) | set(parts))]))
+    print("Installed.", flush=True)
 
 
 def main() -> None:
     command, *rest = sys.argv[1:] or ["help"]
     if command == "run":
-        ensure_environment()
+        ensure_environment(["runtime"])
         os.execv(PYTHON, [str(PYTHON), str(ROOT / "manage.py"), "serve", *rest])
+    elif command == "manage":
+        ensure_environment(["runtime"])
+        os.execv(PYTHON, [str(PYTHON), str(ROOT / "manage.py"), *rest])
     elif command == "test":
-        ensure_environment()
+        ensure_environment(["runtime", "dev"])
         os.chdir(ROOT)
         os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
     else:
