@@ -102,7 +102,7 @@ def stop_with_sockets_open(process: ChildProcess, url: str, cookie: str, *, came
 
 
 def test_web_server_stops_at_once_on_ctrl_c_with_dashboards_open(start_server, settings):
-    """Exit 0 within two seconds of SIGINT, logging no ERROR, after 100 dashboards' sockets came and went, 2 still open.
+    """Exit 0 within 3 s of SIGINT, logging no ERROR, after 100 dashboards' sockets came and went, 2 still open.
 
     The consumer of a socket that closed as its channel-layer receive began
     a new round kept polling Redis (queueproject/channel_layer.py), so
@@ -115,7 +115,7 @@ def test_web_server_stops_at_once_on_ctrl_c_with_dashboards_open(start_server, s
     took = stop_with_sockets_open(server, server.url, cookie, came_and_went=100, kept=2)
     assert server.wait(timeout=10) == 0
     assert "ERROR" not in server.output()
-    assert took < 2, server.output()
+    assert took < 3, server.output()  # it was the graceful timeout, 5 s
 
 
 class Serve(ChildProcess):
