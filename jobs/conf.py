@@ -15,6 +15,9 @@ DEFAULTS = {
     "JOBS_POLL_INTERVAL": 1.0,
     # Per-job timeout when neither the job nor its handler sets one.
     "JOBS_DEFAULT_TIMEOUT": 300.0,
+    # How long the maintenance leader's lease lasts without a renewal: how
+    # soon another worker takes over from one that died or froze.
+    "JOBS_LEADER_LEASE_SECONDS": 5.0,
     # A worker whose heartbeat is older than this is shown as gone.
     "JOBS_WORKER_STALE_AFTER": 30.0,
     "JOBS_DEFAULT_MAX_RETRIES": 3,

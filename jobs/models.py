@@ -181,6 +181,18 @@ class Worker(models.Model):
         return f"{self.hostname}:{self.pid}"
 
 
+class Leadership(models.Model):
+    """Which worker leads a role, such as the queue's maintenance, and until when (jobs.leader)."""
+
+    role = models.CharField(primary_key=True, max_length=50)
+    worker_id = models.UUIDField()
+    # The leader renews this every poll; once it passes, any worker may take over.
+    expires_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.role}: {self.worker_id}"
+
+
 class JobCounter(models.Model):
     """An increment of one of the queue's Prometheus counters or histograms.
 

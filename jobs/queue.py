@@ -9,7 +9,7 @@ through jobs.events once its transaction commits.
     queued/scheduled/retrying --claim--> running --complete--> completed
                                           running --fail--> retrying | dead
                                           running --release--> queued      (graceful shutdown)
-                                          running --rescue--> retrying | dead  (lease expired)
+                                          running --rescue--> retrying | dead  (lease expired; backs off)
     queued/scheduled/retrying --expire--> expired
     any unfinished --cancel--> cancelled
     dead/cancelled/expired --requeue--> queued
@@ -30,13 +30,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from jobs import conf, events
+from jobs import conf, events, retry
 from jobs.counters import COUNTER_TABLE, finished_sql, tally_sql
 from jobs.db import statement_cursor
 from jobs.errors import IllegalTransition, JobTypeNotAllowed, OwnerAtCapacity
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority, Worker
 from jobs.registry import get_handler, unstorable, validate_payload
-from jobs.retry import backoff_seconds
 from jobs.tracing import current_trace_id
 
 logger = logging.getLogger("jobs.queue")
@@ -511,19 +510,10 @@ def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: boo
     `run_seconds`, how long the handler ran, is observed in the run-time
     histogram.
     """
-    dead = permanent or job.attempts > job.max_retries
-    try:
-        handler = get_handler(job.type)
-        base, cap = handler.backoff_base, handler.backoff_cap
-    except LookupError:
-        base = cap = None
-    delay = 0.0 if dead else backoff_seconds(
-        job.attempts,
-        base=base if base is not None else conf.get("JOBS_BACKOFF_BASE"),
-        cap=cap if cap is not None else conf.get("JOBS_BACKOFF_CAP"),
-        jitter=conf.get("JOBS_BACKOFF_JITTER"),
-    )
-    status = JobStatus.DEAD if dead else JobStatus.RETRYING
+    decision = retry.decide(type_name=job.type, attempts=job.attempts, max_retries=job.max_retries,
+                            permanent=permanent, now=timezone.now())
+    # The delay, not decision.run_at: it counts from the database's clock.
+    status, dead, delay = decision.status, decision.dead, decision.delay
     history = _HISTORY_ENTRY.format(outcome="%(outcome)s::text", error="%(error)s::text", traceback="%(traceback)s::text")
     counted = tally_sql("failed", ["'failed'", "CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END"])
     with connection.cursor() as cursor:
@@ -614,10 +604,12 @@ class RescuedJob:
 def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
     """Take back running jobs whose worker stopped renewing their lease.
 
-    The lost attempt counts: the job goes to `retrying` (due at once) or, if
-    that was its last attempt, to `dead`. Its old lease token is cleared, so
-    the worker that lost it, should it wake up, can no longer write to it.
-    Return the rescued jobs.
+    The lost attempt counts, and the job backs off like any failed attempt
+    (jobs.retry.decide): it goes to `retrying`, due after its backoff, or,
+    if that was its last attempt, to `dead`. So a job that kills its worker
+    is not run again at once, over and over. Its old lease token is cleared,
+    so the worker that lost it, should it wake up, can no longer write to
+    it. Return the rescued jobs.
     """
     history = _HISTORY_ENTRY.format(outcome="'lost'", error="'lease expired'", traceback="''")
     counted = tally_sql("rescued", ["'failed'", "CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END"])
@@ -630,34 +622,50 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
         # worker (390 ms per call after 600k jobs, with autovacuum off).
         cursor.execute("SET LOCAL enable_bitmapscan = off")
         # SKIP LOCKED: a job being completed right now by its (late) worker
-        # is left alone, and two rescuers never fight over the same row.
+        # is left alone, and two rescuers never fight over the same row. The
+        # rows stay locked until the UPDATE below, in this transaction.
         cursor.execute(
             f"""
-            WITH stale AS MATERIALIZED (
-                SELECT id, extract(epoch FROM started_at - run_at)::float8 AS wait_s FROM {JOB_TABLE}
-                WHERE status = 'running' AND lease_expires_at < statement_timestamp()
-                ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
-            ), rescued AS (
+            SELECT id, type, attempts, max_retries, extract(epoch FROM started_at - run_at)::float8
+            FROM {JOB_TABLE}
+            WHERE status = 'running' AND lease_expires_at < statement_timestamp()
+            ORDER BY lease_expires_at LIMIT %s FOR UPDATE SKIP LOCKED
+            """,
+            [limit],
+        )
+        stale = cursor.fetchall()
+        if not stale:
+            return []
+        now = timezone.now()
+        decisions = [retry.decide(type_name=type_name, attempts=attempts, max_retries=max_retries, now=now)
+                     for _, type_name, attempts, max_retries, _ in stale]
+        cursor.execute(
+            f"""
+            WITH rescued AS (
                 UPDATE {JOB_TABLE} AS j
-                SET status = CASE WHEN j.attempts > j.max_retries THEN 'dead' ELSE 'retrying' END,
-                    finished_at = CASE WHEN j.attempts > j.max_retries THEN statement_timestamp() ELSE NULL END,
-                    run_at = CASE WHEN j.attempts > j.max_retries THEN j.run_at ELSE statement_timestamp() END,
+                SET status = d.status,
+                    finished_at = CASE WHEN d.status = 'dead' THEN statement_timestamp() END,
+                    run_at = CASE WHEN d.status = 'dead' THEN j.run_at
+                                  ELSE statement_timestamp() + make_interval(secs => d.delay) END,
                     error = 'Lease expired: worker ' || coalesce(j.leased_by::text, '?')
                             || ' stopped renewing it during attempt ' || j.attempts,
                     history = j.history || {history},
                     leased_by = NULL, lease_token = NULL, lease_expires_at = NULL
-                FROM stale WHERE j.id = stale.id
+                FROM unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[]) AS d(id, status, delay, wait_s)
+                WHERE j.id = d.id
                 RETURNING j.id, j.status, j.queue, j.owner_id, j.type, j.attempts, j.trace_id,
-                          NULL::float8 AS run_s, stale.wait_s
+                          NULL::float8 AS run_s, d.wait_s, d.delay
             ), counted AS ({counted}), finished AS ({finished_sql("rescued")})
-            SELECT id, status, queue, owner_id, type, attempts, trace_id FROM rescued
+            SELECT id, status, queue, owner_id, type, attempts, trace_id, delay FROM rescued
             """,
-            [limit],
+            [[row[0] for row in stale], [d.status for d in decisions], [d.delay for d in decisions],
+             [row[4] for row in stale]],
         )
-        rescued = [RescuedJob(*row) for row in cursor.fetchall()]
-        retrying = {job.queue for job in rescued if job.status == JobStatus.RETRYING}
-        if retrying:
-            _notify_queues(retrying)
+        rows = cursor.fetchall()
+        rescued = [RescuedJob(*row[:7]) for row in rows]
+        due_now = {row[2] for row in rows if row[1] == JobStatus.RETRYING and row[7] == 0}
+        if due_now:
+            _notify_queues(due_now)
         for status in (JobStatus.RETRYING, JobStatus.DEAD):
             moved = [job for job in rescued if job.status == status]
             events.jobs_changed([job.id for job in moved], [job.owner_id for job in moved], status)

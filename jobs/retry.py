@@ -1,7 +1,17 @@
-"""The retry schedule: exponential backoff with jitter, capped."""
+"""The retry rule: after a failed attempt, retry with exponential backoff, or give up.
+
+One decision serves every way an attempt can fail: the handler raised or
+timed out (the worker), or the worker itself vanished and its lease ran out
+(the rescue). So a job that kills its worker backs off like any other
+failure instead of being retried at once, over and over.
+"""
 
 import random
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from jobs import conf
+from jobs.models import JobStatus
 
 
 def backoff_seconds(attempt: int, *, base: float, cap: float, jitter: float = 0.1, rng: random.Random | None = None) -> float:
@@ -19,6 +29,41 @@ def backoff_seconds(attempt: int, *, base: float, cap: float, jitter: float = 0.
     return max(0.0, min(cap, delay * (1 + spread)))
 
 
-def next_run_at(attempt: int, *, now: datetime, base: float, cap: float, jitter: float = 0.1, rng: random.Random | None = None) -> datetime:
-    """Return when to run the job again after failed attempt number `attempt`."""
-    return now + timedelta(seconds=backoff_seconds(attempt, base=base, cap=cap, jitter=jitter, rng=rng))
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What becomes of a job after a failed attempt."""
+
+    status: str  # JobStatus.RETRYING or JobStatus.DEAD
+    delay: float  # seconds from `now` until the retry; 0 for a dead job
+    run_at: datetime | None  # now + delay for a retry; None for a dead job
+
+    @property
+    def dead(self) -> bool:
+        return self.status == JobStatus.DEAD
+
+
+def backoff_for(type_name: str) -> tuple[float, float]:
+    """Return the (base, cap) of `type_name`'s backoff: its handler's, else the JOBS_BACKOFF_* settings."""
+    from jobs.registry import get_handler  # the registry imports the handlers' modules
+
+    try:
+        handler = get_handler(type_name)
+        base, cap = handler.backoff_base, handler.backoff_cap
+    except LookupError:  # an unknown type fails for good anyway
+        base = cap = None
+    return (base if base is not None else conf.get("JOBS_BACKOFF_BASE"),
+            cap if cap is not None else conf.get("JOBS_BACKOFF_CAP"))
+
+
+def decide(*, type_name: str, attempts: int, max_retries: int, now: datetime, permanent: bool = False,
+           rng: random.Random | None = None) -> Decision:
+    """Return what follows failed attempt number `attempts` of a job that may be retried `max_retries` times.
+
+    A permanent failure, or one with no retry left, makes the job dead;
+    anything else retries it after the backoff of its type.
+    """
+    if permanent or attempts > max_retries:
+        return Decision(JobStatus.DEAD, 0.0, None)
+    base, cap = backoff_for(type_name)
+    delay = backoff_seconds(attempts, base=base, cap=cap, jitter=conf.get("JOBS_BACKOFF_JITTER"), rng=rng)
+    return Decision(JobStatus.RETRYING, delay, now + timedelta(seconds=delay))

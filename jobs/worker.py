@@ -45,6 +45,7 @@ import psycopg
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connection, connections
 
 from jobs import conf, counters, db, events, queue, tracing
+from jobs.leader import Leadership
 from jobs.errors import PayloadError, PermanentError, UnknownJobType
 from jobs.registry import JobContext, get_handler, validate_payload
 from jobs.storable import storable_json, storable_text
@@ -180,6 +181,7 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_prune = 0.0
         self._next_roll_up = 0.0
+        self._leadership = Leadership()  # for this worker's id, once registered
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -259,7 +261,7 @@ class Worker:
                 worker = queue.register_worker(
                     hostname=socket.gethostname(), pid=os.getpid(), queues=self.queues or [], concurrency=self.concurrency
                 )
-                self.worker_id = worker.pk
+                self.worker_id = self._leadership.worker_id = worker.pk
                 return
             except DB_ERRORS as exc:
                 logger.warning("cannot register worker, retrying in %.1fs: %s", delay, exc)
@@ -537,13 +539,21 @@ class Worker:
                 self._forget(running)
 
     def _maintain(self, now: float) -> bool:
-        """Rescue expired leases, expire jobs, roll up counters, prune; return True if any job was rescued."""
+        """On the leader only: rescue expired leases, expire jobs, roll up counters, prune.
+
+        Return True if any job was rescued.
+        """
+        was_leader = self._leadership.is_leader
+        if not self._leadership.held():
+            return False
+        if not was_leader:  # what the last leader may have left undone
+            self._next_roll_up = self._next_prune = now
         rescued = queue.rescue_expired_leases()
         for job in rescued:
             self._log(logging.WARNING, "rescued", job, error=f"lease expired; the job is now {job.status}")
         queue.expire_jobs()
         if now >= self._next_roll_up:
-            # Keeps the metric counters' table small; any one worker's roll-up is enough.
+            # Keeps the metric counters' table small.
             self._next_roll_up = now + 15
             counters.roll_up()
         if now >= self._next_prune:
@@ -692,6 +702,7 @@ class Worker:
         self._safely(self._write_back)
         for slot in self._slots:
             self._todo.put(None)
+        self._safely(self._leadership.release)
         self._safely(lambda: queue.stop_worker(self.worker_id, processed=self.processed, failed=self.failed))
         logger.info("worker stopped", extra={"event": "worker_stop", "worker_id": str(self.worker_id),
                                                "processed": self.processed, "released": len(unstarted)})

@@ -255,6 +255,7 @@ for _name in (
     "JOBS_POLL_INTERVAL",
     "JOBS_DEFAULT_TIMEOUT",
     "JOBS_WORKER_STALE_AFTER",
+    "JOBS_LEADER_LEASE_SECONDS",
 ):
     if _name in os.environ:
         globals()[_name] = float(os.environ[_name])

@@ -89,3 +89,9 @@ def hostile_output(job):
     if kind == "huge":
         return "x" * int(job.payload.get("bytes", 2 * 1024 * 1024))
     raise ValueError(kind)
+
+
+@job_handler("kill_own_worker", backoff_base=1, backoff_cap=10)
+def kill_own_worker(job):
+    """Kill the worker process that runs it, as a segfault or the OOM killer would."""
+    os.kill(os.getpid(), 9)

@@ -351,6 +351,7 @@ def test_worker_writes_are_refused_once_the_lease_is_lost():
     (zombie,) = claim(lease_seconds=30)
     Job.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert [(job.id, job.status) for job in queue.rescue_expired_leases()] == [(zombie.id, JobStatus.RETRYING)]
+    queue.retry_now(zombie.id)  # instead of waiting out the backoff
     (rescuer,) = claim()
     assert rescuer.attempts == 2
     assert not queue.complete_job(zombie, "stale result")
@@ -362,12 +363,17 @@ def test_worker_writes_are_refused_once_the_lease_is_lost():
     assert (row.status, row.result) == (JobStatus.COMPLETED, "fresh result")
 
 
-def test_rescue_counts_the_lost_attempt():
-    """Rescue expired leases to retrying, or to dead when it was the last attempt."""
-    retry = JobFactory(stale=True, attempts=1, max_retries=3)
+def test_rescue_counts_the_lost_attempt_and_backs_off(settings):
+    """Rescue expired leases to retrying after the backoff, or to dead when it was the last attempt."""
+    settings.JOBS_BACKOFF_JITTER = 0
+    retry = JobFactory(stale=True, attempts=2, max_retries=3)
     last = JobFactory(stale=True, attempts=4, max_retries=3)
     fresh = JobFactory(status=JobStatus.RUNNING, attempts=1)
+    before = timezone.now()
     rescued = sorted((job.id, job.status) for job in queue.rescue_expired_leases())
+    after = timezone.now()
+    run_at = Job.objects.get(pk=retry.pk).run_at
+    assert before + timedelta(seconds=10) <= run_at <= after + timedelta(seconds=10), "5 s base, second attempt"
     assert rescued == sorted([(retry.pk, JobStatus.RETRYING), (last.pk, JobStatus.DEAD)])
     assert status_of(fresh) == JobStatus.RUNNING
     assert "Lease expired" in Job.objects.get(pk=retry.pk).error

@@ -3,7 +3,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.retry import backoff_seconds, next_run_at
+from jobs.retry import backoff_seconds, decide
+from jobs.models import JobStatus
 
 
 def test_backoff_doubles_from_the_base():
@@ -26,10 +27,28 @@ def test_backoff_jitter_stays_within_its_band():
     assert len(delays) > 100  # really spread, not one value
 
 
-def test_next_run_at_adds_the_delay_to_the_given_now():
-    """Compute the next run from the time passed in, not the wall clock."""
+def test_decide_retries_after_the_backoff_from_the_given_now(settings):
+    """Compute the retry from the time passed in, not the wall clock."""
+    settings.JOBS_BACKOFF_JITTER = 0
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    assert next_run_at(2, now=now, base=5, cap=3600, jitter=0) == now + timedelta(seconds=10)
+    decision = decide(type_name="reverse_string", attempts=2, max_retries=3, now=now)
+    assert (decision.status, decision.delay, decision.run_at) == (JobStatus.RETRYING, 10, now + timedelta(seconds=10))
+
+
+def test_decide_gives_up_after_the_last_retry_or_on_a_permanent_failure():
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert decide(type_name="reverse_string", attempts=4, max_retries=3, now=now).dead
+    assert decide(type_name="reverse_string", attempts=1, max_retries=3, now=now, permanent=True).dead
+    assert not decide(type_name="reverse_string", attempts=3, max_retries=3, now=now).dead
+
+
+def test_decide_uses_the_handlers_own_backoff(settings):
+    from jobs.registry import job_handler
+
+    settings.JOBS_BACKOFF_JITTER = 0
+    job_handler("slow_to_retry", backoff_base=60, backoff_cap=90)(lambda job: None)
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert [decide(type_name="slow_to_retry", attempts=n, max_retries=9, now=now).delay for n in (1, 2, 3)] == [60, 90, 90]
 
 
 def test_attempts_are_one_based():
