@@ -20,11 +20,18 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from dashboard import selectors
 from dashboard.charts import throughput_chart
 from dashboard.forms import JobFilterForm, SubmitJobForm, field_rows, payload_from_post
-from jobs import conf, queue
+from jobs import queue
 from jobs.errors import IllegalTransition, JobTypeNotAllowed, PayloadError, UnknownJobType
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from jobs.registry import handlers
-from jobs.submission import IdempotencyConflict, SubmissionRefused, requeue_dead_for_user, retry_for_user, submit_job
+from jobs.submission import (
+    IdempotencyConflict,
+    SubmissionRefused,
+    requeue_dead_for_user,
+    requeue_room,
+    retry_for_user,
+    submit_job,
+)
 
 LIVE_TARGET = "live"
 GROUP_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -200,13 +207,6 @@ def _selection(user, data) -> dict:
     return {"ids": [job.pk for job in jobs], "jobs": jobs, "count": len(jobs)}
 
 
-def _room(user) -> int | None:
-    """Return how many more unfinished jobs `user` may have, or None for no limit."""
-    if user.is_staff:
-        return None
-    return max(0, conf.get("JOBS_USER_MAX_ACTIVE") - Job.objects.active().filter(owner=user).count())
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def dlq_requeue(request):
@@ -218,7 +218,7 @@ def dlq_requeue(request):
         return redirect("dashboard:dlq")
     back = reverse("dashboard:dlq-group", args=[selection["group"]]) if selection.get("group") else reverse("dashboard:dlq")
     if request.method == "GET":
-        context = {**selection, "room": _room(request.user), "back": back}
+        context = {**selection, "room": requeue_room(request.user), "back": back}
         return _render(request, "dashboard/dlq_confirm.html", "dashboard/dlq_confirm.html", context)
     if selection.get("group"):
         ids = selectors.dlq_group_ids(request.user, selection["group"])
@@ -235,7 +235,7 @@ def dlq_requeue(request):
     left = len(ids) - len(requeued)
     text = f"Requeued {len(requeued)} job{'s' if len(requeued) != 1 else ''}."
     if left:
-        text += f" {left} stay in the DLQ: requeueing them would pass your limit of unfinished jobs."
+        text += f" {left} stay in the DLQ: requeueing them would pass your limits of unfinished jobs and of jobs a minute."
     (messages.warning if left else messages.success)(request, text)
     return redirect(back)
 

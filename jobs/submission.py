@@ -72,15 +72,23 @@ _LOCK = f"""
     ON CONFLICT (user_id) DO UPDATE SET refilled_at = a.refilled_at
 """
 
-# Lock as above and take one submission from the user's allowance: it is
-# full again `cost` seconds later than it would have been (or than now, if
-# it is full already). A refusal rolls the transaction back, and gives it back.
+# Lock as above and take from the user's allowance: it is full again `cost`
+# seconds later than it would have been (or than now, if it is full
+# already). A refusal rolls the transaction back, and gives it back.
 _SPEND = f"""
     INSERT INTO {ALLOWANCE_TABLE} AS a (user_id, refilled_at)
     VALUES (%(user)s, statement_timestamp() + make_interval(secs => %(cost)s))
     ON CONFLICT (user_id) DO UPDATE
         SET refilled_at = greatest(a.refilled_at, statement_timestamp()) + make_interval(secs => %(cost)s)
     RETURNING extract(epoch FROM refilled_at - statement_timestamp())::float8 AS ahead
+"""
+
+
+# How far past now the allowance is full again; 0 when it is full. Run
+# after the lock, as a later statement (see _LOCK).
+_AHEAD = f"""
+    SELECT extract(epoch FROM greatest(refilled_at - statement_timestamp(), interval '0'))::float8
+    FROM {ALLOWANCE_TABLE} WHERE user_id = %(user)s
 """
 
 
@@ -102,14 +110,28 @@ def _submission_cost() -> float:
     return RATE_WINDOW.total_seconds() / limit if limit > 0 else 2 * RATE_WINDOW.total_seconds()
 
 
-def spend_submission(user) -> float:
-    """Lock the user's limits and take one submission from their allowance.
+def spend_submission(user, count: int = 1) -> float:
+    """Lock the user's limits and take `count` submissions from their allowance.
 
     Return how far past now, in seconds, the allowance is full again.
     """
     with connection.cursor() as cursor:
-        cursor.execute(_SPEND, {"user": user.pk, "cost": _submission_cost()})
+        cursor.execute(_SPEND, {"user": user.pk, "cost": count * _submission_cost()})
         return cursor.fetchone()[0]
+
+
+def submissions_left(user) -> int:
+    """Return how many submissions the allowance of `user` holds now.
+
+    Exact only while their limits are locked: otherwise a concurrent
+    submission may spend some of it at once.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_AHEAD, {"user": user.pk})
+        row = cursor.fetchone()
+    ahead = row[0] if row else 0.0
+    # The epsilon keeps a share that is whole but for rounding from being lost.
+    return max(0, math.floor((RATE_WINDOW.total_seconds() - ahead) / _submission_cost() + 1e-9))
 
 
 def check_active_limit(active: int, adding: int = 1) -> None:
@@ -134,7 +156,9 @@ def check_rate_limit(ahead: float) -> None:
     if limit < 1:
         raise RateLimited("Job submissions are turned off for your account.")
     wait = max(1, math.ceil(ahead - window))
-    raise RateLimited(f"You may submit {limit} jobs a minute. Try again in {wait} seconds.", retry_after=wait)
+    raise RateLimited(
+        f"You may submit or requeue {limit} jobs a minute. Try again in {wait} seconds.", retry_after=wait
+    )
 
 
 def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, **options) -> Submission:
@@ -175,27 +199,53 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
 
 
 def retry_for_user(user, job_id: int) -> None:
-    """Requeue one of the user's dead, cancelled or expired jobs, within their active-job cap."""
+    """Requeue one of the user's dead, cancelled or expired jobs, within their limits.
+
+    A requeued job runs again as a new one would, so it spends the same
+    allowance as a submission, and counts toward the active-job cap.
+    """
     with transaction.atomic():
-        lock_user(user)
         if limits_apply(user):
+            check_rate_limit(spend_submission(user))
             check_active_limit(count_active(user))
+        else:
+            lock_user(user)
+        # A refusal here (not requeueable: 409) rolls back the spent allowance too.
         queue.retry_job(job_id)
 
 
 def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: int | None = None) -> list[int]:
     """Requeue the user's dead jobs (all of them, or `job_ids`), at most `max_jobs`; return the ids.
 
-    For users with limits, the number requeued is capped by the room left
-    under their active-job cap; with no room at all, raise TooManyActiveJobs.
+    For users with limits, each requeued job spends one submission of their
+    allowance, and the number requeued is capped by what is left of it and
+    by the room under their active-job cap. With no room in one of them at
+    all, raise RateLimited or TooManyActiveJobs.
     """
     dead = queue.dead_jobs(ids=job_ids, owner=None if user.is_staff else user)
     with transaction.atomic():
         lock_user(user)
-        if limits_apply(user):
-            active = count_active(user)
-            room = conf.get("JOBS_USER_MAX_ACTIVE") - active
-            if room <= 0 and dead.exists():
-                check_active_limit(active)
-            max_jobs = room if max_jobs is None else min(max_jobs, room)
-        return queue.requeue_dead(dead, limit=max_jobs)
+        if not limits_apply(user):
+            return queue.requeue_dead(dead, limit=max_jobs)
+        active = count_active(user)
+        room = conf.get("JOBS_USER_MAX_ACTIVE") - active
+        left = submissions_left(user)
+        if (room <= 0 or left <= 0) and dead.exists():
+            check_active_limit(active)
+            check_rate_limit(spend_submission(user))  # spends past the allowance, so it raises
+        max_jobs = max(0, min(room, left) if max_jobs is None else min(max_jobs, room, left))
+        ids = queue.requeue_dead(dead, limit=max_jobs)
+        if ids:
+            check_rate_limit(spend_submission(user, len(ids)))
+        return ids
+
+
+def requeue_room(user) -> int | None:
+    """Return how many jobs `user` could requeue now within their limits, or None for no limit.
+
+    A reading for a confirmation page: nothing is locked, so it may be
+    stale by the time the user confirms; the requeue itself checks again.
+    """
+    if not limits_apply(user):
+        return None
+    return min(max(0, conf.get("JOBS_USER_MAX_ACTIVE") - count_active(user)), submissions_left(user))

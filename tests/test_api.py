@@ -468,6 +468,51 @@ def test_dlq_requeue_respects_the_active_cap(api, alice):
     assert post_json(api, "/api/dlq/requeue/", {}).status_code == 429
 
 
+def test_retries_spend_the_per_minute_allowance(api, alice, settings):
+    """Spend one submission of the allowance per retry; past it, 429 with Retry-After and the job left dead."""
+    settings.JOBS_USER_MAX_ACTIVE = 100
+    settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 3
+    dead = JobFactory(owner=alice, status=JobStatus.DEAD, attempts=4)
+    for _ in range(3):
+        assert api.post(f"/api/jobs/{dead.pk}/retry/").status_code == 200
+        assert api.post(f"/api/jobs/{dead.pk}/retry/").status_code == 409, "a refused retry spends nothing"
+        Job.objects.filter(pk=dead.pk).update(status=JobStatus.DEAD)  # it failed for good again
+    response = api.post(f"/api/jobs/{dead.pk}/retry/")
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 20
+    assert response.json()["retry_after"] == int(response["Retry-After"])
+    assert "requeue 3 jobs a minute" in response.json()["detail"]
+    assert Job.objects.get(pk=dead.pk).status == JobStatus.DEAD
+    assert rejections("submissions_per_minute") == 1
+
+
+def test_dlq_requeue_spends_the_allowance_per_job(api, alice, settings):
+    """Requeue only as many dead jobs as the allowance holds, shared with submissions; then 429."""
+    settings.JOBS_USER_MAX_ACTIVE = 100
+    settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 4
+    dead = JobFactory.create_batch(6, owner=alice, status=JobStatus.DEAD)
+    assert post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": "x"}).status_code == 201
+    response = post_json(api, "/api/dlq/requeue/", {})
+    assert response.json() == {"requeued": 3, "job_ids": sorted(j.pk for j in dead)[:3]}
+    refused = post_json(api, "/api/dlq/requeue/", {})
+    assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 15
+    assert Job.objects.filter(owner=alice, status=JobStatus.DEAD).count() == 3
+    assert post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": "y"}).status_code == 429
+
+
+def test_staff_retry_and_requeue_without_an_allowance(settings):
+    """Let staff retry and requeue any number of jobs, as they submit any number."""
+    settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 1
+    staff = UserFactory(is_staff=True)
+    api = client_for(staff)
+    dead = JobFactory(owner=staff, status=JobStatus.DEAD)
+    for _ in range(3):
+        assert api.post(f"/api/jobs/{dead.pk}/retry/").status_code == 200
+        Job.objects.filter(pk=dead.pk).update(status=JobStatus.DEAD)
+    JobFactory.create_batch(3, owner=staff, status=JobStatus.DEAD)
+    assert post_json(api, "/api/dlq/requeue/", {}).json()["requeued"] == 4
+
+
 def test_workers_are_staff_only(api):
     Worker.objects.create(hostname="h", pid=1, queues=[], concurrency=2)
     assert api.get("/api/workers/").status_code == 403

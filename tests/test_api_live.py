@@ -1,5 +1,6 @@
 """The API over real HTTP: several server processes, concurrent clients, a real worker."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -78,3 +79,31 @@ def test_readme_walkthrough(start_server, start_worker):
     wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["status"] == "dead")
     history = requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["history"]
     assert len(history) == 4  # two attempts, requeued, two more
+
+
+def test_retrying_failing_jobs_in_a_loop_reruns_them_only_as_the_allowance_allows(start_server, start_worker):
+    """Rerun five always-failing jobs at most as often as the per-minute limit allows, however fast a client retries."""
+    env = {"JOBS_USER_MAX_ACTIVE": "100", "JOBS_USER_SUBMISSIONS_PER_MINUTE": "10"}
+    base = start_server(env).wait_until_up().url
+    start_worker("--poll-interval", "0.1")
+    headers = register_and_login(base, "looper")
+    started = time.monotonic()
+    ids = [
+        requests.post(f"{base}/api/jobs/", json={"type": "fail", "payload": {"permanent": True}}, headers=headers).json()["id"]
+        for _ in range(5)
+    ]
+    codes = []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        for job_id in ids:
+            codes.append(requests.post(f"{base}/api/jobs/{job_id}/retry/", headers=headers).status_code)
+        codes.append(requests.post(f"{base}/api/dlq/requeue/", json={}, headers=headers).status_code)
+    elapsed = time.monotonic() - started
+    wait_for(lambda: not Job.objects.filter(owner__username="looper").active().exists())
+    runs = sum(len(job.history) for job in Job.objects.filter(owner__username="looper"))
+    # Five submissions, then five retries or requeues: the whole allowance,
+    # and one more for every 6 s it had to come back.
+    assert 10 <= runs <= 10 + elapsed // 6, (runs, elapsed)
+    assert 429 in codes
+    refused = requests.post(f"{base}/api/jobs/{ids[0]}/retry/", headers=headers)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1

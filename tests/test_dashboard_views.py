@@ -330,6 +330,22 @@ def test_retry_respects_the_active_job_limit(alice, settings):
     assert dead.status == JobStatus.DEAD
 
 
+def test_retry_and_requeue_spend_the_per_minute_allowance(alice, settings):
+    """Refuse a retry once the allowance is spent, and requeue from the DLQ only what is left of it."""
+    settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 2
+    client = client_for(alice)
+    first = dead_job(alice)
+    csrf_post(client, reverse("dashboard:job-retry", args=[first.pk]))
+    jobs = [dead_job(alice) for _ in range(3)]
+    confirm = client.get(reverse("dashboard:dlq-requeue"), {"id": [j.pk for j in jobs]}).content.decode()
+    assert "only 1 of these will be requeued" in confirm
+    response = csrf_post(client, reverse("dashboard:dlq-requeue"), {"id": [j.pk for j in jobs]}, follow=True)
+    assert "Requeued 1 job. 2 stay in the DLQ" in response.content.decode()
+    response = csrf_post(client, reverse("dashboard:job-retry", args=[jobs[2].pk]), follow=True)
+    assert "requeue 2 jobs a minute" in response.content.decode()
+    assert Job.objects.filter(owner=alice, status=JobStatus.DEAD).count() == 2
+
+
 def test_job_detail_shows_attempts_and_timeline(alice):
     """Show every attempt with its error and traceback, and a timeline."""
     now = timezone.now()
