@@ -205,13 +205,14 @@ def retry_for_user(user, job_id: int) -> None:
     allowance as a submission, and counts toward the active-job cap.
     """
     with transaction.atomic():
-        if limits_apply(user):
-            check_rate_limit(spend_submission(user))
-            check_active_limit(count_active(user))
-        else:
-            lock_user(user)
-        # A refusal here (not requeueable: 409) rolls back the spent allowance too.
+        lock_user(user)
         queue.retry_job(job_id)
+        if limits_apply(user):
+            # After the retry, which a refusal rolls back, so that a job that
+            # may not be retried (409) spends nothing. It is active now: the
+            # cap counts the others.
+            check_rate_limit(spend_submission(user))
+            check_active_limit(count_active(user) - 1)
 
 
 def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: int | None = None) -> list[int]:
