@@ -230,6 +230,8 @@ class SubmitJobForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["type"].choices = type_choices(user)
+        if not user.is_staff:  # high priority is for staff (jobs.submission.bound_options)
+            self.fields["priority"].choices = [choice for choice in PRIORITY_CHOICES if choice[0] != "high"]
         if not self.is_bound:
             self.initial.setdefault("idempotency_key", uuid.uuid4().hex)
 

@@ -26,6 +26,7 @@ from jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from jobs.registry import handlers
 from jobs.submission import (
     IdempotencyConflict,
+    OptionNotAllowed,
     SubmissionRefused,
     requeue_dead_for_user,
     requeue_room,
@@ -292,6 +293,13 @@ def submit(request):
             payload_errors = exc.errors
         except (UnknownJobType, JobTypeNotAllowed) as exc:
             form.add_error("type", str(exc))
+        except OptionNotAllowed as exc:
+            for name, problems in exc.errors.items():
+                for problem in problems:
+                    if name in form.fields:
+                        form.add_error(name, problem)
+                    else:
+                        form.add_error(None, f"{name}: {problem}")
         except SubmissionRefused as exc:
             form.add_error(None, exc.message)
             status = 429

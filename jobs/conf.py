@@ -43,6 +43,9 @@ DEFAULTS = {
     # Per-user submission limits for non-staff users (API and dashboard).
     "JOBS_USER_SUBMISSIONS_PER_MINUTE": 10,
     "JOBS_USER_MAX_ACTIVE": 5,
+    # Seconds one attempt of a non-staff user's job may run: its timeout, and
+    # the bound of what its payload asks to run for (sleep's seconds, ...).
+    "JOBS_USER_MAX_TIMEOUT": 300.0,
     # Weights of the priority a claim serves first: high, normal, low.
     "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
     # Live events (jobs.events): on/off, the coalescing window in seconds,

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from jobs import conf, queue
-from jobs.errors import OwnerAtCapacity
+from jobs.errors import OwnerAtCapacity, PayloadError
+from jobs.handlers.validators import PayloadSchema
 from jobs.metrics import count_rate_limit_rejection
-from jobs.models import Job, SubmissionAllowance
-from jobs.registry import validate_payload
+from jobs.models import Job, Priority, SubmissionAllowance
+from jobs.registry import get_handler, validate_payload
 
 RATE_WINDOW = timedelta(minutes=1)
 # The queues a user may name: the rule of the API and of the dashboard's Submit page.
@@ -48,6 +50,14 @@ class TooManyActiveJobs(SubmissionRefused):
 
 class IdempotencyConflict(Exception):
     """An Idempotency-Key reused for a different request."""
+
+
+class OptionNotAllowed(ValueError):
+    """Options the user may not choose. `errors` maps each option to its messages."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in errors.items()))
 
 
 @dataclass
@@ -161,16 +171,58 @@ def check_rate_limit(ahead: float) -> None:
     )
 
 
+def bound_options(user, type: str, payload: dict, options: dict) -> dict:
+    """Return `options` within what a non-staff user may choose, so that one user cannot hold the workers.
+
+    Such a user's job runs for at most JOBS_USER_MAX_TIMEOUT seconds an
+    attempt: a longer `timeout` is refused, and a type whose own timeout is
+    longer gets that one. A payload that asks to run that long or longer
+    (a field declared as a duration) is refused: it could only time out.
+    High priority is for staff, and a `run_at` in the past, which would
+    put the job ahead of every other waiting one, counts as now.
+    Raise OptionNotAllowed or PayloadError, naming the field.
+    """
+    if not limits_apply(user):
+        return options
+    options = dict(options)
+    handler = get_handler(type)
+    cap = conf.get("JOBS_USER_MAX_TIMEOUT")
+    errors = {}
+    if queue.parse_priority(options.get("priority", Priority.NORMAL)) == Priority.HIGH:
+        errors["priority"] = ["Only staff may submit high-priority jobs; use normal or low."]
+    timeout = options.get("timeout")
+    if timeout is not None and timeout > cap:
+        errors["timeout"] = [f"Must be at most {cap:g} seconds."]
+    if errors:
+        raise OptionNotAllowed(errors)
+    if timeout is None and (handler.timeout or conf.get("JOBS_DEFAULT_TIMEOUT")) > cap:
+        options["timeout"] = cap
+    if isinstance(handler.validate, PayloadSchema):
+        too_long = {
+            field.name: [f"Must be less than {cap:g} seconds, the longest one attempt of your jobs may run."]
+            for field in handler.validate.fields
+            if field.duration and isinstance(payload.get(field.name), (int, float)) and payload[field.name] >= cap
+        }
+        if too_long:
+            raise PayloadError(too_long)
+    run_at = options.get("run_at")
+    if run_at is not None and run_at < timezone.now():
+        del options["run_at"]  # the database's clock sets it: now, behind every job already waiting
+    return options
+
+
 def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, **options) -> Submission:
     """Enqueue a job owned by `user` if their limits allow it.
 
     With an `idempotency_key`, a repeat of a request that already made a
     job returns that job (even if the limits are reached meanwhile); the
     same key with a different type or payload raises IdempotencyConflict.
-    Raise RateLimited or TooManyActiveJobs when a limit is reached, and the
-    errors of queue.enqueue for an invalid job.
+    Raise RateLimited or TooManyActiveJobs when a limit is reached,
+    OptionNotAllowed or PayloadError for what only staff may ask for
+    (bound_options), and the errors of queue.enqueue for an invalid job.
     """
     payload = validate_payload(type, {} if payload is None else payload)
+    options = bound_options(user, type, payload, options)
     limited = limits_apply(user)
     with transaction.atomic():
         if idempotency_key:

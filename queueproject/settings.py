@@ -249,6 +249,7 @@ DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "skipjack@localhost")
 # environment overrides is set here.
 
 for _name in (
+    "JOBS_USER_MAX_TIMEOUT",
     "JOBS_BACKOFF_BASE",
     "JOBS_BACKOFF_CAP",
     "JOBS_LEASE_SECONDS",

@@ -139,12 +139,12 @@ def test_api_requires_a_token():
 
 
 def test_create_job_returns_it(api, alice):
-    response = post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": {"text": "hello world"}, "priority": "high"})
+    response = post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": {"text": "hello world"}, "priority": "low"})
     assert response.status_code == 201
     body = response.json()
     job = Job.objects.get(pk=body["id"])
-    assert job.owner == alice and job.priority == Priority.HIGH
-    assert body["status"] == "queued" and body["priority"] == "high" and body["history"] == []
+    assert job.owner == alice and job.priority == Priority.LOW
+    assert body["status"] == "queued" and body["priority"] == "low" and body["history"] == []
     for field in ("id", "type", "payload", "status", "priority", "queue", "attempts", "max_retries", "run_at",
                   "result", "error", "progress", "created_at", "started_at", "finished_at", "trace_id"):
         assert field in body
@@ -187,6 +187,56 @@ def test_create_refuses_bad_input_per_field(api, body, field):
     assert response.status_code == 400, response.content
     assert field in response.json()
     assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "body, errors",
+    [
+        ({"type": "reverse_string", "payload": "x", "priority": "high"},
+         {"priority": ["Only staff may submit high-priority jobs; use normal or low."]}),
+        ({"type": "reverse_string", "payload": "x", "timeout": 3600}, {"timeout": ["Must be at most 300 seconds."]}),
+        ({"type": "sleep", "payload": 3600},
+         {"payload": {"seconds": ["Must be less than 300 seconds, the longest one attempt of your jobs may run."]}}),
+        ({"type": "process_video", "payload": {"duration": 300}},
+         {"payload": {"duration": ["Must be less than 300 seconds, the longest one attempt of your jobs may run."]}}),
+    ],
+)
+def test_what_only_staff_may_ask_for_is_refused_per_field(api, body, errors):
+    """Refuse high priority, a timeout past the users' cap, and a payload that would run past it; staff may."""
+    response = post_json(api, "/api/jobs/", body)
+    assert response.status_code == 400, response.content
+    assert response.json() == errors
+    assert Job.objects.count() == 0
+    assert post_json(client_for(UserFactory(is_staff=True)), "/api/jobs/", body).status_code == 201
+
+
+def test_a_users_job_runs_at_most_the_users_timeout(api, settings):
+    """Give a type whose own timeout is longer the users' cap, and keep a shorter one asked for."""
+    settings.JOBS_USER_MAX_ACTIVE = 100
+    settings.JOBS_USER_MAX_TIMEOUT = 120
+    sleep = post_json(api, "/api/jobs/", {"type": "sleep", "payload": 119.5}).json()
+    video = post_json(api, "/api/jobs/", {"type": "process_video", "payload": {}}).json()
+    short = post_json(api, "/api/jobs/", {"type": "sleep", "payload": 5, "timeout": 1}).json()
+    text = post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": "x"}).json()
+    assert (sleep["timeout"], video["timeout"], short["timeout"], text["timeout"]) == (120, 120, 1, 120)
+    settings.JOBS_USER_MAX_TIMEOUT = 300
+    within = post_json(api, "/api/jobs/", {"type": "reverse_string", "payload": "x"}).json()
+    assert within["timeout"] is None, "a type whose timeout (the default, 300 s) is within the cap keeps it"
+    staff = post_json(client_for(UserFactory(is_staff=True)), "/api/jobs/", {"type": "sleep", "payload": 3600}).json()
+    assert staff["timeout"] is None
+
+
+def test_a_run_at_in_the_past_counts_as_now_for_users(api, alice):
+    """Queue a user's job backdated to 1970 behind the jobs already waiting; staff may backdate."""
+    before = timezone.now()
+    waiting = JobFactory(owner=UserFactory(), run_at=before - timedelta(minutes=5))
+    body = {"type": "reverse_string", "payload": "x", "run_at": "1970-01-01T00:00:00Z"}
+    response = post_json(api, "/api/jobs/", body)
+    assert response.status_code == 201
+    job = Job.objects.get(pk=response.json()["id"])
+    assert job.status == JobStatus.QUEUED and job.run_at >= before > waiting.run_at
+    staff = post_json(client_for(UserFactory(is_staff=True)), "/api/jobs/", body).json()
+    assert staff["run_at"].startswith("1970-01-01")
 
 
 @pytest.mark.parametrize("field, value", [("status", "completed"), ("attempts", 9), ("owner", 1), ("lease_token", "x"), ("result", "forged")])

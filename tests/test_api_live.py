@@ -107,3 +107,16 @@ def test_retrying_failing_jobs_in_a_loop_reruns_them_only_as_the_allowance_allow
     assert 429 in codes
     refused = requests.post(f"{base}/api/jobs/{ids[0]}/retry/", headers=headers)
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_users_job_is_stopped_at_the_users_timeout(start_server, start_worker):
+    """Stop a user's job at JOBS_USER_MAX_TIMEOUT in a real worker, though its type would let it run longer."""
+    base = start_server({"JOBS_USER_MAX_TIMEOUT": "1"}).wait_until_up().url
+    start_worker("--poll-interval", "0.1")
+    headers = register_and_login(base, "hog")
+    job = requests.post(f"{base}/api/jobs/", json={"type": "spin", "payload": {"seconds": 4}, "max_retries": 0},
+                        headers=headers).json()
+    assert job["timeout"] == 1
+    done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers).json())["status"]
+                    in ("dead", "completed") and r)
+    assert done["status"] == "dead" and done["history"][0]["error"] == "Timed out after 1s"

@@ -458,11 +458,26 @@ def submit(client, **data):
 
 def test_submit_creates_a_job_and_shows_it(alice):
     """Create the job from the form's fields and redirect to its page."""
-    response = submit(client_for(alice), p_text="hello", priority="high", max_retries="2")
+    response = submit(client_for(alice), p_text="hello", priority="low", max_retries="2")
     job = Job.objects.get()
     assert response.status_code == 302
     assert response["Location"] == reverse("dashboard:job-detail", args=[job.pk])
-    assert (job.owner, job.payload, job.priority, job.max_retries) == (alice, {"text": "hello"}, Priority.HIGH, 2)
+    assert (job.owner, job.payload, job.priority, job.max_retries) == (alice, {"text": "hello"}, Priority.LOW, 2)
+
+
+def test_submit_offers_high_priority_and_long_runs_to_staff_only(alice, staff):
+    """Offer users no High priority and refuse it, and a sleep past their timeout, next to the field; staff may."""
+    page = client_for(alice).get(reverse("dashboard:submit")).content.decode()
+    assert 'value="high"' not in page and 'value="low"' in page
+    assert 'value="high"' in client_for(staff).get(reverse("dashboard:submit")).content.decode()
+    refused = submit(client_for(alice), p_text="hello", priority="high")
+    assert refused.status_code == 400 and "high is not one of the available choices" in refused.content.decode()
+    too_long = submit(client_for(alice), type="sleep", p_seconds="3600", key="k-2")
+    assert too_long.status_code == 400
+    assert "Must be less than 300 seconds" in too_long.content.decode()
+    assert not Job.objects.exists()
+    assert submit(client_for(staff), p_text="hello", priority="high").status_code == 302
+    assert submit(client_for(staff), type="sleep", p_seconds="3600", key="k-2").status_code == 302
 
 
 def test_submit_twice_with_one_form_makes_one_job(alice):

@@ -24,10 +24,10 @@ from jobs.api.serializers import (
     WorkerSerializer,
     paginated,
 )
-from jobs.errors import JobTypeNotAllowed
+from jobs.errors import JobTypeNotAllowed, PayloadError
 from jobs.models import Job
 from jobs.registry import unstorable
-from jobs.submission import requeue_dead_for_user, retry_for_user, submit_job
+from jobs.submission import OptionNotAllowed, requeue_dead_for_user, retry_for_user, submit_job
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
@@ -96,6 +96,10 @@ class JobListCreateApi(APIView):
             submission = submit_job(user=request.user, idempotency_key=key, **data.validated_data)
         except JobTypeNotAllowed as exc:
             raise ValidationError({"type": [str(exc)]}) from exc
+        except OptionNotAllowed as exc:
+            raise ValidationError(exc.errors) from exc
+        except PayloadError as exc:
+            raise ValidationError({"payload": exc.errors}) from exc
         except ValueError as exc:
             raise ValidationError({"non_field_errors": [str(exc)]}) from exc
         return Response(

@@ -49,6 +49,8 @@ class Field:
     max_items: int = 0
     # strings: whether one string stands for a list of one.
     single: bool = False
+    # number: the value is how many seconds the job runs, which users' limits bound.
+    duration: bool = False
 
     @property
     def required(self) -> bool:
@@ -169,7 +171,7 @@ text_payload = PayloadSchema(Field("text", "string", max_length=MAX_TEXT_LENGTH)
 
 fibonacci_payload = PayloadSchema(Field("n", "integer", min_value=0, max_value=MAX_FIBONACCI_N), bare="n")
 
-sleep_payload = PayloadSchema(Field("seconds", "number", max_value=MAX_SLEEP_SECONDS), bare="seconds")
+sleep_payload = PayloadSchema(Field("seconds", "number", max_value=MAX_SLEEP_SECONDS, duration=True), bare="seconds")
 
 fail_payload = PayloadSchema(
     Field("message", "string", default="Failed on purpose.", max_length=1000),
@@ -201,7 +203,7 @@ email_payload = PayloadSchema(
 
 video_payload = PayloadSchema(
     Field("url", "string", default=None, max_length=MAX_URL_LENGTH),
-    Field("duration", "number", default=2, max_value=MAX_VIDEO_SECONDS),
+    Field("duration", "number", default=2, max_value=MAX_VIDEO_SECONDS, duration=True),
     Field("steps", "integer", default=10, min_value=1, max_value=MAX_VIDEO_STEPS),
 )
 
