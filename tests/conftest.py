@@ -27,6 +27,20 @@ def _stop_the_embedded_redis_at_the_end():
     embedded.stop_redis()
 
 
+@pytest.fixture(autouse=True)
+def _forget_worker_connection_settings():
+    """Undo, after a test that ran a Worker in-process, the setting it makes on every connection of the process."""
+    yield
+    from django.db.backends.signals import connection_created
+
+    from jobs import db
+
+    if connection_created.disconnect(dispatch_uid="jobs.db.plan_every_run") or db._PLANNED_EVERY_RUN:
+        db._PLANNED_EVERY_RUN.clear()
+        # The pooled connections keep the session setting: start the next test with new ones.
+        connection.close_pool()
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()
@@ -48,6 +62,21 @@ def database_url_for_tests() -> str:
         auth += ":" + quote(s["PASSWORD"], safe="")
     port = f":{s['PORT']}" if s["PORT"] else ""
     return f"postgres://{auth}@{host}{port}/{s['NAME']}"
+
+
+def database_proxy_target() -> tuple[str, int]:
+    """Return where a TcpProxy in front of the test database connects: a host (or socket directory) and port."""
+    s = connection.settings_dict
+    return s["HOST"] or "127.0.0.1", int(s["PORT"] or 5432)
+
+
+def proxied_database_url(proxy) -> str:
+    """Return a DATABASE_URL for the test database through `proxy` (a tests.tcp_proxy.TcpProxy)."""
+    s = connection.settings_dict
+    auth = quote(s["USER"] or "", safe="")
+    if s["PASSWORD"]:
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    return f"postgres://{auth}@127.0.0.1:{proxy.port}/{s['NAME']}"
 
 
 class ChildProcess:

@@ -22,6 +22,7 @@ direction can block the other. close() stops and joins every thread the
 proxy started, and raises if one is left.
 """
 
+import os
 import selectors
 import socket
 import struct
@@ -120,6 +121,8 @@ class _Link:
 class TcpProxy:
     """Forward connections on 127.0.0.1:<port> to target_host:target_port, until cut().
 
+    A target_host that is a directory is a PostgreSQL socket directory, as
+    libpq reads one: the target is its Unix socket `.s.PGSQL.<target_port>`.
     mode is what cut() does by default to new connections: "refuse" or "blackhole".
     """
 
@@ -127,6 +130,7 @@ class TcpProxy:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.target = (target_host, int(target_port))
+        self.unix_socket = os.path.join(target_host, f".s.PGSQL.{int(target_port)}") if target_host.startswith("/") else None
         self.mode = mode
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -256,14 +260,19 @@ class TcpProxy:
     def _connect(self, client: socket.socket) -> None:
         """Open the target for a client connection and start forwarding; reset the client if it cannot."""
         try:
-            upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
+            if self.unix_socket:
+                upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                upstream.settimeout(CONNECT_TIMEOUT)
+                upstream.connect(self.unix_socket)
+            else:
+                upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             upstream.settimeout(None)
         except OSError:
             _reset(client)
             client.close()
             return
-        for sock in (client, upstream):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._closing or self._cut is not None:
                 # Cut or closed while the target was being reached: treat like any link open at the cut.

@@ -2,15 +2,13 @@
 
 import threading
 import time
-from urllib.parse import quote
 
 import pytest
 import requests
 from django.core.cache import cache
-from django.db import connection
 
 from jobs.models import Job
-from tests.conftest import wait_for
+from tests.conftest import database_proxy_target, proxied_database_url, wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.test_api_live import register_and_login
 
@@ -36,19 +34,8 @@ def fresh_throttles():
 @pytest.fixture
 def database_proxy(transactional_db):
     """A TcpProxy in front of the test database."""
-    s = connection.settings_dict
-    if not s["HOST"] or s["HOST"].startswith("/"):
-        pytest.skip("the test database is reached over a Unix socket, which the proxy cannot stand in for")
-    with TcpProxy(s["HOST"], int(s["PORT"] or 5432)) as proxy:
+    with TcpProxy(*database_proxy_target()) as proxy:
         yield proxy
-
-
-def proxied_database_url(proxy: TcpProxy) -> str:
-    s = connection.settings_dict
-    auth = quote(s["USER"] or "", safe="")
-    if s["PASSWORD"]:
-        auth += ":" + quote(s["PASSWORD"], safe="")
-    return f"postgres://{auth}@127.0.0.1:{proxy.port}/{s['NAME']}"
 
 
 def submit(base: str, headers: dict, text: str) -> requests.Response:

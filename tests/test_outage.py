@@ -12,7 +12,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from jobs.backends.postgresql.base import FailFastPool
 from jobs.outage import Availability, DatabaseUnavailable, ReportingConnection, availability, is_database_unavailable
-from tests.conftest import wait_for
+from tests.conftest import database_proxy_target, wait_for
 from tests.factories import UserFactory
 from tests.tcp_proxy import TcpProxy
 
@@ -93,10 +93,7 @@ def outage_over_at_teardown():
 
 @pytest.fixture
 def database_proxy(db):
-    s = connection.settings_dict
-    if not s["HOST"] or s["HOST"].startswith("/"):
-        pytest.skip("the test database is reached over a Unix socket, which the proxy cannot stand in for")
-    with TcpProxy(s["HOST"], int(s["PORT"] or 5432)) as proxy:
+    with TcpProxy(*database_proxy_target()) as proxy:
         yield proxy
 
 

@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from django.db import connection
 
+from tests.conftest import database_proxy_target
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.django_db
@@ -14,11 +15,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def database():
-    """Return the test database's host, port and connection parameters (TCP only)."""
+    """Return where the test database is (a host or a socket directory), its port, and connection parameters."""
     s = connection.settings_dict
-    if not s["HOST"] or s["HOST"].startswith("/"):
-        pytest.skip("the test database is reached over a Unix socket, which the proxy cannot stand in for")
-    return s["HOST"], int(s["PORT"] or 5432), {"dbname": s["NAME"], "user": s["USER"], "password": s["PASSWORD"] or None}
+    return (*database_proxy_target(), {"dbname": s["NAME"], "user": s["USER"], "password": s["PASSWORD"] or None})
 
 
 def connect(proxy: TcpProxy, params: dict, timeout: float = 2) -> psycopg.Connection:

@@ -13,7 +13,7 @@ from django.db import connection, connections
 from jobs import queue
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Worker
 from jobs.worker import SHUTDOWN_MARGIN
-from tests.conftest import database_url_for_tests, wait_for
+from tests.conftest import database_proxy_target, proxied_database_url, wait_for
 from tests.sample_handlers import EFFECTS_TABLE
 from tests.tcp_proxy import BLACKHOLE, REFUSE, TcpProxy
 
@@ -132,9 +132,8 @@ def test_a_worker_cut_off_past_its_lease_gives_up_its_jobs_and_recovers(start_wo
     """Stall a worker's database link past its lease while its handlers run; the jobs are rescued and finish once,
     the stalled worker gives up its running handlers when it reconnects, and keeps every slot."""
     lease = 2.0
-    port = connection.settings_dict["PORT"] or 5432
-    with TcpProxy("127.0.0.1", port) as proxy:
-        url = database_url_for_tests().replace(f":{port}/", f":{proxy.port}/")
+    with TcpProxy(*database_proxy_target()) as proxy:
+        url = proxied_database_url(proxy)
         stalled = start_worker("--concurrency", "4", "--lease", str(lease), "--poll-interval", "0.2",
                                "--queues", "default,stalled-only", "--shutdown-timeout", "5",
                                env={"DATABASE_URL": url, "DB_POOL_MIN_SIZE": "0"})
@@ -170,9 +169,8 @@ def test_a_worker_cut_off_past_its_lease_gives_up_its_jobs_and_recovers(start_wo
 
 def test_sigterm_ends_a_worker_whose_database_link_hangs(start_worker):
     """End a worker on SIGTERM within its grace period even while its database connection hangs."""
-    port = connection.settings_dict["PORT"] or 5432
-    with TcpProxy("127.0.0.1", port) as proxy:
-        url = database_url_for_tests().replace(f":{port}/", f":{proxy.port}/")
+    with TcpProxy(*database_proxy_target()) as proxy:
+        url = proxied_database_url(proxy)
         worker = start_worker("--lease", "2", "--poll-interval", "0.2", "--shutdown-timeout", "2",
                               env={"DATABASE_URL": url})
         wait_for(lambda: Worker.objects.filter(pid=worker.pid).exists(), message="the worker to register")
