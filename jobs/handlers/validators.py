@@ -6,13 +6,16 @@ all of its mistakes at once. Each is a PayloadSchema: its fields are data,
 so the dashboard's Submit form asks for exactly what the validator takes.
 """
 
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from urllib3.exceptions import LocationParseError
+from urllib3.util import Url, parse_url
 
 from jobs.errors import PayloadError
 
@@ -208,23 +211,47 @@ video_payload = PayloadSchema(
 )
 
 
+# The authority of an absolute URL: what follows "scheme://" up to the path, query or fragment.
+_AUTHORITY = re.compile(r"\A[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
+
+
+def parse_web_url(url: str) -> Url:
+    """Return `url` parsed by urllib3, the HTTP client's own parser; raise ValueError saying what is wrong.
+
+    Parsers disagree on where a part of a URL ends: urllib3 ends the host at
+    a backslash, urllib.parse reads on past it, and each drops or keeps
+    whitespace and control characters its own way. So a URL with any of
+    those is refused, and so is one with userinfo (user:password@), which
+    only serves to hide the host. What is fetched is built from the parts
+    returned here, never from the text again. The fragment, which is never
+    sent, is dropped.
+    """
+    if any(char == "\\" or char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in url):
+        raise ValueError("Must not contain backslashes, whitespace or control characters.")
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        raise ValueError("Enter a valid URL.") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("Must be an http or https URL.")
+    if not parts.host:
+        raise ValueError("Must include a host.")
+    authority = _AUTHORITY.match(url)
+    if parts.auth is not None or (authority and "@" in authority.group(1)):
+        raise ValueError("Must not contain a user name or password.")
+    return Url(scheme=parts.scheme, host=parts.host, port=parts.port, path=parts.path, query=parts.query)
+
+
 def _check_url(values: dict[str, Any], fields: _Fields) -> None:
     if "url" in fields.errors:
         return
-    values["url"] = url = values["url"].strip()
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a malformed port
-    except ValueError:
-        fields.error("url", "Enter a valid URL.")
-    else:
-        if parts.scheme not in ("http", "https"):
-            fields.error("url", "Must be an http or https URL.")
-        elif not parts.hostname:
-            fields.error("url", "Must include a host.")
+        values["url"] = parse_web_url(values["url"].strip()).url
+    except ValueError as exc:
+        fields.error("url", str(exc))
 
 
-# An http(s) URL with a host.
+# An http(s) URL with a host, normalized by parse_web_url.
 url_payload = PayloadSchema(
     Field("url", "string", max_length=MAX_URL_LENGTH, blank=False), bare="url", check=_check_url
 )

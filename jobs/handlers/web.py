@@ -1,30 +1,53 @@
 """The scrape_website job type: a real HTTP GET that keeps off internal networks.
 
-A job's URL comes from whoever submitted it, so unless JOBS_SCRAPE_ALLOW_PRIVATE
-is set, every hop is checked before connecting: its host must resolve only to
-public addresses. The connection itself is checked too, because DNS may answer
-differently the second time (DNS rebinding).
+A job's URL comes from whoever submitted it. It is parsed once, by urllib3,
+the HTTP client itself (jobs.handlers.validators.parse_web_url), and the
+request is built from those parts alone: no second parser ever reads the
+text and finds another host in it. Each hop's host is resolved once, here.
+Unless JOBS_SCRAPE_ALLOW_PRIVATE is set, every address it resolves to must
+be public, and the socket connects to those vetted addresses, never to a
+fresh lookup that DNS could answer differently (DNS rebinding). The URL's
+host stays the Host header and the TLS server name, and the certificate is
+checked against it.
+
+A hop whose host is refused, does not resolve or does not answer fails the
+same way, from the same line, and is retried the same: the job's error and
+traceback tell nothing about what listens behind the guard.
 """
 
+import email.message
 import ipaddress
 import socket
+import sys
 from html.parser import HTMLParser
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
-import requests
-from requests.adapters import HTTPAdapter
+import certifi
+from urllib3 import BaseHTTPResponse, HTTPConnectionPool, HTTPSConnectionPool, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import Url
 
 from jobs import conf
 from jobs.errors import JobTimeout, PermanentError
-from jobs.handlers.validators import url_payload
+from jobs.handlers.validators import parse_web_url, url_payload
 from jobs.registry import JobContext, job_handler
 
 MAX_REDIRECTS = 5
-USER_AGENT = "Skipjack/0.1 (scrape_website job; python-requests)"
+USER_AGENT = "Skipjack/0.1 (scrape_website job)"
 CHUNK_SIZE = 64 * 1024
 MAX_TITLE_LENGTH = 1000
+HEADERS = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
+
+# IPv6 addresses that stand for an IPv4 one, reached through a relay or a
+# translator that may sit on the worker's own network: 6to4, Teredo, NAT64.
+TUNNELLED_IPV4 = tuple(
+    ipaddress.ip_network(prefix) for prefix in ("2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+
+
+class UnreachableDestination(Exception):
+    """A hop whose host is not public, does not resolve or does not answer; retried like any failure."""
 
 
 def is_refused_address(address: str) -> bool:
@@ -34,8 +57,8 @@ def is_refused_address(address: str) -> bool:
         if ip.ipv4_mapped is not None:
             # ::ffff:127.0.0.1 reaches 127.0.0.1.
             ip = ip.ipv4_mapped
-        elif ip.is_site_local:
-            # Deprecated (fec0::/10), so not in is_private, but still internal where used.
+        elif ip.is_site_local or any(ip in network for network in TUNNELLED_IPV4):
+            # Site-local (fec0::/10) is deprecated, so not in is_private, but still internal where used.
             return True
     return (
         ip.is_loopback
@@ -48,89 +71,149 @@ def is_refused_address(address: str) -> bool:
     )
 
 
-def check_destination(url: str) -> None:
-    """Raise PermanentError unless `url` is http(s) and its host resolves only to public addresses."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentError(f"Refusing to fetch {url!r}: only http and https URLs with a host are allowed.")
+def _literal_address(host: str) -> str | None:
+    """Return the IP address `host` is written as ("[::1]" gives "::1"), or None for a name."""
+    address = host[1:-1] if host.startswith("[") else host
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        raise PermanentError(f"Refusing to fetch {url!r}: the port is not valid.") from None
-    if conf.get("JOBS_SCRAPE_ALLOW_PRIVATE"):
-        return
-    # A DNS failure may be temporary, so socket.gaierror propagates and the job is retried.
-    for *_, sockaddr in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM):
-        address = sockaddr[0]
-        if is_refused_address(address):
-            raise PermanentError(
-                f"Refusing to fetch {url!r}: {parts.hostname} resolves to {address}, which is not a public address."
-            )
+        return None
+    return address
 
 
-class _PublicPeerMixin:
-    """Close a new connection before sending anything if its peer is not a public address."""
+def parse_hop(url: str) -> Url:
+    """Return `url` parsed for fetching, or raise PermanentError for one that must not be fetched at all.
 
-    def _new_conn(self):
-        sock = super()._new_conn()
-        peer = sock.getpeername()[0]
-        if is_refused_address(peer):
-            sock.close()
-            raise PermanentError(f"Refusing to connect to {self.host}: it reached {peer}, which is not public.")
-        return sock
-
-
-class _PublicHTTPConnection(_PublicPeerMixin, HTTPConnection):
-    """An HTTP connection that refuses non-public peers."""
-
-
-class _PublicHTTPSConnection(_PublicPeerMixin, HTTPSConnection):
-    """An HTTPS connection that refuses non-public peers."""
+    A host written as a non-public IP address is refused here by name: the
+    submitter (or the redirect) wrote that address, so saying so tells
+    nothing. Whatever a name resolves to is left to resolve_destination.
+    """
+    try:
+        target = parse_web_url(url)
+    except ValueError as exc:
+        raise PermanentError(f"Refusing to fetch {url!r}: {exc}") from None
+    literal = _literal_address(target.host)
+    if literal is not None and not conf.get("JOBS_SCRAPE_ALLOW_PRIVATE") and is_refused_address(literal):
+        raise PermanentError(f"Refusing to fetch {target.url!r}: {literal} is not a public address.")
+    return target
 
 
-class _PublicHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _PublicHTTPConnection
+def resolve_destination(host: str, port: int) -> list[tuple[int, tuple]] | None:
+    """Resolve `host` once; return the (family, sockaddr) pairs to connect to, or None if there are none to use.
+
+    None when the host does not resolve, or when (unless
+    JOBS_SCRAPE_ALLOW_PRIVATE is set) any address it resolves to is not
+    public: a name that is public for some lookups and private for others
+    is refused whole.
+    """
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    destinations = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in found))
+    if not conf.get("JOBS_SCRAPE_ALLOW_PRIVATE") and any(is_refused_address(addr[0]) for _, addr in destinations):
+        return None
+    return destinations or None
 
 
-class _PublicHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _PublicHTTPSConnection
+class _VettedAddressesMixin:
+    """Connect to the addresses the host was vetted at, never to a new lookup of it."""
+
+    def __init__(self, *args, destinations: list[tuple[int, tuple]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.destinations = destinations
+
+    def _new_conn(self) -> socket.socket:
+        failure = None
+        for family, sockaddr in self.destinations:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                for option in self.socket_options or ():
+                    sock.setsockopt(*option)
+                sock.settimeout(self.timeout)
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+                continue
+            sys.audit("http.client.connect", self, self.host, self.port)
+            return sock
+        raise NewConnectionError(self, f"Failed to establish a new connection: {failure}")
 
 
-class _PublicOnlyAdapter(HTTPAdapter):
-    """Connect only to public addresses."""
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _PublicHTTPConnectionPool,
-            "https": _PublicHTTPSConnectionPool,
-        }
+class _VettedHTTPConnection(_VettedAddressesMixin, HTTPConnection):
+    """An HTTP connection to vetted addresses only."""
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    # A proxy from the environment would connect on our behalf, past every check here.
-    session.trust_env = False
-    session.headers["User-Agent"] = USER_AGENT
-    if not conf.get("JOBS_SCRAPE_ALLOW_PRIVATE"):
-        adapter = _PublicOnlyAdapter()
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-    return session
+class _VettedHTTPSConnection(_VettedAddressesMixin, HTTPSConnection):
+    """An HTTPS connection to vetted addresses only; the server name and certificate are the URL's host's."""
 
 
-def _read_body(job: JobContext, response: requests.Response) -> bytes:
+class _VettedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _VettedHTTPConnection
+
+
+class _VettedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _VettedHTTPSConnection
+
+
+def _ca_certs() -> str:
+    """Return the CA bundle that HTTPS certificates are checked against."""
+    return certifi.where()
+
+
+def _open(target: Url, timeout: float) -> tuple[HTTPConnectionPool, BaseHTTPResponse] | None:
+    """GET `target`; return its pool and response, or None if its host is not to be used or did not answer.
+
+    A proxy from the environment is never used: it would connect on our
+    behalf, past every check here.
+    """
+    port = target.port or (443 if target.scheme == "https" else 80)
+    destinations = resolve_destination(target.host, port)
+    if destinations is None:
+        return None
+    options = {"timeout": Timeout(connect=timeout, read=timeout), "maxsize": 1, "retries": False,
+               "destinations": destinations}
+    if target.scheme == "https":
+        pool = _VettedHTTPSConnectionPool(target.host, port, cert_reqs="CERT_REQUIRED", ca_certs=_ca_certs(), **options)
+    else:
+        pool = _VettedHTTPConnectionPool(target.host, port, **options)
+    try:
+        response = pool.urlopen("GET", target.request_uri, headers=HEADERS, redirect=False, retries=False,
+                                preload_content=False, decode_content=True)
+    except ConnectTimeoutError:  # NewConnectionError too: nothing was sent, nothing was learnt
+        pool.close()
+        return None
+    except BaseException:
+        pool.close()
+        raise
+    return pool, response
+
+
+def _redirect_target(response: BaseHTTPResponse) -> str | None:
+    """Return the Location of a redirect, or None for any other response."""
+    location = response.get_redirect_location()
+    if not location:
+        return None
+    # Sent as bytes, read as Latin-1 by http.client; servers mean UTF-8 (as requests reads it).
+    try:
+        return location.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return location
+
+
+def _read_body(job: JobContext, response: BaseHTTPResponse, target: Url) -> bytes:
     """Return the response body, refusing one larger than JOBS_SCRAPE_MAX_BYTES."""
     max_bytes = conf.get("JOBS_SCRAPE_MAX_BYTES")
     body = bytearray()
     # Counted after decompression, so a small gzip bomb is cut off too.
-    for chunk in response.iter_content(CHUNK_SIZE):
+    for chunk in response.stream(CHUNK_SIZE, decode_content=True):
         # The timeouts bound each read, not the whole download; a slow trickle stops here.
         if job.stop_requested.is_set():
             raise JobTimeout("job stopped while downloading")
         body += chunk
         if len(body) > max_bytes:
-            raise PermanentError(f"Refusing {response.url!r}: the response is larger than {max_bytes} bytes.")
+            raise PermanentError(f"Refusing {target.url!r}: the response is larger than {max_bytes} bytes.")
     return bytes(body)
 
 
@@ -156,13 +239,14 @@ class _TitleParser(HTMLParser):
             self._parts = None
 
 
-def _page_title(response: requests.Response, body: bytes) -> str | None:
-    """Return the HTML title of the page, or None."""
-    content_type = response.headers.get("Content-Type", "").lower()
-    if "html" not in content_type:
+def _page_title(content_type: str, body: bytes) -> str | None:
+    """Return the HTML title of a page of `content_type`, or None."""
+    if "html" not in content_type.lower():
         return None
-    # requests assumes ISO-8859-1 for text/* without a charset, but most pages are UTF-8.
-    encoding = response.encoding if "charset" in content_type else "utf-8"
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    # Pages without a charset are most often UTF-8, whatever HTTP says text/* defaults to.
+    encoding = header.get_content_charset() or "utf-8"
     try:
         text = body.decode(encoding, errors="replace")
     except LookupError:
@@ -177,20 +261,31 @@ def scrape_website(job: JobContext) -> dict:
     """Fetch a web page and return its status, size and title."""
     url = job.payload["url"]
     timeout = conf.get("JOBS_SCRAPE_TIMEOUT")
-    with _session() as session:
-        # Redirects are followed here, not by requests, so every hop's destination is checked.
-        for _ in range(MAX_REDIRECTS + 1):
-            check_destination(url)
-            with session.get(url, timeout=timeout, stream=True, allow_redirects=False) as response:
-                location = session.get_redirect_target(response)
-                if location is None:
-                    body = _read_body(job, response)
-                    return {
-                        "url": response.url,
-                        "status": response.status_code,
-                        "bytes": len(body),
-                        "content_type": response.headers.get("Content-Type"),
-                        "title": _page_title(response, body),
-                    }
-                url = urljoin(response.url, location)
+    # Redirects are followed here, not by urllib3, so that every hop is parsed and vetted.
+    for _ in range(MAX_REDIRECTS + 1):
+        target = parse_hop(url)
+        opened = _open(target, timeout)
+        if opened is None:
+            # Raised here alone, outside any except block, so that the error,
+            # its traceback and its retries are the same whatever the cause.
+            raise UnreachableDestination(
+                f"Could not fetch {target.url!r}: its host is not public, does not resolve or did not answer."
+            )
+        pool, response = opened
+        try:
+            location = _redirect_target(response)
+            if location is None:
+                body = _read_body(job, response, target)
+                content_type = response.headers.get("Content-Type")
+                return {
+                    "url": target.url,
+                    "status": response.status,
+                    "bytes": len(body),
+                    "content_type": content_type,
+                    "title": _page_title(content_type or "", body),
+                }
+        finally:
+            response.close()
+            pool.close()
+        url = urljoin(target.url, location)
     raise PermanentError(f"Refusing to follow more than {MAX_REDIRECTS} redirects.")
