@@ -7,6 +7,8 @@ from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "queueproject.settings")
 
+from jobs.api.middleware import read_body_within_limit  # noqa: E402 -- reads settings only when called
+
 
 class OneHopASGIHandler(ASGIHandler):
     """Django's ASGI handler, running each request's middleware and view in one thread hop.
@@ -26,6 +28,12 @@ class OneHopASGIHandler(ASGIHandler):
 
     async def get_response_async(self, request):
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+    async def handle(self, scope, receive, send):
+        # Refuse an oversized body before Django would spool all of it to disk.
+        receive = await read_body_within_limit(scope, receive, send)
+        if receive is not None:
+            await super().handle(scope, receive, send)
 
 
 # Build the Django app first: it sets up the app registry the rest imports need.

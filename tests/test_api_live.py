@@ -1,5 +1,7 @@
 """The API over real HTTP: several server processes, concurrent clients, a real worker."""
 
+import select
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,3 +122,41 @@ def test_a_users_job_is_stopped_at_the_users_timeout(start_server, start_worker)
     done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers).json())["status"]
                     in ("dead", "completed") and r)
     assert done["status"] == "dead" and done["history"][0]["error"] == "Timed out after 1s"
+
+
+def send_head(server, path: str, headers: str) -> socket.socket:
+    """Open a connection to `server` and send a POST's request line and headers, but no body."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+    return sock
+
+
+@pytest.mark.parametrize("path", ["/api/jobs/", "/accounts/login/"])
+def test_a_body_announced_too_large_is_refused_before_it_is_sent(start_server, path):
+    """Answer 413 to a Content-Length over the limit at once, without waiting for (or storing) the body."""
+    server = start_server().wait_until_up()
+    with send_head(server, path, "Content-Type: application/json\r\nContent-Length: 10000000000\r\n") as sock:
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+
+
+def test_a_chunked_body_is_read_only_up_to_its_limit(start_server):
+    """Answer 413 to a body without a length as soon as it passes the limit, while the client is still sending."""
+    server = start_server().wait_until_up()
+    chunk = b"x" * 65536
+    sent = 0
+    with send_head(server, "/api/jobs/", "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n") as sock:
+        try:
+            while sent < 256 * 2**20 and not select.select([sock], [], [], 0)[0]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            else:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server closed the connection after its answer
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    # The limit is 80 KiB; what the socket buffers held on the way is the rest.
+    assert sent < 32 * 2**20, sent
