@@ -49,27 +49,26 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def ensure_admin() -> tuple[str, str]:
-    """Create the admin account if missing; return its username and password.
+def ensure_admin() -> tuple[str, str | None]:
+    """Create the admin account if missing; return its username and password, or None for a changed one.
 
-    The password comes from SKIPJACK_ADMIN_PASSWORD, or is generated once and
-    kept in .data/admin_password so every run prints the same login.
+    The first password comes from SKIPJACK_ADMIN_PASSWORD, or is generated
+    once and kept in .data/admin_password so every run prints the same
+    login. It is set only when the account is created: a password changed
+    since (in the admin, with `changepassword`) is kept, and not printed.
     """
     username = os.environ.get("SKIPJACK_ADMIN_USER", "admin")
     password = os.environ.get("SKIPJACK_ADMIN_PASSWORD")
-    password_file = admin_password_file()
     if not password:
-        if not password_file.exists():
-            embedded.DATA_DIR.mkdir(parents=True, exist_ok=True)
-            password_file.write_text(secrets.token_urlsafe(12))
-            password_file.chmod(0o600)
-        password = password_file.read_text().strip()
-    user, _ = get_user_model().objects.get_or_create(
+        password = embedded.private_file(admin_password_file(), lambda: secrets.token_urlsafe(12))
+    user, created = get_user_model().objects.get_or_create(
         username=username, defaults={"email": f"{username}@localhost", "is_staff": True, "is_superuser": True}
     )
-    if not user.check_password(password):
+    if created:
         user.set_password(password)
         user.save(update_fields=["password"])
+    elif not user.check_password(password):
+        return username, None
     return username, password
 
 
@@ -95,9 +94,11 @@ def child_environments(*, access_log: bool) -> tuple[dict, dict]:
     return {**env, "LOG_LEVEL": "INFO" if access_log else level}, {**env, "LOG_LEVEL": level}
 
 
-def banner(*, url: str, port: int, username: str, password: str) -> str:
+def banner(*, url: str, port: int, username: str, password: str | None) -> str:
     """Return what `serve` prints once it runs: where to go, the login, where its password is kept."""
-    if os.environ.get("SKIPJACK_ADMIN_PASSWORD"):
+    if password is None:
+        password, kept = "(your own)", "no longer the first one: it was changed, and serve leaves it alone"
+    elif os.environ.get("SKIPJACK_ADMIN_PASSWORD"):
         kept = "set by SKIPJACK_ADMIN_PASSWORD"
     else:
         kept = f"kept in {shown_path(admin_password_file())}"

@@ -21,6 +21,31 @@ class EmbeddedUnavailable(RuntimeError):
     """An embedded database was asked for but cannot run here."""
 
 
+def private_file(path: Path, make) -> str:
+    """Return the text of `path`, readable by its owner only; first write `make()` into it if it is missing.
+
+    The file is created with mode 0600 (never readable by others, not even
+    for a moment) and one found with a wider mode is narrowed to it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as new:
+            new.write(make())
+    return path.read_text().strip()
+
+
+def secret_key() -> str:
+    """Return this checkout's development SECRET_KEY, generated into .data/secret_key on first use."""
+    import secrets
+
+    return private_file(DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50))
+
+
 def postgres_url() -> str:
     """Start (or attach to) the embedded PostgreSQL and return its URL."""
     if sys.version_info >= (3, 13):

@@ -35,13 +35,7 @@ if not SECRET_KEY:
     if not DEBUG and env_bool("SKIPJACK_REQUIRE_SECRET_KEY", False):
         raise RuntimeError("SECRET_KEY must be set in production")
     # A per-checkout key for development, kept out of the repository.
-    key_file = embedded.DATA_DIR / "secret_key"
-    if not key_file.exists():
-        import secrets
-
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-    SECRET_KEY = key_file.read_text().strip()
+    SECRET_KEY = embedded.secret_key()
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")

@@ -219,3 +219,51 @@ def test_serve_says_what_its_stop_waits_for_and_a_second_ctrl_c_ends_the_wait(tm
     assert "The worker gives running jobs up to 30 s to finish; Ctrl-C again stops it now." in after
     assert "Stopping now." in after
     assert Job.objects.get(pk=job.pk).status != JobStatus.RUNNING
+
+
+def test_serve_keeps_an_admin_password_changed_since_it_made_the_account(tmp_path):
+    """Leave the admin's password alone when it is no longer the first one, and print no stale one."""
+    first = Serve(tmp_path).wait_until_up()
+    first.stop()
+    password = (tmp_path / "admin_password").read_text().strip()
+    assert f"Login:     admin / {password}\n" in first.output()
+    admin = UserFactory._meta.model.objects.get(username="admin")
+    admin.set_password("changed-in-the-admin-9")
+    admin.save()
+
+    again = Serve(tmp_path).wait_until_up()
+    again.stop()
+    admin.refresh_from_db()
+    assert admin.check_password("changed-in-the-admin-9")
+    assert password not in again.output()
+    assert "Login:     admin / (your own)\n" in again.output()
+    assert "no longer the first one: it was changed, and serve leaves it alone" in again.output()
+
+
+def test_the_development_files_of_secrets_are_readable_by_their_owner_only(tmp_path):
+    """Create .data/secret_key and .data/admin_password with mode 0600, and narrow a wider one, keeping its key."""
+    import stat
+
+    def settings_key() -> str:
+        code = "from django.conf import settings; print(settings.SECRET_KEY)"
+        env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+            env={**env, "SKIPJACK_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "queueproject.settings",
+                 "DATABASE_URL": database_url_for_tests(), "REDIS_URL": settings.REDIS_URL},
+            preexec_fn=lambda: os.umask(0o022),  # a common umask, under which a plain write is world-readable
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    key_file = tmp_path / "secret_key"
+    key = settings_key()
+    assert key == key_file.read_text().strip() and len(key) >= 50
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_file.chmod(0o644)  # as an earlier version left it
+    assert settings_key() == key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+    serve = Serve(tmp_path).wait_until_up()
+    serve.stop()
+    assert stat.S_IMODE((tmp_path / "admin_password").stat().st_mode) == 0o600
