@@ -33,9 +33,9 @@ from django.utils import timezone
 from jobs import conf, events, retry
 from jobs.counters import COUNTER_TABLE, finished_sql, tally_sql
 from jobs.db import statement_cursor
-from jobs.errors import IllegalTransition, JobTypeNotAllowed, OwnerAtCapacity
+from jobs.errors import IllegalTransition, OwnerAtCapacity
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Priority, Worker
-from jobs.registry import get_handler, unstorable, validate_payload
+from jobs.registry import check_owner, get_handler, staff_only_types, unstorable, validate_payload
 from jobs.tracing import current_trace_id
 
 logger = logging.getLogger("jobs.queue")
@@ -65,10 +65,10 @@ def parse_priority(value: Any) -> int:
     raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
 
 
-def _job_options(type_name, *, owner, queue, priority, max_retries, timeout, run_at, delay, ttl, now):
+def _job_options(type_name, *, owner, payloads, queue, priority, max_retries, timeout, run_at, delay, ttl, now):
     handler = get_handler(type_name)
-    if handler.staff_only and owner is not None and not owner.is_staff:
-        raise JobTypeNotAllowed(f"Only staff may submit {type_name} jobs.")
+    for payload in payloads:
+        check_owner(handler, owner, payload)
     if run_at is not None and delay is not None:
         raise ValueError("Give run_at or delay, not both.")
     if max_retries is not None and not 0 <= max_retries <= 100:
@@ -229,7 +229,7 @@ def enqueue(
     _check_storable(queue=queue, unique_key=unique_key, idempotency_key=idempotency_key, trace_id=trace_id)
     now = timezone.now()
     options = _job_options(
-        type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
+        type, owner=owner, payloads=[payload], queue=queue, priority=priority, max_retries=max_retries,
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
     trace_id = trace_id or current_trace_id() or uuid.uuid4().hex
@@ -274,7 +274,7 @@ def enqueue_many(type: str, payloads: Iterable[Any], *, owner=None, queue=None, 
     _check_storable(queue=queue, trace_id=trace_id)
     now = timezone.now()
     o = _job_options(
-        type, owner=owner, queue=queue, priority=priority, max_retries=max_retries,
+        type, owner=owner, payloads=payloads, queue=queue, priority=priority, max_retries=max_retries,
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
     trace_id = trace_id or current_trace_id() or uuid.uuid4().hex
@@ -501,45 +501,74 @@ def complete_job(job: ClaimedJob, result: Any) -> bool:
     return bool(complete_jobs([(job.id, job.lease_token, result)]))
 
 
-def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: bool = False,
-             outcome: str = "failed", run_seconds: float | None = None) -> str | None:
-    """Record a failed attempt; return the job's new status, or None if its lease was lost.
+@dataclass(slots=True)
+class Failure:
+    """A failed attempt of a running job, as the worker reports it."""
 
-    The job goes to `retrying` with an exponential backoff, or to `dead`
-    (the DLQ) when the failure is permanent or its retries are used up.
-    `run_seconds`, how long the handler ran, is observed in the run-time
-    histogram.
+    job: ClaimedJob
+    error: str
+    traceback: str = ""
+    permanent: bool = False
+    # How the attempt ended, as the job's history records it: failed, timeout, interrupted.
+    outcome: str = "failed"
+    run_seconds: float | None = None  # how long the handler ran, for the run-time histogram
+
+
+def fail_jobs(failures: list[Failure]) -> dict[int, str]:
+    """Record failed attempts of running jobs, in one statement; return each recorded job's new status.
+
+    Each job goes to `retrying` after its backoff, or to `dead` (the DLQ)
+    when the failure is permanent or its retries are used up, as
+    jobs.retry.decide says. A job missing from the result had lost its
+    lease (rescued or cancelled) and keeps whatever state it has now.
     """
-    decision = retry.decide(type_name=job.type, attempts=job.attempts, max_retries=job.max_retries,
-                            permanent=permanent, now=timezone.now())
-    # The delay, not decision.run_at: it counts from the database's clock.
-    status, dead, delay = decision.status, decision.dead, decision.delay
-    history = _HISTORY_ENTRY.format(outcome="%(outcome)s::text", error="%(error)s::text", traceback="%(traceback)s::text")
+    if not failures:
+        return {}
+    now = timezone.now()
+    rows = []
+    for failure in failures:
+        job = failure.job
+        decision = retry.decide(type_name=job.type, attempts=job.attempts, max_retries=job.max_retries,
+                                permanent=failure.permanent, now=now)
+        # The delay, not decision.run_at: it counts from the database's clock.
+        rows.append({"id": job.id, "token": str(job.lease_token), "status": decision.status, "delay": decision.delay,
+                     "error": failure.error, "traceback": failure.traceback[-20000:], "outcome": failure.outcome,
+                     "run_s": failure.run_seconds, "wait_s": job.wait_seconds})
+    history = _HISTORY_ENTRY.format(outcome="c.outcome", error="c.error", traceback="c.traceback")
     counted = tally_sql("failed", ["'failed'", "CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END"])
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             WITH failed AS (
                 UPDATE {JOB_TABLE} AS j
-                SET status = %(status)s, error = %(error)s,
-                    run_at = CASE WHEN %(dead)s THEN j.run_at ELSE statement_timestamp() + make_interval(secs => %(delay)s) END,
-                    finished_at = CASE WHEN %(dead)s THEN statement_timestamp() ELSE NULL END,
+                SET status = c.status, error = c.error,
+                    run_at = CASE WHEN c.status = 'dead' THEN j.run_at
+                                  ELSE statement_timestamp() + make_interval(secs => c.delay) END,
+                    finished_at = CASE WHEN c.status = 'dead' THEN statement_timestamp() END,
                     leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
                     history = j.history || {history}
-                WHERE j.id = %(id)s AND j.status = 'running' AND j.lease_token = %(token)s
-                RETURNING j.type, j.queue, j.status, j.owner_id, %(run_s)s::float8 AS run_s, %(wait_s)s::float8 AS wait_s
+                FROM jsonb_to_recordset(%s::jsonb) AS c(id bigint, token uuid, status text, delay float8, error text,
+                                                        traceback text, outcome text, run_s float8, wait_s float8)
+                WHERE {_HELD_BY_LEASE}
+                RETURNING j.id, j.type, j.queue, j.status, j.owner_id, c.run_s, c.wait_s
             ), counted AS ({counted}), finished AS ({finished_sql("failed")})
-            SELECT 1 FROM failed
+            SELECT id, status, owner_id FROM failed
             """,
-            {"status": status, "error": error, "dead": dead, "delay": delay, "id": job.id,
-             "token": job.lease_token, "outcome": outcome, "traceback": traceback[-20000:],
-             "run_s": run_seconds, "wait_s": job.wait_seconds},
+            [json.dumps(rows)],
         )
-        updated = cursor.rowcount
-    if not updated:
-        return None
-    events.jobs_changed([job.id], [job.owner_id], status)
-    return status
+        recorded = cursor.fetchall()
+    for status in (JobStatus.RETRYING, JobStatus.DEAD):
+        moved = [(job_id, owner_id) for job_id, new_status, owner_id in recorded if new_status == status]
+        if moved:
+            events.jobs_changed([m[0] for m in moved], [m[1] for m in moved], status)
+    return {job_id: status for job_id, status, _ in recorded}
+
+
+def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: bool = False,
+             outcome: str = "failed", run_seconds: float | None = None) -> str | None:
+    """Record one failed attempt (see fail_jobs); return the job's new status, or None if its lease was lost."""
+    statuses = fail_jobs([Failure(job, error, traceback, permanent, outcome, run_seconds)])
+    return statuses.get(job.id)
 
 
 def release_jobs(jobs: list[ClaimedJob]) -> int:
@@ -801,8 +830,25 @@ def cancel_job(job_id: int) -> None:
     _announce(job_id, JobStatus.CANCELLED)
 
 
+def _owner_may_not_run(queryset):
+    """Return the jobs in `queryset` of a type only staff may have whose owner is not staff (any more).
+
+    Such a job, submitted while its owner was staff, must not come back
+    through a retry or a requeue; the handler checks the owner again when
+    it runs, for a change made after that.
+    """
+    return queryset.filter(type__in=staff_only_types(), owner__is_staff=False)
+
+
 def retry_job(job_id: int) -> None:
-    """Requeue a dead, cancelled or expired job with a fresh set of retries."""
+    """Requeue a dead, cancelled or expired job with a fresh set of retries.
+
+    Raise IllegalTransition for a job of a staff-only type whose owner is
+    not staff, as for a job in a status that cannot be retried.
+    """
+    refused = _owner_may_not_run(Job.objects.filter(pk=job_id)).values_list("type", flat=True).first()
+    if refused is not None:
+        raise IllegalTransition(f"Cannot retry job {job_id}: only staff may run {refused} jobs, and its owner is not staff.")
     _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes())
     _notify(_announce(job_id, JobStatus.QUEUED))
 
@@ -863,9 +909,13 @@ def dead_jobs(*, ids: list[int] | None = None, type: str | None = None, queue: s
 def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
     """Requeue the dead jobs in `queryset` (at most `limit`); return their ids.
 
-    Jobs in any other status are left alone, so a stale selection is safe.
+    Jobs in any other status are left alone, so a stale selection is safe,
+    and so are jobs of a staff-only type whose owner is not staff.
     """
-    candidates = queryset.filter(status=JobStatus.DEAD).order_by("pk").values_list("pk", flat=True)
+    candidates = (
+        queryset.filter(status=JobStatus.DEAD).exclude(pk__in=_owner_may_not_run(queryset).values("pk"))
+        .order_by("pk").values_list("pk", flat=True)
+    )
     if limit is not None:
         candidates = candidates[:limit]
     with transaction.atomic():

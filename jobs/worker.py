@@ -407,9 +407,15 @@ class Worker:
                 except DB_ERRORS:
                     for outcome in successes:
                         self._write_alone(outcome)
-            for outcome in pending:
-                if not outcome.ok:
-                    self._write_alone(outcome)
+            failures = [o for o in pending if not o.ok]
+            if failures:
+                try:
+                    self._failed(failures, queue.fail_jobs([self._failure_of(o) for o in failures]))
+                except CONNECTION_ERRORS:
+                    raise
+                except DB_ERRORS:
+                    for outcome in failures:
+                        self._write_alone(outcome)
         except CONNECTION_ERRORS:
             deferred = {id(o) for o in self._unwritten}
             self._unwritten += [o for o in pending if o.running.job.id in self._held and id(o) not in deferred]
@@ -421,15 +427,11 @@ class Worker:
         return (outcome.running.job.id, outcome.running.job.lease_token, outcome.result, outcome.duration)
 
     def _write_alone(self, outcome: Outcome) -> None:
-        job = outcome.running.job
         try:
             if outcome.ok:
                 self._completed([outcome], queue.complete_jobs([self._completion(outcome)]))
             else:
-                status = queue.fail_job(job, error=outcome.error, traceback=outcome.traceback,
-                                        permanent=outcome.permanent, outcome=outcome.kind, run_seconds=outcome.duration)
-                self._forget(outcome.running)
-                self._count_failure(job, status, error=outcome.error, duration=outcome.duration)
+                self._failed([outcome], queue.fail_jobs([self._failure_of(outcome)]))
         except CONNECTION_ERRORS:
             raise
         except DATA_ERRORS as exc:
@@ -455,6 +457,17 @@ class Worker:
         self._log(logging.ERROR, "write_failed", outcome.running.job,
                   error=f"its outcome could not be written {outcome.write_attempts} times: {_describe(exc)}")
         self._forget(outcome.running)
+
+    @staticmethod
+    def _failure_of(outcome: Outcome) -> queue.Failure:
+        return queue.Failure(outcome.running.job, outcome.error, outcome.traceback, outcome.permanent, outcome.kind,
+                             outcome.duration)
+
+    def _failed(self, failures: list[Outcome], statuses: dict[int, str]) -> None:
+        for outcome in failures:
+            self._forget(outcome.running)
+            job = outcome.running.job
+            self._count_failure(job, statuses.get(job.id), error=outcome.error, duration=outcome.duration)
 
     def _completed(self, successes: list[Outcome], completed: set[int]) -> None:
         for outcome in successes:
