@@ -20,6 +20,7 @@ from queueproject.asgi import application
 from tests.factories import UserFactory
 
 ORIGIN = b"http://testserver"
+HOST = b"testserver"
 
 
 @pytest.fixture(autouse=True)
@@ -126,11 +127,13 @@ def cookie_for(user) -> bytes:
     return f"sessionid={client.cookies['sessionid'].value}".encode()
 
 
-async def open_socket(cookie: bytes | None = None, origin: bytes = ORIGIN) -> tuple[WebsocketCommunicator, bool]:
-    headers = [(b"origin", origin)]
+async def open_socket(cookie: bytes | None = None, origin: bytes | None = ORIGIN, host: bytes | None = HOST,
+                      scheme: str = "ws", headers=()) -> tuple[WebsocketCommunicator, bool]:
+    headers = [*headers, *([(b"host", host)] if host else []), *([(b"origin", origin)] if origin else [])]
     if cookie:
         headers.append((b"cookie", cookie))
     communicator = WebsocketCommunicator(application, "/ws/events/", headers=headers)
+    communicator.scope["scheme"] = scheme
     connected, _ = await communicator.connect(timeout=5)
     return communicator, connected
 
@@ -162,18 +165,93 @@ def test_anonymous_sockets_are_refused():
 
 
 @pytestmark_live
-def test_sockets_from_other_origins_are_refused():
-    """Refuse a signed-in socket opened by a page on another site."""
+@pytest.mark.parametrize("origin, host, scheme", [
+    (b"http://evil.example", HOST, "ws"),
+    (b"http://testserver:8080", HOST, "ws"),  # another port of the same host
+    (b"http://testserver", b"testserver:8000", "ws"),
+    (b"https://testserver", HOST, "ws"),  # a page over HTTPS, the socket over plain HTTP
+    (b"http://testserver", HOST, "wss"),  # and the other way round
+    (b"http://localhost", HOST, "ws"),  # allowed host, but another one than this request's
+    (b"null", HOST, "ws"),
+    (None, HOST, "ws"),
+    (b"http://evil.example", b"evil.example", "ws"),  # a Host outside ALLOWED_HOSTS
+    (b"http://testserver", None, "ws"),
+])
+def test_sockets_from_other_origins_are_refused(origin, host, scheme):
+    """Refuse a signed-in socket unless its page has this request's scheme, host and port."""
     cookie = cookie_for(UserFactory())
 
     async def scenario():
-        _, connected = await open_socket(cookie, origin=b"http://evil.example")
+        _, connected = await open_socket(cookie, origin=origin, host=host, scheme=scheme)
         assert not connected
         communicator, connected = await open_socket(cookie)
         assert connected
         await communicator.disconnect()
 
     async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_sockets_from_the_sites_own_origin_are_accepted(settings):
+    """Accept a socket whose page has the request's scheme, host and port, as a proxy reports them, or a trusted origin."""
+    cookie = cookie_for(UserFactory())
+    settings.ALLOWED_HOSTS = ["testserver", "jobs.example.com"]
+    settings.CSRF_TRUSTED_ORIGINS = ["https://*.example.org"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+    async def scenario():
+        accepted = [
+            await open_socket(cookie, origin=b"http://testserver:8000", host=b"testserver:8000"),
+            await open_socket(cookie, origin=b"https://jobs.example.com", host=b"jobs.example.com", scheme="wss"),
+            await open_socket(cookie, origin=b"https://JOBS.example.com:443", host=b"jobs.example.com", scheme="wss"),
+            # Behind a proxy that terminates TLS and says so.
+            await open_socket(cookie, origin=b"https://jobs.example.com", host=b"jobs.example.com",
+                              headers=[(b"x-forwarded-proto", b"https")]),
+            await open_socket(cookie, origin=b"https://app.example.org"),
+        ]
+        assert [connected for _, connected in accepted] == [True] * len(accepted)
+        for communicator, _ in accepted:
+            await communicator.disconnect()
+        _, connected = await open_socket(cookie, origin=b"http://jobs.example.com", host=b"jobs.example.com",
+                                         headers=[(b"x-forwarded-proto", b"https")])
+        assert not connected
+
+    async_to_sync(scenario)()
+
+
+@pytest.mark.process
+def test_a_real_server_accepts_sockets_from_its_own_origin_only(start_server, settings):
+    """Over uvicorn, accept the page's own origin, and refuse another port, another scheme and another host."""
+    import websockets
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cookie = cookie_for(UserFactory()).decode()
+    server = start_server().wait_until_up()
+    port = server.port
+    url = f"ws://127.0.0.1:{port}/ws/events/"
+
+    async def status(origin: str, **headers) -> int:
+        try:
+            async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": origin, **headers}):
+                return 101
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+
+    async def scenario():
+        return {
+            "own": await status(f"http://127.0.0.1:{port}"),
+            "other port": await status(f"http://127.0.0.1:{port + 1}"),
+            "https page": await status(f"https://127.0.0.1:{port}"),
+            "other host": await status(f"http://localhost:{port}"),
+            # uvicorn takes the scheme from a trusted proxy (FORWARDED_ALLOW_IPS: 127.0.0.1).
+            "https behind a proxy": await status(f"https://127.0.0.1:{port}", **{"X-Forwarded-Proto": "https"}),
+            "http behind an https proxy": await status(f"http://127.0.0.1:{port}", **{"X-Forwarded-Proto": "https"}),
+        }
+
+    assert asyncio.run(scenario()) == {
+        "own": 101, "other port": 403, "https page": 403, "other host": 403,
+        "https behind a proxy": 101, "http behind an https proxy": 403,
+    }
 
 
 @pytestmark_live
@@ -402,3 +480,4 @@ def test_an_idle_socket_stays_open():
         await communicator.disconnect()
 
     async_to_sync(scenario)()
+
