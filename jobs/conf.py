@@ -32,8 +32,10 @@ DEFAULTS = {
     "JOBS_MAX_ABANDONED_THREADS": None,
     # Finished jobs are deleted this many seconds after they finish (0 keeps them).
     "JOBS_RETENTION_SECONDS": 7 * 24 * 3600.0,
-    # Off unless an operator turns it on; even then only staff may submit.
+    # Off unless an operator turns it on; even then only staff may submit,
+    # and only the programs listed (exactly as argv[0] names them) run.
     "JOBS_ENABLE_SHELL_COMMANDS": False,
+    "JOBS_SHELL_ALLOWED_COMMANDS": (),
     # scrape_website refuses loopback, private and link-local addresses unless set.
     "JOBS_SCRAPE_ALLOW_PRIVATE": False,
     "JOBS_SCRAPE_MAX_BYTES": 2 * 1024 * 1024,

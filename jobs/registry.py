@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs import conf
-from jobs.errors import PayloadError, UnknownJobType
+from jobs.errors import JobTypeNotAllowed, PayloadError, UnknownJobType
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,22 @@ class Handler:
     staff_only: bool = False
     # Name of a JOBS_* setting that must be true for the type to exist.
     enabled_by: str | None = None
+    # Name of a JOBS_* setting that, while set, opens a staff_only type to
+    # every user (send_email: JOBS_EMAIL_USER_RECIPIENTS).
+    open_to_users_by: str | None = None
+    # check_user(user, payload): for a job of a user who is not staff, raise
+    # PayloadError (or jobs.submission.SubmissionRefused) for what that user
+    # may not ask of this type; e.g. send_email's recipients.
+    check_user: Callable[[Any, Any], None] | None = None
 
     @property
     def enabled(self) -> bool:
         return self.enabled_by is None or bool(conf.get(self.enabled_by))
+
+    @property
+    def requires_staff(self) -> bool:
+        """Return whether only staff (and code, with no owner) may have jobs of this type now."""
+        return self.staff_only and not (self.open_to_users_by and conf.get(self.open_to_users_by))
 
 
 @dataclass
@@ -66,6 +78,23 @@ class JobContext:
         if self.stop_requested.wait(seconds):
             raise JobTimeout("job stopped while sleeping")
 
+    def owner_now(self):
+        """Return the job's owner as the database has them now, or None for a job without one.
+
+        Raise PermanentError if the job is gone, as then nobody can be
+        checked to be allowed to run it.
+        """
+        from django.contrib.auth import get_user_model
+
+        from jobs.errors import PermanentError
+        from jobs.models import Job
+
+        try:
+            owner_id = Job.objects.values_list("owner_id", flat=True).get(pk=self.job_id)
+        except Job.DoesNotExist:
+            raise PermanentError(f"Job {self.job_id} no longer exists.") from None
+        return None if owner_id is None else get_user_model().objects.filter(pk=owner_id).first()
+
 
 _registry: dict[str, Handler] = {}
 
@@ -93,6 +122,43 @@ def get_handler(name: str) -> Handler:
 def handlers() -> list[Handler]:
     """Return the enabled handlers, sorted by name."""
     return sorted((h for h in _registry.values() if h.enabled), key=lambda h: h.name)
+
+
+def staff_only_types() -> list[str]:
+    """Return the names of the registered types that only staff may have jobs of now."""
+    return sorted(h.name for h in _registry.values() if h.requires_staff)
+
+
+def check_owner(handler: Handler, owner, payload: Any) -> None:
+    """Raise JobTypeNotAllowed, or what the type's check_user raises, if `owner` may not have this job.
+
+    Jobs without an owner (enqueued by code or an operator) and staff's
+    jobs may be anything.
+    """
+    if owner is None or owner.is_staff:
+        return
+    if handler.requires_staff:
+        raise JobTypeNotAllowed(f"Only staff may submit {handler.name} jobs.")
+    if handler.check_user is not None:
+        handler.check_user(owner, payload)
+
+
+def check_owner_at_run(job: JobContext):
+    """Return the owner of the job `job` runs, as they are now; raise PermanentError if they may not have it.
+
+    An owner may have lost staff status, or a setting may have changed,
+    since the job was submitted, retried or requeued, so the handlers of
+    restricted types call this before doing anything.
+    """
+    from jobs.errors import PermanentError
+    from jobs.submission import SubmissionRefused
+
+    owner = job.owner_now()
+    try:
+        check_owner(get_handler(job.type), owner, job.payload)
+    except (JobTypeNotAllowed, PayloadError, SubmissionRefused) as exc:
+        raise PermanentError(f"Not run for its owner: {exc}") from None
+    return owner
 
 
 def json_depth(value: Any, limit: int) -> int:

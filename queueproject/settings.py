@@ -262,6 +262,8 @@ if "JOBS_HANDLER_MODULES" in os.environ:
     JOBS_HANDLER_MODULES = env_list("JOBS_HANDLER_MODULES", "")
 if "JOBS_ENABLE_SHELL_COMMANDS" in os.environ:
     JOBS_ENABLE_SHELL_COMMANDS = env_bool("JOBS_ENABLE_SHELL_COMMANDS", False)
+if "JOBS_SHELL_ALLOWED_COMMANDS" in os.environ:
+    JOBS_SHELL_ALLOWED_COMMANDS = env_list("JOBS_SHELL_ALLOWED_COMMANDS", "")
 if "JOBS_SCRAPE_ALLOW_PRIVATE" in os.environ:
     JOBS_SCRAPE_ALLOW_PRIVATE = env_bool("JOBS_SCRAPE_ALLOW_PRIVATE", False)
 # Live dashboard events (jobs.events); JOBS_EVENTS=0 turns publishing off.

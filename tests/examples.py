@@ -42,9 +42,9 @@ EXAMPLES = [
     # Validated and stored, never run here: they need the network.
     Example("scrape_website", {"url": "https://example.com"}, {"timeout": 20, "ttl": 3600}),
     Example("scrape_website", "https://example.com"),
-    # Only with JOBS_ENABLE_SHELL_COMMANDS, and only for staff.
-    Example("run_command", {"argv": ["echo", "hello"]}),
-    Example("run_command", {"argv": ["echo", "hello"], "timeout": 5}),
+    # Only with JOBS_ENABLE_SHELL_COMMANDS, only for staff, and only for a program in JOBS_SHELL_ALLOWED_COMMANDS.
+    Example("run_command", {"argv": ["/bin/echo", "hello"]}),
+    Example("run_command", {"argv": ["/bin/echo", "hello"], "timeout": 5}),
 ]
 
 

@@ -580,7 +580,7 @@ FILLED = {
     "send_email": {"p_to": "ada@example.com", "p_subject": "Hi", "p_body": "Hello."},
     "process_video": {"p_url": "https://example.com/cat.mp4", "p_duration": "1", "p_steps": "2"},
     "scrape_website": {"p_url": "https://example.com"},
-    "run_command": {"p_argv": "echo\nhello", "p_timeout": "5"},
+    "run_command": {"p_argv": "/bin/echo\nhello", "p_timeout": "5"},
 }
 
 
@@ -598,6 +598,7 @@ def marked_required(block: str) -> bool:
 def test_an_input_is_marked_required_exactly_when_leaving_it_empty_is_refused(staff, settings, type_name):
     """Mark the inputs that may not be left empty, and only those; refuse each such one left empty, beside it."""
     settings.JOBS_ENABLE_SHELL_COMMANDS = True
+    settings.JOBS_SHELL_ALLOWED_COMMANDS = ("/bin/echo",)
     client = client_for(staff)
     inputs = payload_inputs(client.get(reverse("dashboard:submit-fields"), {"type": type_name}).content.decode())
     assert set(inputs) >= set(FILLED[type_name])

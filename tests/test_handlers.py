@@ -1,4 +1,4 @@
-"""Built-in job handlers and their payload validators, run directly: no worker, no database."""
+"""Built-in job handlers and their payload validators, run directly: no worker, and no database but the job row run_command reads its owner from."""
 
 import sys
 import threading
@@ -15,8 +15,13 @@ from jobs.errors import JobTimeout, PayloadError, PermanentError, UnknownJobType
 from jobs.handlers.web import MAX_REDIRECTS, UnreachableDestination, is_refused_address
 from jobs.registry import JobContext, get_handler, validate_payload
 from tests.examples import examples
+from tests.factories import JobFactory
 
-shell_enabled = override_settings(JOBS_ENABLE_SHELL_COMMANDS=True)
+# The programs the tests run, and the examples' /bin/echo.
+shell_enabled = override_settings(
+    JOBS_ENABLE_SHELL_COMMANDS=True,
+    JOBS_SHELL_ALLOWED_COMMANDS=(sys.executable, "/bin/echo", "ls", "/nonexistent/no-such-program"),
+)
 private_allowed = override_settings(JOBS_SCRAPE_ALLOW_PRIVATE=True)
 private_refused = override_settings(JOBS_SCRAPE_ALLOW_PRIVATE=False)
 
@@ -24,7 +29,7 @@ private_refused = override_settings(JOBS_SCRAPE_ALLOW_PRIVATE=False)
 def run(type_name, payload, **context):
     """Validate `payload` for `type_name`, run the handler on it and return the result."""
     payload = validate_payload(type_name, payload)
-    job = JobContext(job_id=1, type=type_name, payload=payload, attempt=1, **context)
+    job = JobContext(**{"job_id": 1, "type": type_name, "payload": payload, "attempt": 1, **context})
     return get_handler(type_name).func(job)
 
 
@@ -458,6 +463,12 @@ def test_scrape_refuses_a_redirect_to_a_private_address(site):
 # run_command
 
 
+@pytest.fixture
+def command_job(db):
+    """Return the id of a run_command job without an owner, as enqueued by code, for a handler to run as."""
+    return JobFactory(type="run_command", payload={"argv": ["ls"], "timeout": 60}).pk
+
+
 @override_settings(JOBS_ENABLE_SHELL_COMMANDS=False)
 def test_run_command_is_unknown_unless_enabled():
     """Hide run_command from lookup and validation unless JOBS_ENABLE_SHELL_COMMANDS is set."""
@@ -474,41 +485,42 @@ def test_run_command_is_staff_only():
 
 
 @shell_enabled
-def test_run_command_returns_the_output():
+def test_run_command_returns_the_output(command_job):
     """Run argv without a shell and return its exit code and output."""
-    result = run("run_command", {"argv": [sys.executable, "-c", "print('hi'); print('$HOME')"]})
+    result = run("run_command", {"argv": [sys.executable, "-c", "print('hi'); print('$HOME')"]}, job_id=command_job)
     assert result == {"returncode": 0, "stdout": "hi\n$HOME\n", "stderr": ""}
 
 
 @shell_enabled
-def test_run_command_caps_the_output():
-    """Keep only the last 10,000 characters of output."""
-    result = run("run_command", {"argv": [sys.executable, "-c", "print('x' * 20000, end='!')"]})
+def test_run_command_caps_the_output(command_job):
+    """Keep only the last 10,000 bytes of output."""
+    result = run("run_command", {"argv": [sys.executable, "-c", "print('x' * 20000, end='!')"]}, job_id=command_job)
     assert len(result["stdout"]) == 10_000
     assert result["stdout"].endswith("x!")
 
 
 @shell_enabled
-def test_run_command_raises_with_the_exit_status_and_stderr():
+def test_run_command_raises_with_the_exit_status_and_stderr(command_job):
     """Raise, naming the exit status and stderr, when the command fails."""
     argv = [sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match="status 3: boom"):
-        run("run_command", {"argv": argv})
+        run("run_command", {"argv": argv}, job_id=command_job)
 
 
 @shell_enabled
-def test_run_command_fails_permanently_for_a_missing_program():
+def test_run_command_fails_permanently_for_a_missing_program(command_job):
     """Raise PermanentError when the program does not exist."""
     with pytest.raises(PermanentError, match="no-such-program"):
-        run("run_command", {"argv": ["/nonexistent/no-such-program"]})
+        run("run_command", {"argv": ["/nonexistent/no-such-program"]}, job_id=command_job)
 
 
 @shell_enabled
-def test_run_command_stops_a_command_past_its_timeout():
+def test_run_command_stops_a_command_past_its_timeout(command_job):
     """Kill the command and raise once its timeout passes."""
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="timed out"):
-        run("run_command", {"argv": [sys.executable, "-c", "import time; time.sleep(30)"], "timeout": 0.5})
+        payload = {"argv": [sys.executable, "-c", "import time; time.sleep(30)"], "timeout": 0.5}
+        run("run_command", payload, job_id=command_job)
     assert time.monotonic() - started < 10
 
 

@@ -17,6 +17,7 @@ from django.core.validators import validate_email
 from urllib3.exceptions import LocationParseError
 from urllib3.util import Url, parse_url
 
+from jobs import conf
 from jobs.errors import PayloadError
 
 MAX_TEXT_LENGTH = 10_000
@@ -257,10 +258,19 @@ url_payload = PayloadSchema(
 )
 
 
+def allowed_program(program: str) -> bool:
+    """Return whether run_command may run `program`: it is one of JOBS_SHELL_ALLOWED_COMMANDS, exactly."""
+    return program in conf.get("JOBS_SHELL_ALLOWED_COMMANDS")
+
+
 def _check_command(values: dict[str, Any], fields: _Fields) -> None:
     if "argv" not in fields.errors:
-        if not values["argv"][0]:
+        program = values["argv"][0]
+        if not program:
             fields.error("argv", "The program name may not be blank.")
+        elif not allowed_program(program):
+            # The list itself is not shown: this message reaches users who are not staff too.
+            fields.error("argv", f"{program!r} is not a program this server runs (JOBS_SHELL_ALLOWED_COMMANDS).")
         if any("\0" in arg for arg in values["argv"]):
             fields.error("argv", "Must not contain NUL characters.")
 
