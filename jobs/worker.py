@@ -397,24 +397,17 @@ class Worker:
         if not self._unwritten:
             return False
         pending, self._unwritten = self._unwritten, []
-        successes = [o for o in pending if o.ok]
         try:
-            if successes:
+            for batch in ([o for o in pending if o.ok], [o for o in pending if not o.ok]):
+                if not batch:
+                    continue
                 try:
-                    self._completed(successes, queue.complete_jobs([self._completion(o) for o in successes]))
+                    self._write(batch)
                 except CONNECTION_ERRORS:
                     raise
                 except DB_ERRORS:
-                    for outcome in successes:
-                        self._write_alone(outcome)
-            failures = [o for o in pending if not o.ok]
-            if failures:
-                try:
-                    self._failed(failures, queue.fail_jobs([self._failure_of(o) for o in failures]))
-                except CONNECTION_ERRORS:
-                    raise
-                except DB_ERRORS:
-                    for outcome in failures:
+                    # One value the database refuses would fail the batch every time: write each alone.
+                    for outcome in batch:
                         self._write_alone(outcome)
         except CONNECTION_ERRORS:
             deferred = {id(o) for o in self._unwritten}
@@ -426,12 +419,16 @@ class Worker:
     def _completion(outcome: Outcome) -> tuple:
         return (outcome.running.job.id, outcome.running.job.lease_token, outcome.result, outcome.duration)
 
+    def _write(self, batch: list[Outcome]) -> None:
+        """Write outcomes that are all successes, or all failures, in one statement."""
+        if batch[0].ok:
+            self._completed(batch, queue.complete_jobs([self._completion(o) for o in batch]))
+        else:
+            self._failed(batch, queue.fail_jobs([self._failure_of(o) for o in batch]))
+
     def _write_alone(self, outcome: Outcome) -> None:
         try:
-            if outcome.ok:
-                self._completed([outcome], queue.complete_jobs([self._completion(outcome)]))
-            else:
-                self._failed([outcome], queue.fail_jobs([self._failure_of(outcome)]))
+            self._write([outcome])
         except CONNECTION_ERRORS:
             raise
         except DATA_ERRORS as exc:
