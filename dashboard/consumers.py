@@ -3,19 +3,48 @@
 Only a notification path. A message says which jobs changed (or "resync");
 the page then re-reads what it shows over HTTP, with the same permission
 checks as any request, and does so again after every reconnect.
+
+While it is open, a socket holds its groups, their watch mark (jobs.events)
+and a task that renews both. However the socket ends (the browser closes it
+or sends a frame that is not JSON, Redis refuses a command at the
+disconnect, the server cancels it), the task ends with it, and the groups
+are left as soon as Redis takes the commands, or expire.
 """
 
 import asyncio
+import json
 import logging
+import random
+import time
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
 
 from jobs import events
 
 logger = logging.getLogger("dashboard.consumers")
 
+# Seconds a closing socket keeps trying to leave its groups.
+RELEASE_TIMEOUT = 2.0
 
-class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+
+class JobEventsConsumer(AsyncWebsocketConsumer):
+    renewal = None
+    # Set once the socket gave up what it held: nothing is renewed after that.
+    left = False
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A socket ended by an error never saw its disconnect: give up the
+            # task now, and the groups once Redis answers, without holding up
+            # the end. One the server cancels (it is stopping) leaves them to
+            # expire.
+            task = asyncio.current_task()
+            if self._stop() and self.groups and not (task and task.cancelling()):
+                _detach(self._release())
+
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -32,13 +61,46 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         # sends to a group this socket already receives from.
         await events.watch(self.channel_layer, self.groups)
         self.renewal = asyncio.ensure_future(self._stay_subscribed())
-        # The base class leaves self.groups again on disconnect.
         await self.accept()
 
-    async def disconnect(self, code):
-        renewal = getattr(self, "renewal", None)
-        if renewal is not None:
-            renewal.cancel()
+    async def websocket_disconnect(self, message):
+        if self._stop():
+            await self._release()
+        raise StopConsumer()
+
+    def _stop(self) -> bool:
+        """Stop renewing; return False if that was done already."""
+        if self.left:
+            return False
+        self.left = True
+        if self.renewal is not None:
+            self.renewal.cancel()
+        return True
+
+    async def _release(self) -> None:
+        """Leave the groups, trying again for up to RELEASE_TIMEOUT; never raises.
+
+        The memberships Redis still refuses then expire after the layer's
+        group_expiry. A mass disconnect can take every connection of the
+        layer's pool, and the commands that found none succeed a moment later.
+        """
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        pending = list(self.groups)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    while pending:
+                        await self.channel_layer.group_discard(pending[0], self.channel_name)
+                        pending.pop(0)
+                return
+            except Exception as exc:  # noqa: BLE001 - Redis busy or away: again, until the deadline
+                pause = random.uniform(0.05, 0.2) * attempt
+                if time.monotonic() + pause >= deadline:
+                    _warn_now_and_then("a closed dashboard socket could not leave its groups: %r", exc)
+                    return
+                await asyncio.sleep(pause)
 
     async def _stay_subscribed(self):
         # Renew the watch mark, and the group memberships, which the Redis
@@ -61,8 +123,31 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):
         else:
             await super().dispatch(message)
 
-    async def receive_json(self, content, **kwargs):
-        """Ignore what the browser sends: the socket only carries events to it."""
+    async def receive(self, text_data=None, bytes_data=None):
+        """Ignore every frame the browser sends, JSON or not: the socket only carries events to it."""
 
     async def jobs_changed(self, event):
-        await self.send_json({key: event[key] for key in ("jobs", "resync", "created", "workers")})
+        message = {key: event[key] for key in ("jobs", "resync", "created", "workers")}
+        await self.send(text_data=json.dumps(message))
+
+
+# Tasks run on their own, referenced here until they are done.
+_detached: set[asyncio.Task] = set()
+
+
+def _detach(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+
+
+_last_warning = float("-inf")
+
+
+def _warn_now_and_then(message: str, *args) -> None:
+    # A mass disconnect would otherwise log one line per socket.
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning > 60:
+        _last_warning = now
+        logger.warning(message, *args)

@@ -481,3 +481,73 @@ def test_an_idle_socket_stays_open():
 
     async_to_sync(scenario)()
 
+# --- What a socket holds, and when it ends ---------------------------------------------
+
+
+def renewals() -> list[asyncio.Task]:
+    """Return the tasks that renew a socket's subscriptions, in this event loop."""
+    return [task for task in asyncio.all_tasks() if "_stay_subscribed" in repr(task.get_coro())]
+
+
+@pytest.fixture
+def fast_renewal(monkeypatch):
+    """Renew a socket's watch mark every 0.2 s, each mark lasting 0.6 s, so a socket that stopped renewing is soon seen."""
+    monkeypatch.setattr(events, "WATCH_RENEW", 0.2)
+    monkeypatch.setattr(events, "WATCH_SECONDS", 0.6)
+
+
+@pytestmark_live
+def test_a_frame_that_is_not_json_is_ignored(fast_renewal):
+    """Ignore text that is not JSON and binary frames, keep relaying events, and stop renewing once the socket closes."""
+    from channels.layers import get_channel_layer
+
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        await communicator.send_to(text_data="this is not JSON {")
+        await communicator.send_to(bytes_data=b"\x00\xff")
+        job = await sync_to_async(queue.enqueue)("reverse_string", "still here", owner=alice)
+        assert (await receive_for_job(communicator, job.pk))["jobs"] == [[job.pk, "queued", 0]]
+        await communicator.disconnect()
+        await asyncio.sleep(1.0)
+        assert renewals() == []
+        assert f"user.{alice.pk}" not in await events.watched_groups(get_channel_layer())
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_a_mass_disconnect_past_the_redis_pool_limit_leaves_nothing_renewed(fast_renewal, settings):
+    """Stop every socket's renewal when many close at once on a channel layer short of connections.
+
+    The layer's pool has 4 connections: most of the sockets' commands at the
+    disconnect find none free, as with thousands of sockets and redis-py's
+    default of 100.
+    """
+    from channels.layers import get_channel_layer
+
+    layers = {"default": {**settings.CHANNEL_LAYERS["default"]}}
+    config = layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"]}
+    config["hosts"] = [{**config["hosts"][0], "max_connections": 4}]
+    settings.CHANNEL_LAYERS = layers
+    users = [UserFactory() for _ in range(6)]
+    cookies = [cookie_for(user) for user in users]
+
+    async def scenario():
+        layer = get_channel_layer()
+        communicators = []
+        for cookie in cookies * 5:
+            communicator, connected = await open_socket(cookie)
+            assert connected
+            communicators.append(communicator)
+        assert len(renewals()) == 30
+        await asyncio.gather(*(c.disconnect(timeout=5) for c in communicators), return_exceptions=True)
+        await asyncio.sleep(1.0)
+        assert renewals() == []
+        watched = await events.watched_groups(layer)
+        assert not watched & {events.user_group(user.pk) for user in users}
+
+    async_to_sync(scenario)()
+
