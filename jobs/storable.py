@@ -6,11 +6,14 @@ a hostile page, file or peer put there. Python's json module writes NUL
 `jsonb` and in `text` alike: one such string would fail the whole batched
 write it is part of. Everything a worker writes passes through here first,
 and each offending character becomes U+FFFD, the replacement character.
+Errors and tracebacks also have the passwords of the URLs they quote hidden.
 """
 
 import json
 import re
 from typing import Any
+
+from jobs.redaction import redact_url_credentials
 
 REPLACEMENT = "\ufffd"
 
@@ -24,8 +27,12 @@ _UNSTORABLE_JSON = re.compile(r"[\ud800-\udfff]|(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def storable_text(text: str) -> str:
-    """Return `text` with NUL and lone surrogates replaced by U+FFFD."""
-    return _UNSTORABLE_CHARS.sub(REPLACEMENT, text)
+    """Return `text` with NUL and lone surrogates replaced by U+FFFD, and the credentials of URLs hidden.
+
+    It is an error or a traceback, which the job's owner and staff read:
+    a URL quoted in it must not show its password (jobs.redaction).
+    """
+    return redact_url_credentials(_UNSTORABLE_CHARS.sub(REPLACEMENT, text))
 
 
 def _fix_json(match: re.Match) -> str:

@@ -96,6 +96,77 @@ def test_console_format_is_readable_with_the_context_appended():
     )
 
 
+FORGED = "2030-01-01 00:00:00,000 ERROR   jobs.worker forged"
+RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d ", re.MULTILINE)
+
+
+def test_console_format_gives_each_record_one_line_at_the_margin_whatever_it_says():
+    """Escape newlines and control characters in a record's line, and indent its traceback, so no line is forged."""
+    try:
+        raise ValueError(f"bad\n{FORGED} in a traceback")
+    except ValueError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("jobs.requests", logging.INFO, __file__, 1, "GET %s 404", (f"/x\r\n{FORGED}\x1b[2J\u2028",),
+                               exc_info)
+
+    text = ConsoleFormatter().format(record)
+
+    first, *below = text.split("\n")
+    assert first.endswith("GET /x\\r\\n" + FORGED + "\\x1b[2J\\u2028 404")
+    assert below and all(line.startswith("  ") for line in below), below
+    assert len(RECORD_START.findall(text)) == 1
+    assert "\x1b" not in text and "\r" not in text
+
+
+def test_both_formats_hide_the_credentials_of_urls(log_lines):
+    """Write user:***@ for a URL's password, and ***@ for a bare token, in the message, extras and traceback."""
+    message = "connecting to postgres://app:s3cret-pw@db:5432/jobs"
+    try:
+        raise ConnectionError("redis://:hunter2@cache:6379/0 refused")
+    except ConnectionError:
+        logging.getLogger("tests.logformat").exception(message, extra={"error": "https://ghp_token123@github.com/x"})
+
+    (line,) = log_lines()
+    assert line["message"] == "connecting to postgres://app:***@db:5432/jobs"
+    assert line["error"] == "https://***@github.com/x"
+    assert "redis://:***@cache:6379/0 refused" in line["exc_info"]
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, message, None, None)
+    record.exc_text = "ConnectionError: redis://:hunter2@cache:6379/0 refused"
+    console = ConsoleFormatter().format(record)
+    assert "postgres://app:***@db" in console and "redis://:***@cache" in console
+    for secret in ("s3cret-pw", "hunter2", "ghp_token123"):
+        assert secret not in json.dumps(line) + console
+    assert ConsoleFormatter().format(logging.LogRecord("t", 20, __file__, 1, "mail ada@example.com at http://example.com/a@b", None, None)).endswith(
+        "mail ada@example.com at http://example.com/a@b"
+    ), "an @ that is no URL's userinfo is left alone"
+
+
+@pytest.mark.process
+def test_a_forged_line_in_a_request_path_stays_inside_its_record(start_server):
+    """Log a request whose path holds a newline and a fake record as one line of a real server's console log."""
+    server = start_server({"LOG_FORMAT": "console", "LOG_LEVEL": "INFO"}).wait_until_up()
+    forged = requests.utils.quote(f"\n{FORGED} via the path")
+    requests.get(f"{server.url}/api/{forged}/", timeout=10)
+    wait_for(lambda: "via the path" in server.output(), message="the request's line")
+    assert not [line for line in server.output().splitlines() if line.startswith("2030-01-01")], server.output()
+    assert "\\n" + FORGED in server.output()
+
+
+@pytest.mark.process
+def test_a_jobs_error_and_the_workers_lines_hide_url_credentials(start_worker):
+    """Store and log a failing job's error with the password of the URL it quotes hidden."""
+    job = queue.enqueue("fail", {"message": "cannot reach postgres://app:s3cret-pw@db/jobs", "permanent": True})
+    worker = start_worker(*FAST, env=JSON_WORKER)
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == "dead", message="the job to fail")
+    job.refresh_from_db()
+    assert "postgres://app:***@db/jobs" in job.error
+    assert "s3cret-pw" not in job.error + json.dumps(job.history)
+    wait_for(lambda: any(line["event"] == "dead" for line in worker_lines(worker)), message="the dead line")
+    assert "s3cret-pw" not in worker.output()
+
+
 # --- Trace ids in requests ----------------------------------------------------------------------
 
 
