@@ -4,11 +4,12 @@ Only a notification path. A message says which jobs changed (or "resync");
 the page then re-reads what it shows over HTTP, with the same permission
 checks as any request, and does so again after every reconnect.
 
-While it is open, a socket holds its groups, their watch mark (jobs.events)
-and a task that renews both. However the socket ends (the browser closes it
-or sends a frame that is not JSON, Redis refuses a command at the
-disconnect, the server cancels it), the task ends with it, and the groups
-are left as soon as Redis takes the commands, or expire.
+While it is open, a socket holds its groups, their watch mark (jobs.events),
+one of its user's slots (dashboard.sockets), and a task that renews all
+three. However the socket ends (the browser closes it or sends a frame that
+is not JSON, Redis refuses a command at the disconnect, the server cancels
+it), the task ends with it, and the groups and the slot are given back as
+soon as Redis takes the commands, or expire.
 """
 
 import asyncio
@@ -20,35 +21,50 @@ import time
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from dashboard import sockets
 from jobs import events
 
 logger = logging.getLogger("dashboard.consumers")
 
-# Seconds a closing socket keeps trying to leave its groups.
+# Seconds a closing socket keeps trying to leave its groups and give back its slot.
 RELEASE_TIMEOUT = 2.0
+# A socket whose slot lapsed while every other slot was taken: the page's
+# WebSocket reconnects after this code, once one is free.
+SLOTS_TAKEN = 1013
 
 
 class JobEventsConsumer(AsyncWebsocketConsumer):
+    user_id = None
     renewal = None
+    slot_held = False
     # Set once the socket gave up what it held: nothing is renewed after that.
     left = False
+    # Set when the server closed the socket: nothing more is relayed to it.
+    ended = False
 
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
         finally:
             # A socket ended by an error never saw its disconnect: give up the
-            # task now, and the groups once Redis answers, without holding up
-            # the end. One the server cancels (it is stopping) leaves them to
-            # expire.
+            # task now, and the groups and the slot once Redis answers,
+            # without holding up the end. One the server cancels
+            # (it is stopping) leaves them to expire.
             task = asyncio.current_task()
-            if self._stop() and self.groups and not (task and task.cancelling()):
+            if self._stop() and (self.groups or self.slot_held) and not (task and task.cancelling()):
                 _detach(self._release())
 
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             # Closing before accepting refuses the handshake (HTTP 403).
+            await self.close()
+            return
+        self.user_id = user.pk
+        # Counted before anything else is held, so a refused socket holds nothing.
+        self.slot_held = await sockets.take_slot(self.channel_layer, user.pk, self.channel_name)
+        if not self.slot_held:
+            # The user's other sockets hold every slot: refused like an anonymous one.
             await self.close()
             return
         # A user hears about their own jobs; staff hear about every job.
@@ -68,6 +84,15 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
             await self._release()
         raise StopConsumer()
 
+    async def end(self, code: int) -> None:
+        """Close the socket from the server, with `code`, and give up what it holds."""
+        self.ended = True
+        if self._stop():
+            try:
+                await self.close(code)
+            finally:
+                await self._release()
+
     def _stop(self) -> bool:
         """Stop renewing; return False if that was done already."""
         if self.left:
@@ -78,11 +103,12 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
         return True
 
     async def _release(self) -> None:
-        """Leave the groups, trying again for up to RELEASE_TIMEOUT; never raises.
+        """Leave the groups and give back the slot, trying again for up to RELEASE_TIMEOUT; never raises.
 
-        The memberships Redis still refuses then expire after the layer's
-        group_expiry. A mass disconnect can take every connection of the
-        layer's pool, and the commands that found none succeed a moment later.
+        What Redis still refuses then expires by itself: the slot after
+        sockets.SLOT_SECONDS, the memberships after the layer's group_expiry.
+        A mass disconnect can take every connection of the layer's pool, and
+        the commands that found none succeed a moment later.
         """
         deadline = time.monotonic() + RELEASE_TIMEOUT
         pending = list(self.groups)
@@ -94,20 +120,29 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
                     while pending:
                         await self.channel_layer.group_discard(pending[0], self.channel_name)
                         pending.pop(0)
+                    if self.slot_held:
+                        await sockets.release_slot(self.channel_layer, self.user_id, self.channel_name)
+                        self.slot_held = False
                 return
             except Exception as exc:  # noqa: BLE001 - Redis busy or away: again, until the deadline
                 pause = random.uniform(0.05, 0.2) * attempt
                 if time.monotonic() + pause >= deadline:
-                    _warn_now_and_then("a closed dashboard socket could not leave its groups: %r", exc)
+                    _warn_now_and_then("a closed dashboard socket could not leave its groups or slot: %r", exc)
                     return
                 await asyncio.sleep(pause)
 
     async def _stay_subscribed(self):
-        # Renew the watch mark, and the group memberships, which the Redis
-        # layer otherwise drops after its group_expiry (a day).
+        # Renew the slot, the group memberships, which the Redis layer
+        # otherwise drops after its group_expiry (a day), and the watch mark.
         while True:
             await asyncio.sleep(events.WATCH_RENEW)
             try:
+                if not await sockets.take_slot(self.channel_layer, self.user_id, self.channel_name):
+                    # The slot lapsed (Redis lost it, or could not be reached
+                    # for a minute) and other sockets took every slot since.
+                    # Closed from another task: this one is cancelled by it.
+                    _detach(self.end(SLOTS_TAKEN))
+                    return
                 for group in self.groups:
                     await self.channel_layer.group_add(group, self.channel_name)
                 await events.watch(self.channel_layer, self.groups)
@@ -127,8 +162,9 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
         """Ignore every frame the browser sends, JSON or not: the socket only carries events to it."""
 
     async def jobs_changed(self, event):
-        message = {key: event[key] for key in ("jobs", "resync", "created", "workers")}
-        await self.send(text_data=json.dumps(message))
+        if not self.ended:
+            message = {key: event[key] for key in ("jobs", "resync", "created", "workers")}
+            await self.send(text_data=json.dumps(message))
 
 
 # Tasks run on their own, referenced here until they are done.

@@ -269,6 +269,9 @@ if "JOBS_SCRAPE_ALLOW_PRIVATE" in os.environ:
 # Live dashboard events (jobs.events); JOBS_EVENTS=0 turns publishing off.
 if "JOBS_EVENTS" in os.environ:
     JOBS_EVENTS = env_bool("JOBS_EVENTS", True)
+# Open dashboard sockets one user may hold, across every web process (dashboard.sockets; default 20).
+if "DASHBOARD_MAX_SOCKETS_PER_USER" in os.environ:
+    DASHBOARD_MAX_SOCKETS_PER_USER = int(os.environ["DASHBOARD_MAX_SOCKETS_PER_USER"])
 
 # --- Logging ---------------------------------------------------------------
 

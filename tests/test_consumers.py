@@ -14,6 +14,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import transaction
 from django.test import Client
 
+from dashboard import sockets
 from jobs import events, queue
 from jobs.models import JobStatus
 from queueproject.asgi import application
@@ -481,6 +482,7 @@ def test_an_idle_socket_stays_open():
 
     async_to_sync(scenario)()
 
+
 # --- What a socket holds, and when it ends ---------------------------------------------
 
 
@@ -520,7 +522,7 @@ def test_a_frame_that_is_not_json_is_ignored(fast_renewal):
 
 @pytestmark_live
 def test_a_mass_disconnect_past_the_redis_pool_limit_leaves_nothing_renewed(fast_renewal, settings):
-    """Stop every socket's renewal when many close at once on a channel layer short of connections.
+    """Stop every socket's renewal and give back every slot when many close at once on a channel layer short of connections.
 
     The layer's pool has 4 connections: most of the sockets' commands at the
     disconnect find none free, as with thousands of sockets and redis-py's
@@ -532,6 +534,7 @@ def test_a_mass_disconnect_past_the_redis_pool_limit_leaves_nothing_renewed(fast
     config = layers["default"]["CONFIG"] = {**layers["default"]["CONFIG"]}
     config["hosts"] = [{**config["hosts"][0], "max_connections": 4}]
     settings.CHANNEL_LAYERS = layers
+    settings.DASHBOARD_MAX_SOCKETS_PER_USER = 100
     users = [UserFactory() for _ in range(6)]
     cookies = [cookie_for(user) for user in users]
 
@@ -548,6 +551,99 @@ def test_a_mass_disconnect_past_the_redis_pool_limit_leaves_nothing_renewed(fast
         assert renewals() == []
         watched = await events.watched_groups(layer)
         assert not watched & {events.user_group(user.pk) for user in users}
+        connection = layer.connection(0)
+        assert [await connection.zcard(sockets.slots_key(layer, user.pk)) for user in users] == [0] * 6
 
     async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_a_user_holds_at_most_the_cap_of_open_sockets(settings):
+    """Refuse a user's socket past DASHBOARD_MAX_SOCKETS_PER_USER, let other users in, and take one again once one closes."""
+    settings.DASHBOARD_MAX_SOCKETS_PER_USER = 3
+    alice, bob = UserFactory(), UserFactory()
+    alices, bobs = cookie_for(alice), cookie_for(bob)
+
+    async def scenario():
+        held = [await open_socket(alices) for _ in range(3)]
+        assert [connected for _, connected in held] == [True] * 3
+        _, connected = await open_socket(alices)
+        assert not connected
+        bobs_socket, connected = await open_socket(bobs)
+        assert connected
+        await held[0][0].disconnect()
+        another, connected = await open_socket(alices)
+        assert connected
+        _, connected = await open_socket(alices)
+        assert not connected
+        for communicator in [another, bobs_socket, *(c for c, _ in held[1:])]:
+            await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_slots_left_by_a_process_that_died_count_until_they_expire(settings):
+    """Count another process's live slots against the cap, and not the ones it stopped renewing once they lapsed."""
+    from channels.layers import get_channel_layer
+
+    settings.DASHBOARD_MAX_SOCKETS_PER_USER = 2
+    alice = UserFactory()
+    cookie = cookie_for(alice)
+
+    async def scenario():
+        layer = get_channel_layer()
+        key = sockets.slots_key(layer, alice.pk)
+        now = time.time()
+        # As a web process that was killed leaves them: one slot renewed a moment ago, one past its time.
+        await layer.connection(0).zadd(key, {"specific.gone!live": now + 50, "specific.gone!lapsed": now - 1})
+        communicator, connected = await open_socket(cookie)
+        assert connected
+        _, connected = await open_socket(cookie)
+        assert not connected
+        await communicator.disconnect()
+        assert await layer.connection(0).zrange(key, 0, -1) == [b"specific.gone!live"]
+        await layer.connection(0).delete(key)
+
+    async_to_sync(scenario)()
+
+
+@pytest.mark.process
+def test_the_cap_holds_across_web_processes(start_server, settings):
+    """Count a user's sockets on every server against one cap, and free a slot on one server for a socket on another."""
+    import websockets
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    alice, bob = cookie_for(UserFactory()).decode(), cookie_for(UserFactory()).decode()
+    env = {"DASHBOARD_MAX_SOCKETS_PER_USER": "3"}
+    servers = [start_server(env) for _ in range(2)]
+    for server in servers:
+        server.wait_until_up()
+
+    async def open_on(server, cookie):
+        url = server.url.replace("http://", "ws://") + "/ws/events/"
+        try:
+            return await websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": server.url})
+        except websockets.InvalidStatus as refused:
+            assert refused.response.status_code == 403
+            return None
+
+    async def scenario():
+        first, second = servers
+        held = [await open_on(first, alice), await open_on(first, alice), await open_on(second, alice)]
+        assert None not in held
+        assert await open_on(first, alice) is None
+        assert await open_on(second, alice) is None
+        bobs = await open_on(second, bob)
+        assert bobs is not None
+        await held[0].close()
+        deadline = time.monotonic() + 5
+        while (another := await open_on(second, alice)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert another is not None
+        assert await open_on(first, alice) is None
+        for socket in [*held[1:], bobs, another]:
+            await socket.close()
+
+    asyncio.run(scenario())
 
