@@ -5,11 +5,12 @@ the page then re-reads what it shows over HTTP, with the same permission
 checks as any request, and does so again after every reconnect.
 
 While it is open, a socket holds its groups, their watch mark (jobs.events),
-one of its user's slots (dashboard.sockets), and a task that renews all
-three. However the socket ends (the browser closes it or sends a frame that
-is not JSON, Redis refuses a command at the disconnect, the server cancels
-it), the task ends with it, and the groups and the slot are given back as
-soon as Redis takes the commands, or expire.
+one of its user's slots and a place in its process's AccountWatch
+(dashboard.sockets), and a task that renews the first three. However the
+socket ends (the browser closes it or sends a frame that is not JSON, Redis
+refuses a command at the disconnect, the server cancels it), the task and
+the place end with it, and the groups and the slot are given back as soon
+as Redis takes the commands, or expire.
 """
 
 import asyncio
@@ -36,8 +37,9 @@ SLOTS_TAKEN = 1013
 class JobEventsConsumer(AsyncWebsocketConsumer):
     user_id = None
     renewal = None
+    account_watch = None
     slot_held = False
-    # Set once the socket gave up what it held: nothing is renewed after that.
+    # Set once the socket gave up what it held: nothing is renewed or watched after that.
     left = False
     # Set when the server closed the socket: nothing more is relayed to it.
     ended = False
@@ -47,8 +49,8 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
             await super().__call__(scope, receive, send)
         finally:
             # A socket ended by an error never saw its disconnect: give up the
-            # task now, and the groups and the slot once Redis answers,
-            # without holding up the end. One the server cancels
+            # task and the watch now, and the groups and the slot once Redis
+            # answers, without holding up the end. One the server cancels
             # (it is stopping) leaves them to expire.
             task = asyncio.current_task()
             if self._stop() and (self.groups or self.slot_held) and not (task and task.cancelling()):
@@ -77,6 +79,8 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
         # sends to a group this socket already receives from.
         await events.watch(self.channel_layer, self.groups)
         self.renewal = asyncio.ensure_future(self._stay_subscribed())
+        self.account_watch = sockets.account_watch()
+        self.account_watch.add(self, user.pk, user.is_staff)
         await self.accept()
 
     async def websocket_disconnect(self, message):
@@ -94,12 +98,14 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
                 await self._release()
 
     def _stop(self) -> bool:
-        """Stop renewing; return False if that was done already."""
+        """Stop renewing and leave the AccountWatch; return False if that was done already."""
         if self.left:
             return False
         self.left = True
         if self.renewal is not None:
             self.renewal.cancel()
+        if self.account_watch is not None:
+            self.account_watch.discard(self)
         return True
 
     async def _release(self) -> None:

@@ -8,14 +8,40 @@ takes, so two processes can never both take the last one. A socket renews its
 slot with its subscriptions (every events.WATCH_RENEW seconds) and gives it
 back when it closes; a process that dies without giving back its sockets'
 slots loses them SLOT_SECONDS later.
+
+Accounts. A socket is authorized once, at the handshake, for the user its
+session names then. Each process checks the users of all its open sockets
+every ACCOUNT_RECHECK seconds, in one query, and closes the sockets of a
+user who was deleted or deactivated, and the staff sockets of a user who is
+no longer staff. One query per process and interval, however many sockets
+are open, and it sees every way an account changes: the admin, a queryset
+update, SQL, a cascading delete.
 """
 
+import asyncio
+import logging
+import weakref
+
+from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import Error as DatabaseError
+
+logger = logging.getLogger("dashboard.sockets")
 
 # Open sockets per user, across every web process, unless settings say otherwise.
 DEFAULT_MAX_SOCKETS_PER_USER = 20
 # A slot lasts this long unless its socket renews it (every events.WATCH_RENEW seconds).
 SLOT_SECONDS = 60
+# Seconds between two checks of the open sockets' accounts in a process.
+ACCOUNT_RECHECK = 2.0
+
+# The close codes of a socket ended by a change of its account. The page's
+# WebSocket (htmx's ws extension) reconnects after 1012 and not after a code
+# of our own: a user who lost the staff role gets a socket with what is left,
+# a deactivated or deleted one nothing more.
+ACCESS_REVOKED = 4403
+ROLE_CHANGED = 1012
 
 # Drop the user's expired slots; then take (or renew) the slot of socket
 # ARGV[1] if it holds one already or fewer than ARGV[2] are held. Returns 1
@@ -71,3 +97,67 @@ async def release_slot(layer, user_id: int, channel: str) -> None:
     if connection is not None:
         await connection.zrem(key, channel)
 
+
+class AccountWatch:
+    """The open sockets of one event loop (a web process), whose accounts are checked every ACCOUNT_RECHECK seconds."""
+
+    def __init__(self):
+        # consumer -> (user id, whether the socket was let into the staff group)
+        self.sockets: dict = {}
+        self._task: asyncio.Task | None = None
+
+    def add(self, consumer, user_id: int, staff: bool) -> None:
+        self.sockets[consumer] = (user_id, staff)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, consumer) -> None:
+        self.sockets.pop(consumer, None)
+
+    async def _run(self) -> None:
+        # Ends once no socket is left; add() starts it again. Nothing can run
+        # between the check of `self.sockets` and the return, so a socket
+        # added meanwhile is never left unwatched.
+        while self.sockets:
+            await asyncio.sleep(ACCOUNT_RECHECK)
+            await self.check()
+
+    async def check(self) -> None:
+        """Close the sockets whose user is gone, inactive, or no longer staff for a staff socket."""
+        sockets = dict(self.sockets)
+        if not sockets:
+            return
+        try:
+            accounts = await database_sync_to_async(_active_accounts)({user_id for user_id, _ in sockets.values()})
+        except DatabaseError as exc:
+            # The database is away: keep the sockets. Each page re-reads over
+            # HTTP, with every permission check, and gets nothing meanwhile.
+            logger.warning("could not check the accounts of open dashboard sockets: %s", exc)
+            return
+        ended = []
+        for consumer, (user_id, staff) in sockets.items():
+            if consumer not in self.sockets:
+                continue  # closed meanwhile
+            if user_id not in accounts:
+                ended.append(consumer.end(ACCESS_REVOKED))
+            elif staff and not accounts[user_id]:
+                ended.append(consumer.end(ROLE_CHANGED))
+        if ended:
+            await asyncio.gather(*ended, return_exceptions=True)
+
+
+def _active_accounts(user_ids: set[int]) -> dict[int, bool]:
+    """Return {user id: is staff} for those of `user_ids` whose account exists and is active."""
+    return dict(get_user_model().objects.filter(pk__in=user_ids, is_active=True).values_list("pk", "is_staff"))
+
+
+_watches: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AccountWatch]" = weakref.WeakKeyDictionary()
+
+
+def account_watch() -> AccountWatch:
+    """Return the AccountWatch of the running event loop."""
+    loop = asyncio.get_running_loop()
+    watch = _watches.get(loop)
+    if watch is None:
+        watch = _watches[loop] = AccountWatch()
+    return watch

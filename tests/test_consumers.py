@@ -647,3 +647,76 @@ def test_the_cap_holds_across_web_processes(start_server, settings):
 
     asyncio.run(scenario())
 
+
+async def closed_with(communicator, timeout=5.0) -> int:
+    """Return the code the server closed `communicator` with, skipping events sent before; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        output = await communicator.receive_output(timeout=max(0.01, deadline - time.monotonic()))
+        if output["type"] == "websocket.close":
+            return output.get("code", 1000)
+
+
+@pytestmark_live
+@pytest.mark.parametrize("change", ["save", "update", "delete"])
+def test_the_sockets_of_a_deactivated_or_deleted_user_close_within_seconds(change):
+    """Close every socket of a user deactivated (saved, or by a queryset update) or deleted; refuse new ones; keep others'."""
+    from django.contrib.auth import get_user_model
+
+    alice, bob = UserFactory(), UserFactory()
+    alices, bobs = cookie_for(alice), cookie_for(bob)
+
+    def deactivate():
+        if change == "save":
+            alice.is_active = False
+            alice.save()
+        elif change == "update":
+            get_user_model().objects.filter(pk=alice.pk).update(is_active=False)
+        else:
+            alice.delete()
+
+    async def scenario():
+        mine = [(await open_socket(alices))[0] for _ in range(2)]
+        theirs, _ = await open_socket(bobs)
+        await sync_to_async(deactivate)()
+        started = time.monotonic()
+        assert [await closed_with(communicator) for communicator in mine] == [sockets.ACCESS_REVOKED] * 2
+        assert time.monotonic() - started < 5
+        _, connected = await open_socket(alices)
+        assert not connected
+        job = await sync_to_async(queue.enqueue)("reverse_string", "bob's", owner=bob)
+        assert (await receive_for_job(theirs, job.pk))["jobs"] == [[job.pk, "queued", 0]]
+        for communicator in [*mine, theirs]:
+            await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytestmark_live
+def test_a_staff_socket_closes_when_its_user_is_no_longer_staff():
+    """Close the staff socket of a user who lost the staff role; the socket opened again hears only about their own jobs."""
+    from django.contrib.auth import get_user_model
+
+    former, other = UserFactory(is_staff=True), UserFactory()
+    cookie = cookie_for(former)
+
+    def both_in_one_transaction():
+        # One flush: staff would hear of both jobs in one message.
+        with transaction.atomic():
+            return (queue.enqueue("reverse_string", "not for former staff", owner=other),
+                    queue.enqueue("reverse_string", "own", owner=former))
+
+    async def scenario():
+        communicator, _ = await open_socket(cookie)
+        await sync_to_async(get_user_model().objects.filter(pk=former.pk).update)(is_staff=False)
+        assert await closed_with(communicator) == sockets.ROLE_CHANGED
+        await communicator.disconnect()
+        communicator, connected = await open_socket(cookie)
+        assert connected
+        theirs, own = await sync_to_async(both_in_one_transaction)()
+        message = await receive_for_job(communicator, own.pk)
+        assert message["jobs"] == [[own.pk, "queued", 0]]
+        assert await communicator.receive_nothing(timeout=0.6)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
