@@ -19,8 +19,13 @@ The job counters and histograms are kept in the database by jobs.counters;
 rate-limit rejections are counted in Redis, which every web process already
 asks on each throttled request, so a flood of refused requests costs the
 database nothing.
+
+Only scrapers are answered: a request with METRICS_TOKEN as its bearer
+token, or from an address in METRICS_ALLOW_IPS.
 """
 
+import functools
+import ipaddress
 import logging
 import os
 import threading
@@ -215,13 +220,54 @@ def registry():
     return REGISTRY
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(entries: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _address_allowed(address: str, entries: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # 127.0.0.1 as a server on :: sees it
+    return any(ip in network for network in _networks(entries))
+
+
+_closed_warned = False
+
+
+def scrape_refusal(request) -> HttpResponse | None:
+    """Return the response that refuses this scrape, or None if it may read the metrics.
+
+    It may if it carries METRICS_TOKEN as a bearer token, or if it comes from
+    an address in METRICS_ALLOW_IPS (the client address uvicorn reports:
+    behind a proxy in FORWARDED_ALLOW_IPS, the one the proxy forwarded).
+    """
+    global _closed_warned
+    token = getattr(settings, "METRICS_TOKEN", "")
+    allowed = tuple(getattr(settings, "METRICS_ALLOW_IPS", ()))
+    if token and constant_time_compare(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return None
+    if allowed and _address_allowed(request.META.get("REMOTE_ADDR", ""), allowed):
+        return None
+    if token:
+        return HttpResponse("Unauthorized\n", status=401, content_type="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    if not allowed and not _closed_warned:
+        _closed_warned = True
+        logger.warning("/metrics refuses every scrape: set METRICS_TOKEN or METRICS_ALLOW_IPS",
+                       extra={"event": "metrics_closed"})
+    return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
+
+
 @never_cache
 @require_GET
 def metrics_view(request):
-    """Serve the metrics in the format the scraper asks for; with METRICS_TOKEN set, only to its bearer."""
-    token = getattr(settings, "METRICS_TOKEN", "")
-    if token and not constant_time_compare(request.headers.get("Authorization", ""), f"Bearer {token}"):
-        return HttpResponse("Unauthorized\n", status=401, content_type="text/plain",
-                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    """Serve the metrics in the format the scraper asks for, to a scraper that may read them."""
+    refusal = scrape_refusal(request)
+    if refusal is not None:
+        return refusal
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return HttpResponse(encoder(registry()), content_type=content_type)

@@ -6,6 +6,7 @@ JOBS_* knobs. With DATABASE_URL or REDIS_URL unset, an embedded PostgreSQL or
 Redis is started under .data/ so a new checkout runs with nothing but Python.
 """
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,17 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_networks(name: str, default: str) -> list[str]:
+    """Return the comma-separated IP addresses and networks in `name`, each written as a network."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise RuntimeError(f"{name}: {item!r} is not an IP address or network") from None
+    return networks
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -313,5 +325,9 @@ LOGGING = {
 
 # Seconds each /readyz/ check (database, Redis) may take before it counts as failed.
 READINESS_TIMEOUT = float(os.environ.get("READINESS_TIMEOUT", "2"))
-# When set, /metrics answers only requests with "Authorization: Bearer <token>".
+# /metrics answers a request with "Authorization: Bearer <METRICS_TOKEN>", and
+# one from an address in METRICS_ALLOW_IPS (addresses and networks,
+# comma-separated). With neither set, loopback only; the production settings
+# then answer no one.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_ALLOW_IPS = env_networks("METRICS_ALLOW_IPS", "" if METRICS_TOKEN else "127.0.0.0/8,::1")

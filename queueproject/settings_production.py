@@ -10,6 +10,7 @@ the Docker image does. Compared with queueproject.settings:
   that terminates TLS): HTTP is redirected, cookies are secure, HSTS is on.
   Each of these can be set from the environment, and SKIPJACK_HTTPS=0 turns
   them all off to try the stack over plain HTTP.
+- /metrics answers no one unless METRICS_TOKEN or METRICS_ALLOW_IPS is set.
 
 `manage.py check --deploy` passes with these defaults.
 """
@@ -25,7 +26,7 @@ os.environ["SKIPJACK_REQUIRE_SECRET_KEY"] = "1"
 os.environ.setdefault("LOG_FORMAT", "json")
 
 from queueproject.settings import *  # noqa: E402, F403
-from queueproject.settings import DEBUG, env_bool  # noqa: E402
+from queueproject.settings import DEBUG, env_bool, env_networks  # noqa: E402
 
 if DEBUG:
     raise ImproperlyConfigured("DEBUG must be off in production.")
@@ -45,3 +46,7 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Prometheus scrapes over the internal network, in plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+# /metrics answers only METRICS_TOKEN's bearer or METRICS_ALLOW_IPS: no address
+# is let in by default, loopback neither (a proxy on the same host makes every
+# client look local).
+METRICS_ALLOW_IPS = env_networks("METRICS_ALLOW_IPS", "")

@@ -262,12 +262,56 @@ def test_rate_limit_rejections_are_shared_through_redis():
 
 
 @pytest.mark.django_db
-@override_settings(METRICS_TOKEN="scrape-secret")
+@override_settings(METRICS_TOKEN="scrape-secret", METRICS_ALLOW_IPS=[])
 def test_metrics_token_is_required_when_set():
     """Refuse a scrape without the bearer token once METRICS_TOKEN is set."""
     assert Client().get("/metrics").status_code == 401
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert value(scrape(HTTP_AUTHORIZATION="Bearer scrape-secret"), "skipjack_queue_metrics_up") == 1
+
+
+@pytest.mark.django_db
+def test_without_token_or_allowlist_only_loopback_may_scrape_in_development():
+    """Answer scrapes from loopback alone when neither METRICS_TOKEN nor METRICS_ALLOW_IPS is set."""
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="::1").get("/metrics").status_code == 200
+    for address in ("203.0.113.7", "10.0.0.2", "2001:db8::1"):
+        assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 403, address
+
+
+@pytest.mark.django_db
+@override_settings(METRICS_ALLOW_IPS=["10.0.0.0/8", "192.0.2.1/32"])
+def test_the_allowlist_admits_its_addresses_and_networks_only():
+    """Answer scrapes from the listed networks and addresses, an IPv4-mapped one included; refuse loopback and the rest."""
+    for address in ("10.1.2.3", "192.0.2.1", "::ffff:10.0.0.1"):
+        assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 200, address
+    for address in ("127.0.0.1", "192.0.2.2", "11.0.0.1", "not an address"):
+        assert Client(REMOTE_ADDR=address).get("/metrics").status_code == 403, address
+
+
+@pytest.mark.django_db
+@override_settings(METRICS_TOKEN="scrape-secret", METRICS_ALLOW_IPS=["10.0.0.0/8"])
+def test_with_both_set_the_token_or_an_allowed_address_suffices():
+    """Answer the token's bearer from anywhere and an allowed address without it; refuse the others with 401."""
+    assert Client(REMOTE_ADDR="203.0.113.7").get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
+    assert Client(REMOTE_ADDR="10.0.0.9").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="203.0.113.7").get("/metrics").status_code == 401
+    assert Client(REMOTE_ADDR="203.0.113.7").get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+
+
+def test_a_bad_allowlist_entry_stops_the_settings_from_loading():
+    """Refuse to start with an entry in METRICS_ALLOW_IPS that is no address or network."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "METRICS_ALLOW_IPS": "10.0.0.0/8,prometheus"}, timeout=120)
+    assert result.returncode != 0
+    assert "METRICS_ALLOW_IPS: 'prometheus' is not an IP address or network" in result.stderr
+
 
 
 def test_scrape_stays_up_without_the_database(start_server):
@@ -293,6 +337,47 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+# --- Access on real servers ---------------------------------------------------------------
+
+
+def _get(url: str, **headers):
+    import requests
+
+    return requests.get(url, headers=headers, timeout=15)
+
+
+@pytest.mark.process
+def test_a_server_with_metrics_token_answers_only_its_bearer(start_server):
+    """Over uvicorn with METRICS_TOKEN set, refuse a scrape from loopback without the token, and answer its bearer."""
+    server = start_server({"METRICS_TOKEN": "s3cret-token"}).wait_until_up()
+    assert _get(server.url + "/metrics").status_code == 401
+    assert _get(server.url + "/metrics", Authorization="Bearer wrong").status_code == 401
+    response = _get(server.url + "/metrics", Authorization="Bearer s3cret-token")
+    assert response.status_code == 200 and "skipjack_queue_metrics_up 1.0" in response.text
+
+
+@pytest.mark.process
+def test_a_server_with_an_allowlist_compares_the_client_address_its_proxy_forwarded(start_server):
+    """Over uvicorn with METRICS_ALLOW_IPS, refuse loopback, and answer a listed client forwarded by a trusted proxy."""
+    server = start_server({"METRICS_ALLOW_IPS": "192.0.2.0/24", "FORWARDED_ALLOW_IPS": "127.0.0.1"}).wait_until_up()
+    assert _get(server.url + "/metrics").status_code == 403
+    assert _get(server.url + "/metrics", **{"X-Forwarded-For": "198.51.100.4"}).status_code == 403
+    assert _get(server.url + "/metrics", **{"X-Forwarded-For": "192.0.2.77"}).status_code == 200
+
+
+@pytest.mark.process
+def test_production_settings_answer_no_scrape_without_a_token_or_an_allowlist(start_server):
+    """Refuse every scrape, loopback's too, in production with neither METRICS_TOKEN nor METRICS_ALLOW_IPS set."""
+    import secrets
+
+    env = {"DJANGO_SETTINGS_MODULE": "queueproject.settings_production", "SECRET_KEY": secrets.token_urlsafe(60),
+           "ALLOWED_HOSTS": "127.0.0.1", "SKIPJACK_HTTPS": "0", "METRICS_TOKEN": "", "METRICS_ALLOW_IPS": ""}
+    server = start_server(env).wait_until_up()
+    assert _get(server.url + "/metrics").status_code == 403
+    assert _get(server.url + "/healthz/").status_code == 200
+    assert "/metrics refuses every scrape: set METRICS_TOKEN or METRICS_ALLOW_IPS" in server.output()
 
 
 # --- Several worker processes ----------------------------------------------------------------
