@@ -20,6 +20,15 @@ rate-limit rejections are counted in Redis, which every web process already
 asks on each throttled request, so a flood of refused requests costs the
 database nothing.
 
+The job gauges (skipjack_jobs, skipjack_queue_oldest_waiting_seconds,
+skipjack_dlq_jobs) read the jobs table. They are kept in the shared cache, so
+that every web process serves the same copy, and a copy older than
+METRICS_CACHE_SECONDS is read again by one process, in a thread of its own:
+no scrape waits for the jobs table, nor keeps a web process's request thread
+from other users' requests, but the first one with no copy at all. The
+counters, histograms and worker gauges read small tables and stay exact at
+every scrape.
+
 Only scrapers are answered: a request with METRICS_TOKEN as its bearer
 token, or from an address in METRICS_ALLOW_IPS.
 """
@@ -35,6 +44,7 @@ from collections import defaultdict
 import psycopg
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.db import Error as DatabaseError
 from django.db import connection, transaction
 from django.http import HttpResponse
@@ -55,6 +65,15 @@ logger = logging.getLogger("jobs.metrics")
 RATE_LIMIT_KEY = "skipjack:metrics:rate_limit_rejections"
 # Longest a scrape may spend in the database before it gives up on the queue's figures.
 SCRAPE_STATEMENT_TIMEOUT_MS = 5000
+# The cached job gauges, and the mark of the process that reads them again.
+JOB_GAUGES_KEY = "metrics:job-gauges"
+JOB_GAUGES_REFRESH_KEY = "metrics:job-gauges:refresh"
+# A copy is kept this long (or twice METRICS_CACHE_SECONDS) after it was
+# stored, served however stale while the process that refreshes it waits for
+# the database.
+JOB_GAUGES_KEPT_SECONDS = 60
+# Time a refresh may take (two statements) before another process may start one.
+JOB_GAUGES_REFRESH_SECONDS = 2 * SCRAPE_STATEMENT_TIMEOUT_MS / 1000 + 5
 
 _redis_client: redis.Redis | None = None
 _registered = False
@@ -84,6 +103,8 @@ def count_rate_limit_rejection(kind: str) -> None:
 
 class QueueCollector(Collector):
     """The queue's gauges, counters and histograms, read from the database at each scrape.
+
+    The job gauges come through job_gauges, their shared cached copy.
 
     If the database cannot be read, the scrape still succeeds, without the
     queue's figures and with skipjack_queue_metrics_up at 0, so the web
@@ -123,14 +144,17 @@ class QueueCollector(Collector):
 
     def _from_database(self) -> list:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(SCRAPE_STATEMENT_TIMEOUT_MS)])
-            by_queue = selectors.queue_status_counts()
-            oldest = selectors.oldest_waiting_by_queue()
+            _bound_statements()
+            gauges = job_gauges.get()
             workers = selectors.worker_capacity()
             totals = counters.totals()
         return [
-            *self._gauges(by_queue, oldest, workers),
+            *self._gauges(gauges.by_queue, gauges.oldest, workers),
+            GaugeMetricFamily(
+                "skipjack_queue_gauges_age_seconds",
+                "Seconds since skipjack_jobs, skipjack_queue_oldest_waiting_seconds and skipjack_dlq_jobs were read.",
+                value=max(0.0, time.time() - gauges.read_at),
+            ),
             *self._counters(totals),
             *self._histograms(totals),
         ]
@@ -199,6 +223,109 @@ class QueueCollector(Collector):
         for kind, count in sorted(counts.items()):
             family.add_metric([kind.decode()], float(count))
         yield family
+
+
+def _bound_statements() -> None:
+    """Give each statement of the current transaction at most SCRAPE_STATEMENT_TIMEOUT_MS."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(SCRAPE_STATEMENT_TIMEOUT_MS)])
+
+
+class JobGauges:
+    """The figures read from the jobs table at `read_at` (time.time())."""
+
+    def __init__(self, by_queue: dict, oldest: dict, read_at: float):
+        self.by_queue = by_queue
+        self.oldest = oldest
+        self.read_at = read_at
+
+    @classmethod
+    def read(cls) -> "JobGauges":
+        read_at = time.time()
+        by_queue = {queue: {str(status): count for status, count in statuses.items()}
+                    for queue, statuses in selectors.queue_status_counts().items()}
+        return cls(by_queue, selectors.oldest_waiting_by_queue(), read_at)
+
+    def as_cached(self) -> dict:
+        # Plain values, which any version of this class reads back.
+        return {"by_queue": self.by_queue, "oldest": self.oldest, "read_at": self.read_at}
+
+    @classmethod
+    def from_cached(cls, cached: dict) -> "JobGauges":
+        return cls(cached["by_queue"], cached["oldest"], cached["read_at"])
+
+
+class JobGaugeCache:
+    """The job gauges, shared by every web process through the cache and refreshed by one of them at a time."""
+
+    def __init__(self):
+        # Held while this process refreshes; the cache's mark stands for it across processes.
+        self._refreshing = threading.Lock()
+
+    def get(self) -> JobGauges:
+        """Return the cached gauges, starting a refresh if they are stale; read them here if there are none.
+
+        Runs inside the scrape's transaction: only a read here waits for the jobs table.
+        """
+        fresh_for = getattr(settings, "METRICS_CACHE_SECONDS", 5.0)
+        if fresh_for <= 0:
+            return JobGauges.read()
+        try:
+            cached = cache.get(JOB_GAUGES_KEY)
+        except redis.RedisError as exc:
+            logger.warning("cannot read the cached job gauges: %s", exc, extra={"event": "metrics_error"})
+            return JobGauges.read()
+        if cached is None:
+            # The first scrape, or no scrape for a while: nothing to serve but a fresh read.
+            gauges = JobGauges.read()
+            self._store(gauges, fresh_for)
+            return gauges
+        gauges = JobGauges.from_cached(cached)
+        if time.time() - gauges.read_at >= fresh_for:
+            self._refresh_in_background(fresh_for)
+        return gauges
+
+    def _store(self, gauges: JobGauges, fresh_for: float) -> None:
+        try:
+            cache.set(JOB_GAUGES_KEY, gauges.as_cached(), timeout=max(JOB_GAUGES_KEPT_SECONDS, 2 * fresh_for))
+        except redis.RedisError as exc:
+            logger.warning("cannot cache the job gauges: %s", exc, extra={"event": "metrics_error"})
+
+    def _refresh_in_background(self, fresh_for: float) -> None:
+        if not self._refreshing.acquire(blocking=False):
+            return  # this process is at it
+        try:
+            # Another process may be at it too; the mark expires if it died meanwhile.
+            started = cache.add(JOB_GAUGES_REFRESH_KEY, os.getpid(), timeout=JOB_GAUGES_REFRESH_SECONDS)
+        except redis.RedisError:
+            started = False
+        if not started:
+            self._refreshing.release()
+            return
+        refresh = threading.Thread(target=self._refresh, args=(fresh_for,), name="skipjack-metrics-refresh", daemon=True)
+        refresh.start()
+
+    def _refresh(self, fresh_for: float) -> None:
+        try:
+            with transaction.atomic():
+                _bound_statements()
+                gauges = JobGauges.read()
+            self._store(gauges, fresh_for)
+        except (DatabaseError, psycopg.Error) as exc:
+            logger.warning("cannot read the job gauges: %s", exc, extra={"event": "metrics_error"})
+        except Exception:  # noqa: BLE001 - a refresh must never take the process down; the next scrape tries again
+            logger.exception("refreshing the job gauges failed")
+        finally:
+            # This thread's connection goes back to the pool; it will not be asked again.
+            connection.close()
+            try:
+                cache.delete(JOB_GAUGES_REFRESH_KEY)
+            except redis.RedisError:
+                pass  # the mark expires
+            self._refreshing.release()
+
+
+job_gauges = JobGaugeCache()
 
 
 def registry():

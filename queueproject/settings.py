@@ -331,3 +331,6 @@ READINESS_TIMEOUT = float(os.environ.get("READINESS_TIMEOUT", "2"))
 # then answer no one.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 METRICS_ALLOW_IPS = env_networks("METRICS_ALLOW_IPS", "" if METRICS_TOKEN else "127.0.0.0/8,::1")
+# Seconds the job gauges of /metrics are served from the shared cache before
+# one process reads them again (jobs.metrics); 0 reads them at every scrape.
+METRICS_CACHE_SECONDS = float(os.environ.get("METRICS_CACHE_SECONDS", "5"))

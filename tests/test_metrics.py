@@ -1,5 +1,6 @@
 """The queue's Prometheus metrics: read from the database at scrape time, right with several workers."""
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -34,6 +35,12 @@ def value(samples: dict, name: str, **labels) -> float:
 
 def claim_all(limit=100):
     return queue.claim_jobs(worker_id=uuid.uuid4(), limit=limit, lease_seconds=30)
+
+
+@pytest.fixture(autouse=True)
+def job_gauges_read_at_every_scrape(settings):
+    # Each test here sees the jobs it made at once; the cache has tests of its own.
+    settings.METRICS_CACHE_SECONDS = 0
 
 
 # --- Gauges ------------------------------------------------------------------------------
@@ -378,6 +385,103 @@ def test_production_settings_answer_no_scrape_without_a_token_or_an_allowlist(st
     assert _get(server.url + "/metrics").status_code == 403
     assert _get(server.url + "/healthz/").status_code == 200
     assert "/metrics refuses every scrape: set METRICS_TOKEN or METRICS_ALLOW_IPS" in server.output()
+
+
+# --- The cached job gauges ------------------------------------------------------------------
+
+
+def _samples(response) -> dict:
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def _cached_gauge_servers(start_server, count: int) -> list:
+    """Start `count` servers whose job gauges are fresh for a second, with nothing cached yet."""
+    from django.core.cache import cache
+
+    cache.delete_many([metrics.JOB_GAUGES_KEY, metrics.JOB_GAUGES_REFRESH_KEY])
+    servers = [start_server({"METRICS_CACHE_SECONDS": "1"}) for _ in range(count)]
+    for server in servers:
+        server.wait_until_up()
+    return servers
+
+
+def _queued(response) -> float:
+    return value(_samples(response), "skipjack_jobs", queue="default", status="queued")
+
+
+@pytest.mark.process
+def test_web_processes_share_the_cached_job_gauges_and_count_exactly(start_server):
+    """Serve one process the gauges another just read, with counters read at the scrape; read the gauges again once stale."""
+    first, second = _cached_gauge_servers(start_server, 2)
+    queue.enqueue_many("reverse_string", ["a", "b"])
+    assert _queued(_get(first.url + "/metrics")) == 2
+
+    queue.enqueue("reverse_string", "c")
+    samples = _samples(_get(second.url + "/metrics"))
+    assert value(samples, "skipjack_jobs", queue="default", status="queued") == 2
+    assert value(samples, "skipjack_jobs_enqueued_total", type="reverse_string", queue="default") == 3
+    assert value(samples, "skipjack_queue_gauges_age_seconds") < 1
+
+    time.sleep(1.2)
+    # The first scrape after that starts the refresh; one a moment later has its result.
+    wait_for(lambda: _queued(_get(second.url + "/metrics")) == 3, timeout=10, message="the refreshed gauges")
+    assert value(_samples(_get(first.url + "/metrics")), "skipjack_queue_gauges_age_seconds") < 5
+
+
+@pytest.mark.process
+def test_while_the_jobs_table_is_slow_every_scrape_and_request_answers_at_once(start_server):
+    """Answer 16 parallel scrapes on two servers, and their other requests, while one refresh waits for the jobs table.
+
+    A lock on the jobs table, held by another connection, stands for a slow
+    scan. Each server serves its requests on one thread: a scrape that
+    waited for the table would hold up every request to its server.
+    """
+    import threading
+
+    import psycopg
+
+    from tests.conftest import database_url_for_tests
+
+    servers = _cached_gauge_servers(start_server, 2)
+    queue.enqueue_many("reverse_string", ["a", "b"])
+    assert _queued(_get(servers[0].url + "/metrics")) == 2
+    time.sleep(1.2)  # the copy is stale now
+
+    with psycopg.connect(database_url_for_tests(), autocommit=True) as blocker:
+        blocker.execute("BEGIN")
+        blocker.execute("LOCK TABLE jobs_job IN ACCESS EXCLUSIVE MODE")
+        answers, errors = [], []
+
+        def get(url):
+            try:
+                started = time.monotonic()
+                response = _get(url)
+                answers.append((url, response, time.monotonic() - started))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        urls = [server.url + path for server in servers for path in ["/metrics"] * 8 + ["/healthz/"]]
+        threads = [threading.Thread(target=get, args=(url,)) for url in urls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=4)
+        waiting = blocker.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()[0]
+        blocker.execute("ROLLBACK")
+    assert errors == [] and len(answers) == len(urls), f"{len(urls) - len(answers)} requests waited for the jobs table"
+    for url, response, seconds in answers:
+        assert response.status_code == 200 and seconds < 3, (url, seconds)
+        if url.endswith("/metrics"):
+            assert _queued(response) == 2
+    # One refresh, in one process, waited for the table.
+    assert waiting == 1
 
 
 # --- Several worker processes ----------------------------------------------------------------
