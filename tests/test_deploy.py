@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -131,6 +132,50 @@ def test_prometheus_scrapes_the_web_service_and_grafana_reads_prometheus():
     uids = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
     assert uids == {datasources[0]["uid"]}
     assert provider["options"]["path"] == "/etc/grafana/dashboards"
+
+
+def test_prometheus_sends_the_web_services_metrics_token():
+    """Scrape with a bearer token read from the file the Prometheus service's entrypoint writes METRICS_TOKEN to."""
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    web = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "skipjack-web")
+    token_file = web["authorization"]["credentials_file"]
+    assert web["authorization"].get("type", "Bearer") == "Bearer"
+
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["prometheus"]
+    assert service["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"
+    shell, flag, script, name = service["entrypoint"]
+    assert (shell, flag) == ("/bin/sh", "-c") and token_file in script
+    # The script as the container runs it (compose turns $$ into $), on paths of this machine.
+    script = script.replace("$$", "$")
+    with tempfile.TemporaryDirectory() as scratch:
+        written, binary = os.path.join(scratch, "metrics_token"), os.path.join(scratch, "prometheus")
+        with open(binary, "w") as fake:
+            fake.write('#!/bin/sh\necho "started with $* and $(cat ' + written + ')"\n')
+        os.chmod(binary, 0o755)
+        local = script.replace(token_file, written).replace("/bin/prometheus", binary)
+
+        def start(token):
+            return subprocess.run([shell, flag, local, name, *service["command"]], capture_output=True, text=True,
+                                  env={"PATH": os.environ["PATH"], **({"METRICS_TOKEN": token} if token else {})},
+                                  timeout=30)
+
+        refused = start(None)
+        assert refused.returncode == 1 and "Set METRICS_TOKEN" in refused.stderr
+        assert not os.path.exists(written)
+        started = start("tok3n-from-env")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip() == f"started with {' '.join(service['command'])} and tok3n-from-env"
+        assert os.stat(written).st_mode & 0o077 == 0
+
+
+@needs_compose
+def test_compose_gives_web_and_prometheus_the_same_metrics_token():
+    """Pass METRICS_TOKEN from .env or the environment to the web service and to Prometheus alike."""
+    result = compose("--profile", "monitoring", "config", env={"METRICS_TOKEN": "shared-token", "SECRET_KEY": "x" * 50})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert services["web"]["environment"]["METRICS_TOKEN"] == "shared-token"
+    assert services["prometheus"]["environment"]["METRICS_TOKEN"] == "shared-token"
 
 
 @pytest.mark.django_db
