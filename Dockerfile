@@ -41,5 +41,10 @@ EXPOSE 8000
 # the app (with their trace ids), so uvicorn's access log is off. On SIGTERM
 # uvicorn lets open requests and WebSockets finish; a request that hangs
 # holds the stop for 5 s at most, within `docker stop`'s 10.
-ENV WEB_CONCURRENCY=2
+# uvicorn takes the client's address from X-Forwarded-For (--proxy-headers)
+# only on connections from FORWARDED_ALLOW_IPS, the proxies in front; from
+# any other peer the client is that peer. The login and registration
+# throttles count per that address, so never set it to "*"
+# (docs/operations.md, "Client addresses").
+ENV WEB_CONCURRENCY=2 FORWARDED_ALLOW_IPS=127.0.0.1
 CMD ["sh", "-c", "python manage.py migrate --noinput --verbosity 0 && export PROMETHEUS_MULTIPROC_DIR=/tmp/skipjack-metrics && rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn queueproject.asgi:application --host 0.0.0.0 --port 8000 --proxy-headers --no-access-log --timeout-graceful-shutdown 5"]

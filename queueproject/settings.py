@@ -202,6 +202,10 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "jobs.api.exceptions.exception_handler",
+    # Throttles know a client by REMOTE_ADDR alone, never by an X-Forwarded-For
+    # the client may have written itself. Behind a proxy, uvicorn puts the
+    # client's address there, from the proxies in FORWARDED_ALLOW_IPS only.
+    "NUM_PROXIES": 0,
     "DEFAULT_THROTTLE_RATES": {
         "login": os.environ.get("API_LOGIN_RATE_PER_IP", "20/min"),
         "login_account": os.environ.get("API_LOGIN_RATE_PER_ACCOUNT", "10/min"),

@@ -4,13 +4,20 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from django.views.generic import RedirectView
 
+from accounts.forms import AdminLoginForm
+from accounts.views import admin_login, session_login
 from jobs.metrics import metrics_view
+
+# Admin logins are throttled on the API's login counters, as the dashboard's are.
+admin.site.login_form = AdminLoginForm
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
+    # Before the admin's own: the same view, answering 429 while throttled.
+    path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
     # Dashboard: session login (the same accounts as the admin) and the live pages.
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", session_login, name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("dashboard/", include("dashboard.urls")),
     # REST API
