@@ -28,7 +28,7 @@ COPY . .
 # Hashed, compressed static files for WhiteNoise. Settings need these
 # variables to load; nothing connects to them.
 RUN DATABASE_URL=postgres://build@localhost/build REDIS_URL=redis://localhost:6379/0 \
-    SECRET_KEY=collectstatic-only ALLOWED_HOSTS=localhost \
+    SECRET_KEY=collectstatic-only-this-key-signs-nothing-and-is-never-used ALLOWED_HOSTS=localhost \
     python manage.py collectstatic --noinput --verbosity 0
 USER 10001:10001
 EXPOSE 8000

@@ -4,7 +4,8 @@ Selected with DJANGO_SETTINGS_MODULE=queueproject.settings_production, as
 the Docker image does. Compared with queueproject.settings:
 
 - DATABASE_URL, REDIS_URL, SECRET_KEY and ALLOWED_HOSTS must be set: no
-  embedded database, no generated key, no default host names;
+  embedded database, no generated key, no default host names; the key must
+  be long and random enough to sign with, and the hosts must be named, not *;
 - DEBUG is refused, and logs are JSON unless LOG_FORMAT says otherwise;
 - the site is assumed to be reached over HTTPS (usually through a proxy
   that terminates TLS): HTTP is redirected, cookies are secure, HSTS is on.
@@ -22,6 +23,18 @@ from django.core.exceptions import ImproperlyConfigured
 _missing = [name for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS") if not os.environ.get(name)]
 if _missing:
     raise ImproperlyConfigured(f"Set {', '.join(_missing)} in the environment to run in production.")
+# The bar of Django's own deployment check (security.W009): a key that
+# signs sessions, password resets and tokens must not be guessable.
+_key = os.environ["SECRET_KEY"]
+if len(_key) < 50 or len(set(_key)) < 5 or _key.startswith("django-insecure-"):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be at least 50 random characters, e.g. "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'."
+    )
+# "*" would answer any Host header, and so build links and redirects to
+# whatever host a client names.
+if "*" in (host.strip() for host in os.environ["ALLOWED_HOSTS"].split(",")):
+    raise ImproperlyConfigured("ALLOWED_HOSTS must name the site's host names; * is refused in production.")
 os.environ["SKIPJACK_REQUIRE_SECRET_KEY"] = "1"
 os.environ.setdefault("LOG_FORMAT", "json")
 

@@ -244,3 +244,27 @@ def test_production_settings_refuse_debug():
     result = manage("check", env=production_env(DEBUG="1"))
     assert result.returncode != 0
     assert "DEBUG must be off" in result.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"SECRET_KEY": "change-me"}, "SECRET_KEY must be at least 50 random characters"),
+    ({"SECRET_KEY": "ab" * 40}, "SECRET_KEY must be at least 50 random characters"),
+    ({"SECRET_KEY": "django-insecure-" + secrets.token_urlsafe(50)}, "SECRET_KEY must be at least 50 random characters"),
+    ({"ALLOWED_HOSTS": "*"}, "ALLOWED_HOSTS must name the site's host names"),
+    ({"ALLOWED_HOSTS": "jobs.example.com, *"}, "ALLOWED_HOSTS must name the site's host names"),
+])
+def test_production_settings_refuse_a_weak_secret_key_and_any_host(overrides, message):
+    """Refuse to start with a key Django's deployment check would flag, or with ALLOWED_HOSTS=*."""
+    result = manage("check", env=production_env(**overrides))
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_images_build_time_settings_pass_the_production_checks():
+    """Load the production settings with the variables the Dockerfile gives collectstatic."""
+    run = re.search(r"^RUN ((?:\w+=\S+\s+(?:\\\n\s*)?)+)python manage.py collectstatic",
+                    (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    build_env = dict(item.split("=", 1) for item in run.group(1).replace("\\", " ").split())
+    assert set(build_env) >= {"SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL"}
+    result = manage("check", env=production_env(**build_env))
+    assert result.returncode == 0, result.stderr
