@@ -268,3 +268,52 @@ def test_the_images_build_time_settings_pass_the_production_checks():
     assert set(build_env) >= {"SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL"}
     result = manage("check", env=production_env(**build_env))
     assert result.returncode == 0, result.stderr
+
+
+def compose_environment(service: str, **env) -> dict:
+    """Return the environment docker-compose gives `service` with its defaults, and `env` set."""
+    result = compose("--profile", "monitoring", "config", env=env)
+    assert result.returncode == 0, result.stderr
+    return {name: str(value) for name, value in yaml.safe_load(result.stdout)["services"][service]["environment"].items()}
+
+
+@needs_compose
+@pytest.mark.process
+def test_compose_does_not_trust_x_forwarded_proto_on_the_port_it_publishes(start_server):
+    """Redirect a plain-HTTP request that claims X-Forwarded-Proto: https, on a real server with compose's defaults."""
+    import requests
+
+    from tests.conftest import wait_for
+
+    env = compose_environment("web", SECRET_KEY=secrets.token_urlsafe(50))
+    for name in ("DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY"):
+        env.pop(name)  # the test's own databases, and one process
+    # In the container a client of the published port is not loopback, so
+    # uvicorn does not take the header from it either; here the test is.
+    env["FORWARDED_ALLOW_IPS"] = "192.0.2.1"
+    server = start_server({**env, "DJANGO_SETTINGS_MODULE": "queueproject.settings_production"})
+    wait_for(lambda: _answers(f"{server.url}/healthz/"), timeout=30, message="the server")
+
+    response = requests.get(f"{server.url}/accounts/login/", headers={"X-Forwarded-Proto": "https"},
+                            allow_redirects=False, timeout=10)
+    assert response.status_code == 301, response.status_code
+    assert response.headers["Location"].startswith("https://127.0.0.1")
+    assert published_on(compose("config").stdout) == "0.0.0.0"
+    assert published_on(compose("config", env={"WEB_PORT": "127.0.0.1:8000"}).stdout) == "127.0.0.1"
+
+
+def published_on(config: str) -> str:
+    """Return the host address `docker-compose config` output publishes the web port on (v1 and v2 syntax; all: 0.0.0.0)."""
+    (port,) = yaml.safe_load(config)["services"]["web"]["ports"]
+    if isinstance(port, str):
+        return port.split(":")[0] if port.count(":") == 2 else "0.0.0.0"
+    return port.get("host_ip", "0.0.0.0")
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
