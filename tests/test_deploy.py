@@ -317,3 +317,30 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+@needs_compose
+def test_grafana_has_no_default_password_and_refuses_to_start_without_one(tmp_path):
+    """Start Grafana's entrypoint only with a GRAFANA_ADMIN_PASSWORD of one's own: not empty, admin or change-me."""
+    assert compose_environment("grafana")["GF_SECURITY_ADMIN_PASSWORD"] in ("", "None")
+    assert compose_environment("grafana", GRAFANA_ADMIN_PASSWORD="s3cret-pass")["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret-pass"
+    assert "GRAFANA_ADMIN_PASSWORD=\n" in (ROOT / ".env.example").read_text()
+
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
+    shell, flag, script, name = service["entrypoint"]
+    # The script as the container runs it (compose turns $$ into $), with a stand-in for the image's /run.sh.
+    run_sh = tmp_path / "run.sh"
+    run_sh.write_text('#!/bin/sh\necho "grafana started $*"\n')
+    run_sh.chmod(0o755)
+    local = script.replace("$$", "$").replace("/run.sh", str(run_sh))
+
+    def start(password):
+        env = {"PATH": os.environ["PATH"], **({"GF_SECURITY_ADMIN_PASSWORD": password} if password is not None else {})}
+        return subprocess.run([shell, flag, local, name, "--homepath=/x"], capture_output=True, text=True, env=env,
+                              timeout=30)
+
+    for refused in (None, "", "admin", "change-me"):
+        result = start(refused)
+        assert result.returncode == 1 and "Set GRAFANA_ADMIN_PASSWORD" in result.stderr, refused
+    started = start("s3cret-pass")
+    assert started.returncode == 0 and started.stdout.strip() == "grafana started --homepath=/x", started.stderr
