@@ -56,12 +56,11 @@ def test_nothing_is_allowed_to_run_until_an_operator_lists_it():
 
 
 @commands_allowed
-def test_a_stored_command_of_a_program_no_longer_allowed_does_not_run(settings):
+def test_a_stored_command_of_a_program_no_longer_allowed_does_not_run():
     """Fail a job whose program left the list after it was stored, without running it."""
     job = JobFactory(type="run_command", payload={"argv": ["/usr/bin/env"], "timeout": 5})
-    settings.JOBS_SHELL_ALLOWED_COMMANDS = ()
     context = JobContext(job_id=job.pk, type=job.type, payload=job.payload, attempt=1)
-    with pytest.raises(PermanentError, match="not in JOBS_SHELL_ALLOWED_COMMANDS"):
+    with override_settings(JOBS_SHELL_ALLOWED_COMMANDS=()), pytest.raises(PermanentError, match="not in JOBS_SHELL_ALLOWED"):
         get_handler("run_command").func(context)
 
 
