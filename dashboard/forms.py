@@ -210,7 +210,7 @@ def field_rows(type_name: str, data, errors: dict[str, list[str]]) -> tuple[list
 
 def type_choices(user) -> list[tuple[str, str]]:
     """Return the job types `user` may submit, as (name, label) choices."""
-    return [(h.name, h.name) for h in handlers() if user.is_staff or not h.staff_only]
+    return [(h.name, h.name) for h in handlers() if user.is_staff or not h.requires_staff]
 
 
 class SubmitJobForm(forms.Form):

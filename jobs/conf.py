@@ -36,6 +36,12 @@ DEFAULTS = {
     # and only the programs listed (exactly as argv[0] names them) run.
     "JOBS_ENABLE_SHELL_COMMANDS": False,
     "JOBS_SHELL_ALLOWED_COMMANDS": (),
+    # send_email is for staff only while this is empty. Otherwise users who
+    # are not staff may send to these recipients: "self" (their account's
+    # address), an address, or "@example.com" for any address of a domain;
+    # each such user to at most JOBS_EMAIL_RECIPIENTS_PER_DAY a day (UTC).
+    "JOBS_EMAIL_USER_RECIPIENTS": (),
+    "JOBS_EMAIL_RECIPIENTS_PER_DAY": 100,
     # scrape_website refuses loopback, private and link-local addresses unless set.
     "JOBS_SCRAPE_ALLOW_PRIVATE": False,
     "JOBS_SCRAPE_MAX_BYTES": 2 * 1024 * 1024,

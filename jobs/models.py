@@ -264,3 +264,23 @@ class SubmissionAllowance(models.Model):
 
     def __str__(self):
         return f"{self.user_id}: full again at {self.refilled_at:%H:%M:%S}"
+
+
+class EmailAllowance(models.Model):
+    """How many recipients a user's send_email jobs have sent to today (UTC), against JOBS_EMAIL_RECIPIENTS_PER_DAY.
+
+    One row per user, written by one statement per sending attempt
+    (jobs.handlers.mail), which adds the attempt's recipients only if the
+    day's sum stays within the limit, and starts again from zero on a new
+    day. Concurrent attempts of one user, from any worker process, wait for
+    each other on the row, so the limit holds exactly.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+    day = models.DateField()
+    recipients = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.user_id}: {self.recipients} recipients on {self.day}"

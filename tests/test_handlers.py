@@ -1,4 +1,4 @@
-"""Built-in job handlers and their payload validators, run directly: no worker, and no database but the job row run_command reads its owner from."""
+"""Built-in job handlers and their payload validators, run directly: no worker, and no database but the job row that run_command and send_email read their owner from."""
 
 import sys
 import threading
@@ -188,11 +188,18 @@ def test_fail_payload_errors_name_the_field():
 # send_email
 
 
+@pytest.fixture
+def email_job(db):
+    """Return the id of a send_email job without an owner, as enqueued by code, for the handler to run as."""
+    return JobFactory(type="send_email", payload={"to": ["a@example.com"], "subject": "Hi", "body": ""}).pk
+
+
 @override_settings(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend")
-def test_send_email_sends_through_the_email_backend():
+def test_send_email_sends_through_the_email_backend(email_job):
     """Send one message to every recipient, from DEFAULT_FROM_EMAIL."""
     mail.outbox = []
-    result = run("send_email", {"to": ["a@example.com", " b@example.com"], "subject": "Hi", "body": "Hello."})
+    payload = {"to": ["a@example.com", " b@example.com"], "subject": "Hi", "body": "Hello."}
+    result = run("send_email", payload, job_id=email_job)
     assert result == {"sent": 2}
     [message] = mail.outbox
     assert message.to == ["a@example.com", "b@example.com"]
@@ -201,10 +208,10 @@ def test_send_email_sends_through_the_email_backend():
 
 
 @override_settings(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend")
-def test_send_email_accepts_a_single_address():
+def test_send_email_accepts_a_single_address(email_job):
     """Normalize a single address string to a one-item list."""
     mail.outbox = []
-    assert run("send_email", {"to": "a@example.com", "subject": "Hi", "body": ""}) == {"sent": 1}
+    assert run("send_email", {"to": "a@example.com", "subject": "Hi", "body": ""}, job_id=email_job) == {"sent": 1}
     assert mail.outbox[0].to == ["a@example.com"]
 
 
