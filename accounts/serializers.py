@@ -13,16 +13,6 @@ class RegisterSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(write_only=True, max_length=128, style={"input_type": "password"})
 
-    def validate_username(self, value):
-        if User.objects.filter(username__iexact=value).exists():
-            raise serializers.ValidationError("This username is taken.")
-        return value
-
-    def validate_email(self, value):
-        if User.objects.filter(email__iexact=value).exists():
-            raise serializers.ValidationError("An account with this email already exists.")
-        return value
-
     def validate(self, data):
         candidate = User(username=data["username"], email=data["email"])
         try:
@@ -32,7 +22,7 @@ class RegisterSerializer(serializers.Serializer):
         return data
 
 
-class UserSerializer(serializers.Serializer):
-    id = serializers.IntegerField(read_only=True)
-    username = serializers.CharField(read_only=True)
-    email = serializers.EmailField(read_only=True)
+class RegistrationReceivedSerializer(serializers.Serializer):
+    """The one answer to every well-formed registration: it does not say whether the account was created."""
+
+    detail = serializers.CharField()

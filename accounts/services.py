@@ -1,15 +1,21 @@
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 
 
-class AccountExists(Exception):
-    """The username was taken by a concurrent registration."""
+def user_register(*, username: str, email: str, password: str) -> bool:
+    """Create a user account unless the username or the email address is in use; return whether it was created.
 
-
-def user_register(*, username: str, email: str, password: str):
-    """Create a user account; raise AccountExists if the username was taken meanwhile."""
+    Both outcomes hash the password, so the time taken does not tell them apart.
+    """
+    User = get_user_model()
+    if User.objects.filter(Q(username__iexact=username) | Q(email__iexact=email)).exists():
+        make_password(password)
+        return False
     try:
         with transaction.atomic():
-            return get_user_model().objects.create_user(username=username, email=email, password=password)
-    except IntegrityError as exc:
-        raise AccountExists("This username is taken.") from exc
+            User.objects.create_user(username=username, email=email, password=password)
+    except IntegrityError:
+        return False  # a concurrent registration took the username
+    return True

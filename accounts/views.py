@@ -4,7 +4,6 @@ from django.contrib import admin
 from django.contrib.auth.views import LoginView
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,16 +11,22 @@ from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, Toke
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts.forms import LoginForm
-from accounts.serializers import RegisterSerializer, UserSerializer
-from accounts.services import AccountExists, user_register
+from accounts.serializers import RegisterSerializer, RegistrationReceivedSerializer
+from accounts.services import user_register
 from accounts.throttling import LoginAccountThrottle, LoginIPThrottle, RegisterThrottle
 from jobs.api.serializers import ErrorSerializer, RateLimitSerializer
 from jobs.metrics import count_rate_limit_rejection
 
 BAD_INPUT = OpenApiResponse(description="Invalid input, with messages per field.")
+REGISTRATION_RECEIVED = (
+    "Registration received. If you cannot log in with this username and password, "
+    "the username or the email address was already in use."
+)
 
 
 class RegisterApi(APIView):
+    """Create an account; the answer is the same whether or not the username or email address was taken."""
+
     permission_classes = [AllowAny]
     authentication_classes = []
     throttle_classes = [RegisterThrottle]
@@ -29,17 +34,14 @@ class RegisterApi(APIView):
 
     @extend_schema(
         request=RegisterSerializer,
-        responses={201: UserSerializer, 400: BAD_INPUT, 429: RateLimitSerializer},
+        responses={202: RegistrationReceivedSerializer, 400: BAD_INPUT, 429: RateLimitSerializer},
         summary="Create an account",
     )
     def post(self, request):
         serializer = RegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            user = user_register(**serializer.validated_data)
-        except AccountExists as exc:
-            raise ValidationError({"username": [str(exc)]}) from exc
-        return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
+        user_register(**serializer.validated_data)
+        return Response({"detail": REGISTRATION_RECEIVED}, status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema_view(post=extend_schema(responses={

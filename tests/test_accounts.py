@@ -1,8 +1,9 @@
-"""Accounts: login throttles on every login form, shared with the API."""
+"""Accounts: login throttles on every login form, shared with the API; registration."""
 
 import json
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.signals import user_login_failed
 from django.core.cache import cache
 from django.test import Client
@@ -102,3 +103,55 @@ def test_a_good_session_login_still_logs_in(alice):
     client = Client()
     assert session_login(client, "/accounts/login/", "alice@example.com", PASSWORD)["Location"] == "/dashboard/"
     assert client.session["_auth_user_id"] == str(alice.pk)
+
+
+# --- registration -----------------------------------------------------------------
+
+
+class CountingHasher(PBKDF2PasswordHasher):
+    """PBKDF2 with few iterations, counting the passwords it hashes."""
+
+    algorithm = "counting_pbkdf2"
+    iterations = 1000
+    hashed = 0
+
+    def encode(self, password, salt, iterations=None):
+        CountingHasher.hashed += 1
+        return super().encode(password, salt, iterations)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"username": "alice", "email": "someone.new@example.com"},
+        {"username": "ALICE", "email": "someone.new@example.com"},
+        {"username": "carol", "email": "Alice@Example.com"},
+    ],
+    ids=["taken username", "taken username in other case", "taken email address"],
+)
+def test_registration_answers_alike_whether_or_not_the_name_or_address_is_taken(alice, settings, body):
+    """Answer a taken username or email address exactly as a new account, hashing the password in both cases."""
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher", *settings.PASSWORD_HASHERS]
+    password = {"password": "a-long-passphrase-9"}
+    CountingHasher.hashed = 0
+    created = post_json("/api/auth/register/", {"username": "dave", "email": "dave@example.com", **password})
+    assert CountingHasher.hashed == 1
+
+    taken = post_json("/api/auth/register/", {**body, **password})
+
+    assert CountingHasher.hashed == 2
+    assert (taken.status_code, taken.json()) == (created.status_code, created.json()) == (202, created.json())
+    assert set(created.json()) == {"detail"}
+    User = type(alice)
+    assert User.objects.filter(username="dave").exists()
+    assert User.objects.count() == 2
+    assert User.objects.get(username="alice").check_password(PASSWORD)
+
+
+def test_registration_stays_throttled_per_address(alice, settings):
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+    codes = [
+        post_json("/api/auth/register/", {"username": name, "email": f"{name}@example.com", "password": "a-long-passphrase-9"}).status_code
+        for name in ["alice"] * 5 + [f"new{n}" for n in range(6)]
+    ]
+    assert codes == [202] * 10 + [429]

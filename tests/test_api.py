@@ -4,6 +4,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -59,10 +60,11 @@ def post_json(client, url, body, **extra):
 
 
 def test_register_creates_an_account():
-    """Create a user from username, email and password; never echo the password."""
+    """Create a user from username, email and password; answer 202 with a message that echoes none of them."""
     response = post_json(APIClient(), "/api/auth/register/", {"username": "carol", "email": "c@example.com", "password": "a-long-passphrase-9"})
-    assert response.status_code == 201
-    assert set(response.json()) == {"id", "username", "email"}
+    assert response.status_code == 202
+    assert set(response.json()) == {"detail"}
+    assert get_user_model().objects.get(username="carol").check_password("a-long-passphrase-9")
     assert Job.objects.count() == 0
 
 
@@ -74,8 +76,6 @@ def test_register_creates_an_account():
         ({"username": "carol", "email": "not-an-email", "password": "a-long-passphrase-9"}, "email"),
         ({"username": "a b", "email": "c@example.com", "password": "a-long-passphrase-9"}, "username"),
         ({"email": "c@example.com", "password": "a-long-passphrase-9"}, "username"),
-        ({"username": "alice", "email": "new@example.com", "password": "a-long-passphrase-9"}, "username"),
-        ({"username": "carol", "email": "ALICE@example.com", "password": "a-long-passphrase-9"}, "email"),
     ],
 )
 def test_register_refuses_bad_input_per_field(alice, body, field):

@@ -23,7 +23,7 @@ def fresh_throttles():
 def register_and_login(base: str, username: str) -> dict:
     password = "a-long-passphrase-9"
     created = requests.post(f"{base}/api/auth/register/", json={"username": username, "email": f"{username}@example.com", "password": password})
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     tokens = requests.post(f"{base}/api/auth/token/", json={"username": username, "password": password})
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access']}"}
