@@ -81,8 +81,8 @@ class JobContext:
     def owner_now(self):
         """Return the job's owner as the database has them now, or None for a job without one.
 
-        Raise PermanentError if the job is gone, as then nobody can be
-        checked to be allowed to run it.
+        Raise PermanentError if the job or its owner is gone, as then nobody
+        can be checked to be allowed to run it.
         """
         from django.contrib.auth import get_user_model
 
@@ -93,7 +93,12 @@ class JobContext:
             owner_id = Job.objects.values_list("owner_id", flat=True).get(pk=self.job_id)
         except Job.DoesNotExist:
             raise PermanentError(f"Job {self.job_id} no longer exists.") from None
-        return None if owner_id is None else get_user_model().objects.filter(pk=owner_id).first()
+        if owner_id is None:
+            return None
+        owner = get_user_model().objects.filter(pk=owner_id).first()
+        if owner is None:
+            raise PermanentError(f"The owner of job {self.job_id} no longer exists.")
+        return owner
 
 
 _registry: dict[str, Handler] = {}
@@ -132,10 +137,11 @@ def staff_only_types() -> list[str]:
 def check_owner(handler: Handler, owner, payload: Any) -> None:
     """Raise JobTypeNotAllowed, or what the type's check_user raises, if `owner` may not have this job.
 
-    Jobs without an owner (enqueued by code or an operator) and staff's
-    jobs may be anything.
+    Jobs without an owner (enqueued by code or an operator) and the jobs of
+    active staff may be anything; a deactivated staff member counts as not
+    staff.
     """
-    if owner is None or owner.is_staff:
+    if owner is None or (owner.is_staff and owner.is_active):
         return
     if handler.requires_staff:
         raise JobTypeNotAllowed(f"Only staff may submit {handler.name} jobs.")

@@ -104,12 +104,16 @@ def test_a_command_is_killed_with_what_it_started_when_its_job_must_stop():
 
 @commands_allowed
 def test_a_command_runs_only_while_its_owner_is_staff():
-    """Fail, without running it, a command whose owner lost staff status; run one of staff's or one with no owner."""
+    """Fail, without running it, a command whose owner lost staff status or was deactivated; run one of staff's or one with no owner."""
     owner = UserFactory(is_staff=True)
     job = JobFactory(type="run_command", owner=owner, payload={"argv": ["/usr/bin/env"], "timeout": 5})
     assert run(job)["returncode"] == 0
     assert run(JobFactory(type="run_command", payload={"argv": ["/usr/bin/env"], "timeout": 5}))["returncode"] == 0
-    owner.is_staff = False
+    owner.is_active = False
+    owner.save()
+    with pytest.raises(PermanentError, match="Only staff may submit run_command jobs"):
+        run(job)
+    owner.is_active, owner.is_staff = True, False
     owner.save()
     with pytest.raises(PermanentError, match="Only staff may submit run_command jobs"):
         run(job)
