@@ -81,6 +81,8 @@ MIDDLEWARE = [
     # Binds the request's X-Trace-Id (or a new one) for its log lines and the jobs it enqueues.
     "jobs.tracing.TraceIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Scripts from this site's static files only (queueproject.csp), on every response.
+    "queueproject.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -229,6 +231,9 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI from our own static files, never a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge from validator.swagger.io, which would send it the schema's URL
+    # (and which the Content-Security-Policy would refuse anyway).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
 }
 

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from django.views.generic import RedirectView
 
 from accounts.forms import AdminLoginForm
@@ -24,7 +24,8 @@ urlpatterns = [
     path("api/auth/", include("accounts.urls")),
     path("api/", include("jobs.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The split view serves Swagger UI's setup script as a file, which the Content-Security-Policy allows.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     # Operations: Prometheus scrapes /metrics; /healthz/ and /readyz/ are
     # answered by jobs.health.HealthCheckMiddleware before URL routing.
     path("metrics", metrics_view, name="metrics"),

@@ -306,3 +306,67 @@ def test_screenshots_of_every_page_at_desktop_and_phone_width(browser, server, s
     if not README_SCREENSHOT.exists() or os.environ.get("UPDATE_README_SCREENSHOT") == "1":
         README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SCREENSHOTS / "overview-desktop.png", README_SCREENSHOT)
+
+
+def csp_violations(context) -> list[str]:
+    """Collect, from now on, what the Content-Security-Policy refuses in any page of `context`."""
+    violations = []
+
+    def on_console(message):
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
+    context.on("console", on_console)
+    # Also what the console may not say, from every document the context loads.
+    context.add_init_script(
+        "document.addEventListener('securitypolicyviolation', e => console.error("
+        "'Content Security Policy: ' + e.violatedDirective + ' refused ' + (e.blockedURI || 'inline')));"
+    )
+    return violations
+
+
+def test_every_page_and_swagger_ui_work_under_the_content_security_policy(browser, server, start_worker):
+    """Serve every page with the policy, and have the browser refuse nothing on them while they work."""
+    from playwright.sync_api import expect
+
+    start_worker("--poll-interval", "0.2")
+    staff = UserFactory(username="operator", is_staff=True, is_superuser=True)
+    alice = UserFactory(username="alice")
+    _demo_data(alice, staff)
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(LIVE_TIMEOUT_MS)
+    violations = csp_violations(context)
+    page = context.new_page()
+    login = page.goto(f"{server}/accounts/login/")
+    policy = login.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy and "unsafe-eval" not in policy
+    page.context.close()
+
+    page = log_in(browser, server, staff)
+    violations = csp_violations(page.context)
+    detail = Job.objects.filter(status=JobStatus.RETRYING).get()
+    for path in ("/dashboard/", "/dashboard/jobs/", f"/dashboard/jobs/{detail.pk}/", "/dashboard/dlq/",
+                 "/dashboard/workers/"):
+        response = page.goto(f"{server}{path}")
+        assert response.headers["content-security-policy"] == policy
+        wait_live(page)  # htmx and its WebSocket extension run
+        page.wait_for_load_state("networkidle")
+    # htmx swaps the type's fields in, and a submitted job changes live on its page.
+    page.goto(f"{server}/dashboard/submit/")
+    with page.expect_response("**/dashboard/submit/fields/*"):
+        page.select_option("select[name=type]", "uppercase_text")
+    page.fill("textarea[name=p_text]", "under the policy")
+    page.click("button:has-text('Submit job')")
+    page.wait_for_url(f"{server}/dashboard/jobs/*/")
+    expect(page.locator("#job-status")).to_have_text("completed")
+    # The admin, and Swagger UI with its operations rendered from the schema.
+    page.goto(f"{server}/admin/jobs/job/")
+    expect(page.locator("#result_list")).to_be_visible()
+    page.goto(f"{server}/api/docs/")
+    expect(page.locator(".opblock").first).to_be_visible()
+    expect(page.locator(".opblock-summary-path", has_text="/api/jobs/{job_id}/cancel/")).to_have_count(1)
+    page.locator(".opblock-summary", has_text="/api/jobs/stats/").first.click()
+    expect(page.locator("button.try-out__btn").first).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    page.context.close()
+    assert violations == [], violations
