@@ -26,3 +26,12 @@ class RegistrationReceivedSerializer(serializers.Serializer):
     """The one answer to every well-formed registration: it does not say whether the account was created."""
 
     detail = serializers.CharField()
+
+
+class RefreshInputSerializer(serializers.Serializer):
+    refresh = serializers.CharField(max_length=4096)
+
+
+class TokenPairSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()

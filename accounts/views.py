@@ -2,17 +2,22 @@ from functools import wraps
 
 from django.contrib import admin
 from django.contrib.auth.views import LoginView
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.authentication import AUTH_HEADER_TYPES
+from rest_framework_simplejwt.serializers import TokenObtainSerializer
 
 from accounts.forms import LoginForm
-from accounts.serializers import RegisterSerializer, RegistrationReceivedSerializer
-from accounts.services import user_register
+from accounts.serializers import (
+    RefreshInputSerializer,
+    RegisterSerializer,
+    RegistrationReceivedSerializer,
+    TokenPairSerializer,
+)
+from accounts.services import session_end, session_refresh, session_start, user_register
 from accounts.throttling import LoginAccountThrottle, LoginIPThrottle, RegisterThrottle
 from jobs.api.serializers import ErrorSerializer, RateLimitSerializer
 from jobs.metrics import count_rate_limit_rejection
@@ -24,11 +29,20 @@ REGISTRATION_RECEIVED = (
 )
 
 
-class RegisterApi(APIView):
-    """Create an account; the answer is the same whether or not the username or email address was taken."""
+class AuthApi(APIView):
+    """An account endpoint that takes no access token."""
 
     permission_classes = [AllowAny]
     authentication_classes = []
+
+    def get_authenticate_header(self, request):
+        # Without one, DRF would turn its 401s into 403s.
+        return f'{AUTH_HEADER_TYPES[0]} realm="api"'
+
+
+class RegisterApi(AuthApi):
+    """Create an account; the answer is the same whether or not the username or email address was taken."""
+
     throttle_classes = [RegisterThrottle]
     rate_limit_kind = "register"
 
@@ -44,19 +58,47 @@ class RegisterApi(APIView):
         return Response({"detail": REGISTRATION_RECEIVED}, status=status.HTTP_202_ACCEPTED)
 
 
-@extend_schema_view(post=extend_schema(responses={
-    200: TokenObtainPairSerializer, 400: BAD_INPUT, 401: ErrorSerializer, 429: RateLimitSerializer,
-}))
-class TokenObtainApi(TokenObtainPairView):
+class TokenObtainApi(AuthApi):
     """Log in with username (or email) and password; get an access and a refresh token."""
 
     throttle_classes = [LoginIPThrottle, LoginAccountThrottle]
     rate_limit_kind = "login"
 
+    @extend_schema(
+        request=TokenObtainSerializer,
+        responses={200: TokenPairSerializer, 400: BAD_INPUT, 401: ErrorSerializer, 429: RateLimitSerializer},
+    )
+    def post(self, request):
+        credentials = TokenObtainSerializer(data=request.data, context={"request": request})
+        credentials.is_valid(raise_exception=True)  # 401 unless they name an active account
+        return Response(session_start(credentials.user))
 
-@extend_schema_view(post=extend_schema(responses={200: TokenRefreshSerializer, 400: BAD_INPUT, 401: ErrorSerializer}))
-class TokenRefreshApi(TokenRefreshView):
-    """Trade a refresh token for a new pair; the old refresh token is blacklisted."""
+
+class TokenRefreshApi(AuthApi):
+    """Trade the session's refresh token for a new pair; the one sent is used up."""
+
+    @extend_schema(
+        request=RefreshInputSerializer,
+        responses={200: TokenPairSerializer, 400: BAD_INPUT, 401: ErrorSerializer},
+    )
+    def post(self, request):
+        serializer = RefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(session_refresh(serializer.validated_data["refresh"]))
+
+
+class LogoutApi(AuthApi):
+    """End the session of a refresh token: none of its refresh tokens works any more."""
+
+    @extend_schema(
+        request=RefreshInputSerializer,
+        responses={204: None, 400: BAD_INPUT, 401: ErrorSerializer},
+    )
+    def post(self, request):
+        serializer = RefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        session_end(serializer.validated_data["refresh"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 def with_throttle_status(login_view):

@@ -65,7 +65,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
@@ -215,13 +214,21 @@ REST_FRAMEWORK = {
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# Refresh tokens rotate within their login's session (accounts.services), not
+# through simplejwt's blacklist.
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=5),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=1),
-    "ROTATE_REFRESH_TOKENS": True,
-    "BLACKLIST_AFTER_ROTATION": True,
     "UPDATE_LAST_LOGIN": False,
+    # Every token carries a digest of its user's password hash: a new password
+    # ends the tokens issued before it.
+    "CHECK_REVOKE_TOKEN": True,
 }
+# However often its tokens are refreshed, an API session ends this long after the login.
+API_SESSION_LIFETIME = timedelta(days=float(os.environ.get("API_SESSION_LIFETIME_DAYS", "7")))
+# A refresh token used again this soon after it was replaced is refused
+# without ending its session: a client that sent the same refresh twice.
+API_REFRESH_REUSE_GRACE = timedelta(seconds=float(os.environ.get("API_REFRESH_REUSE_GRACE_SECONDS", "10")))
 SPECTACULAR_SETTINGS = {
     "TITLE": "Skipjack API",
     "DESCRIPTION": "Submit and track background jobs. Authenticate with a Bearer JWT from /api/auth/token/.",

@@ -1,13 +1,17 @@
-"""Accounts: login throttles on every login form, shared with the API; registration."""
+"""Accounts: API sessions and their refresh tokens, login throttles on every login form, registration."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.signals import user_login_failed
 from django.core.cache import cache
+from django.db.models import F
 from django.test import Client
+from django.utils import timezone
 from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import AccessToken, RefreshToken, UntypedToken
 
 from tests.factories import UserFactory
 
@@ -29,6 +33,183 @@ def alice():
 
 def post_json(url, body, client=None):
     return (client or APIClient()).post(url, json.dumps(body), content_type="application/json")
+
+
+def log_in(login="alice", password=PASSWORD) -> dict:
+    response = post_json("/api/auth/token/", {"username": login, "password": password})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def refresh(token: str):
+    return post_json("/api/auth/token/refresh/", {"refresh": token})
+
+
+def families(user):
+    from accounts.models import TokenFamily
+
+    return TokenFamily.objects.filter(user=user)
+
+
+def jti(token: str) -> str:
+    return UntypedToken(token)["jti"]
+
+
+def past_the_grace(user):
+    """Make the last refresh of each of the user's sessions older than the grace period."""
+    families(user).update(rotated_at=F("rotated_at") - timedelta(minutes=5))
+
+
+# --- refresh tokens ---------------------------------------------------------------
+
+
+def test_a_login_starts_a_session_whose_live_token_is_the_one_returned(alice):
+    tokens = log_in()
+    (family,) = families(alice)
+    assert family.current_jti == jti(tokens["refresh"]) and family.revoked_at is None
+    assert AccessToken(tokens["access"])["user_id"] == str(alice.pk)
+
+
+def test_a_replaced_refresh_token_used_again_ends_its_session(alice):
+    """Refuse the replaced token with 401, revoke the family, and refuse the token that replaced it too."""
+    first = log_in()["refresh"]
+    second = refresh(first).json()["refresh"]
+    past_the_grace(alice)
+
+    reused = refresh(first)
+
+    assert reused.status_code == 401 and reused.json()["code"] == "token_reused"
+    (family,) = families(alice)
+    assert family.revoked_at is not None and family.revoke_reason == "reuse"
+    assert refresh(second).status_code == 401
+
+
+def test_the_token_just_replaced_is_refused_within_the_grace_without_ending_the_session(alice):
+    """A client that sent one refresh twice gets 401 for the second; the first one's new token still works."""
+    first = log_in()["refresh"]
+    second = refresh(first).json()["refresh"]
+
+    again = refresh(first)
+
+    assert again.status_code == 401 and again.json()["code"] == "token_used"
+    assert families(alice).get().revoked_at is None
+    assert refresh(second).status_code == 200
+
+
+def test_an_older_token_ends_the_session_even_within_the_grace(alice):
+    first = log_in()["refresh"]
+    second = refresh(first).json()["refresh"]
+    third = refresh(second).json()["refresh"]
+    assert refresh(first).json()["code"] == "token_reused"
+    assert refresh(third).status_code == 401
+
+
+def test_reuse_ends_only_its_own_session(alice):
+    stolen = log_in()["refresh"]
+    other = log_in()["refresh"]
+    refresh(stolen)
+    past_the_grace(alice)
+    assert refresh(stolen).status_code == 401
+    assert refresh(other).status_code == 200
+
+
+def test_a_password_change_ends_every_token_issued_before_it(alice):
+    """Refuse the refresh token and the access token with 401 once the password has changed."""
+    tokens = log_in()
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    assert api.get("/api/jobs/").status_code == 200
+
+    alice.set_password("a-new-passphrase-77")
+    alice.save()
+
+    refused = refresh(tokens["refresh"])
+    assert refused.status_code == 401 and refused.json()["code"] == "password_changed"
+    assert api.get("/api/jobs/").status_code == 401
+    assert refresh(log_in(password="a-new-passphrase-77")["refresh"]).status_code == 200
+
+
+def test_no_refresh_outlives_the_session(alice, settings):
+    """Cap every token at the session's end, however often it is refreshed, and refuse a refresh after it."""
+    settings.API_SESSION_LIFETIME = timedelta(hours=2)
+    tokens = log_in()
+    ends_at = families(alice).get().expires_at
+    assert abs(ends_at - (timezone.now() + timedelta(hours=2))) < timedelta(minutes=1)
+    assert UntypedToken(tokens["refresh"])["exp"] == int(ends_at.timestamp())
+
+    families(alice).update(expires_at=timezone.now() + timedelta(minutes=2))  # the session is nearly over
+    ends_at = families(alice).get().expires_at
+    renewed = refresh(tokens["refresh"]).json()
+    assert UntypedToken(renewed["refresh"])["exp"] == int(ends_at.timestamp())
+    assert AccessToken(renewed["access"])["exp"] <= int(ends_at.timestamp())
+
+    families(alice).update(expires_at=timezone.now() - timedelta(seconds=1))  # and now it is
+    over = refresh(renewed["refresh"])
+    assert over.status_code == 401 and over.json()["code"] == "session_ended"
+
+
+def test_a_deleted_users_refresh_token_is_a_json_401(alice):
+    token = log_in()["refresh"]
+    alice.delete()
+    response = refresh(token)
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "user_not_found"
+
+
+def test_an_inactive_users_refresh_token_is_refused(alice):
+    token = log_in()["refresh"]
+    type(alice).objects.filter(pk=alice.pk).update(is_active=False)
+    assert refresh(token).json()["code"] == "user_inactive"
+
+
+@pytest.mark.parametrize("token", ["not-a-token", "", None])
+def test_a_malformed_refresh_token_is_refused(token):
+    response = post_json("/api/auth/token/refresh/", {"refresh": token})
+    assert response.status_code in (400, 401)
+    assert response["Content-Type"] == "application/json"
+
+
+def test_a_refresh_token_of_no_session_is_refused(alice):
+    """A signed refresh token from before sessions had families is a 401, and logs nobody in."""
+    response = refresh(str(RefreshToken.for_user(alice)))
+    assert response.status_code == 401 and response.json()["code"] == "token_not_valid"
+
+
+def test_an_access_token_is_no_refresh_token(alice):
+    assert refresh(log_in()["access"]).status_code == 401
+
+
+def test_logout_ends_the_session(alice):
+    """Answer 204 and revoke the family; its tokens refresh no more, and logging out again is a 204 too."""
+    tokens = log_in()
+    newer = refresh(tokens["refresh"]).json()["refresh"]
+
+    response = post_json("/api/auth/logout/", {"refresh": newer})
+
+    assert response.status_code == 204
+    family = families(alice).get()
+    assert family.revoked_at is not None and family.revoke_reason == "logout"
+    assert refresh(newer).json()["code"] == "session_ended"
+    assert post_json("/api/auth/logout/", {"refresh": newer}).status_code == 204
+
+
+def test_logout_refuses_what_is_no_refresh_token(alice):
+    assert post_json("/api/auth/logout/", {"refresh": "garbage"}).status_code == 401
+    assert post_json("/api/auth/logout/", {}).json() == {"refresh": ["This field is required."]}
+    assert post_json("/api/auth/logout/", {"refresh": log_in()["access"]}).status_code == 401
+    assert families(alice).get().revoked_at is None
+
+
+def test_an_operator_revokes_a_session_in_the_admin(alice, admin_client):
+    token = log_in()["refresh"]
+    family = families(alice).get()
+    response = admin_client.post(
+        "/admin/accounts/tokenfamily/", {"action": "revoke", "_selected_action": [str(family.pk)]}, follow=True,
+    )
+    assert "Revoked 1 session." in response.content.decode()
+    assert families(alice).get().revoke_reason == "admin"
+    assert refresh(token).json()["code"] == "session_ended"
 
 
 # --- login throttles --------------------------------------------------------------

@@ -1,12 +1,15 @@
-"""Accounts over real HTTP: concurrent logins and registrations against uvicorn processes."""
+"""Accounts over real HTTP: concurrent refreshes, logins and registrations against uvicorn processes."""
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import requests
 from django.core.cache import cache
+from django.db.models import F
 from requests.adapters import HTTPAdapter
+from rest_framework_simplejwt.tokens import UntypedToken
 
 from tests.factories import UserFactory
 
@@ -42,6 +45,43 @@ def all_at_once(calls):
 
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         return list(pool.map(run, calls))
+
+
+def test_one_refresh_token_sent_eight_times_at_once_is_rotated_once(start_server):
+    """Eight parallel refreshes on four servers: one new token, seven 401s, one live session; reuse then ends it."""
+    from accounts.models import TokenFamily
+
+    racer = UserFactory(username="racer")
+    servers = [start_server() for _ in range(4)]
+    for server in servers:
+        server.wait_until_up()
+    tokens = requests.post(f"{servers[0].url}/api/auth/token/", json={"username": "racer", "password": PASSWORD}).json()
+    sessions = []
+    for n in range(8):
+        session = requests.Session()
+        session.get(f"{servers[n % 4].url}/healthz/")  # connect before the start
+        sessions.append((session, servers[n % 4].url))
+
+    responses = all_at_once([
+        lambda session=session, url=url: session.post(f"{url}/api/auth/token/refresh/", json={"refresh": tokens["refresh"]})
+        for session, url in sessions
+    ])
+
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] + [401] * 7, [r.text for r in responses]
+    (winner,) = [r.json() for r in responses if r.status_code == 200]
+    assert {r.json()["code"] for r in responses if r.status_code == 401} == {"token_used"}
+    (family,) = TokenFamily.objects.filter(user=racer)
+    assert family.revoked_at is None
+    assert family.current_jti == UntypedToken(winner["refresh"])["jti"]
+
+    # Later, the replaced token comes back: a copy is in other hands.
+    TokenFamily.objects.filter(pk=family.pk).update(rotated_at=F("rotated_at") - timedelta(minutes=1))
+    reused = requests.post(f"{servers[1].url}/api/auth/token/refresh/", json={"refresh": tokens["refresh"]})
+    assert reused.status_code == 401 and reused.json()["code"] == "token_reused"
+    family.refresh_from_db()
+    assert family.revoked_at is not None and family.revoke_reason == "reuse"
+    assert requests.post(f"{servers[2].url}/api/auth/token/refresh/", json={"refresh": winner["refresh"]}).status_code == 401
 
 
 def test_session_logins_on_two_servers_share_the_apis_counters(start_server):
