@@ -120,12 +120,13 @@ def _describe(exc: BaseException, prefix: str = "") -> str:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the failure
         message = "(the exception's message could not be read)"
-    return storable_text(f"{prefix}{type(exc).__name__}: {message}")[:ERROR_CHARS]
+    return storable_text(f"{prefix}{type(exc).__name__}: {message[:2 * ERROR_CHARS]}")[:ERROR_CHARS]
 
 
 def _format_traceback() -> str:
     try:
-        return storable_text(traceback.format_exc()[-TRACEBACK_CHARS:])
+        # Hidden before the final cut, so that no URL loses its scheme to the cut and keeps its password.
+        return storable_text(traceback.format_exc()[-2 * TRACEBACK_CHARS:])[-TRACEBACK_CHARS:]
     except Exception:  # noqa: BLE001
         return ""
 
