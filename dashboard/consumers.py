@@ -8,16 +8,14 @@ While it is open, a socket holds its groups, their watch mark (jobs.events),
 one of its user's slots and a place in its process's AccountWatch
 (dashboard.sockets), and a task that renews the first three. However the
 socket ends (the browser closes it or sends a frame that is not JSON, Redis
-refuses a command at the disconnect, the server cancels it), the task and
-the place end with it, and the groups and the slot are given back as soon
-as Redis takes the commands, or expire.
+refuses a command, the server cancels it), the task and the place end with
+it, and the groups and the slot go to its process's Leaver, which gives them
+back, or they expire.
 """
 
 import asyncio
 import json
 import logging
-import random
-import time
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -27,8 +25,6 @@ from jobs import events
 
 logger = logging.getLogger("dashboard.consumers")
 
-# Seconds a closing socket keeps trying to leave its groups and give back its slot.
-RELEASE_TIMEOUT = 2.0
 # A socket whose slot lapsed while every other slot was taken: the page's
 # WebSocket reconnects after this code, once one is free.
 SLOTS_TAKEN = 1013
@@ -48,13 +44,9 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            # A socket ended by an error never saw its disconnect: give up the
-            # task and the watch now, and the groups and the slot once Redis
-            # answers, without holding up the end. One the server cancels
-            # (it is stopping) leaves them to expire.
-            task = asyncio.current_task()
-            if self._stop() and (self.groups or self.slot_held) and not (task and task.cancelling()):
-                _detach(self._release())
+            # However the socket ended: a disconnect, an error that kept it
+            # from seeing one, a cancellation.
+            self._leave()
 
     async def connect(self):
         user = self.scope.get("user")
@@ -84,58 +76,42 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
         await self.accept()
 
     async def websocket_disconnect(self, message):
-        if self._stop():
-            await self._release()
+        left = self._leave()
+        if left is not None:
+            # Ends once its slot is free for the user's next socket: a page
+            # that reloads opens the next one at once. asyncio.wait, unlike
+            # wait_for, leaves the Leaver's work alone when it times out.
+            await asyncio.wait([left], timeout=sockets.RELEASE_TIMEOUT)
         raise StopConsumer()
 
     async def end(self, code: int) -> None:
         """Close the socket from the server, with `code`, and give up what it holds."""
         self.ended = True
-        if self._stop():
+        if not self.left:
             try:
                 await self.close(code)
             finally:
-                await self._release()
+                self._leave()
 
-    def _stop(self) -> bool:
-        """Stop renewing and leave the AccountWatch; return False if that was done already."""
+    def _leave(self) -> asyncio.Future | None:
+        """Stop renewing, leave the AccountWatch, and hand the groups and the slot to the Leaver; once.
+
+        Return the Leaver's future for them, if it took any.
+        """
         if self.left:
-            return False
+            return None
         self.left = True
         if self.renewal is not None:
             self.renewal.cancel()
         if self.account_watch is not None:
             self.account_watch.discard(self)
-        return True
-
-    async def _release(self) -> None:
-        """Leave the groups and give back the slot, trying again for up to RELEASE_TIMEOUT; never raises.
-
-        What Redis still refuses then expires by itself: the slot after
-        sockets.SLOT_SECONDS, the memberships after the layer's group_expiry.
-        A mass disconnect can take every connection of the layer's pool, and
-        the commands that found none succeed a moment later.
-        """
-        deadline = time.monotonic() + RELEASE_TIMEOUT
-        pending = list(self.groups)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    while pending:
-                        await self.channel_layer.group_discard(pending[0], self.channel_name)
-                        pending.pop(0)
-                    if self.slot_held:
-                        await sockets.release_slot(self.channel_layer, self.user_id, self.channel_name)
-                        self.slot_held = False
-                return
-            except Exception as exc:  # noqa: BLE001 - Redis busy or away: again, until the deadline
-                pause = random.uniform(0.05, 0.2) * attempt
-                if time.monotonic() + pause >= deadline:
-                    _warn_now_and_then("a closed dashboard socket could not leave its groups or slot: %r", exc)
-                    return
-                await asyncio.sleep(pause)
+        task = asyncio.current_task()
+        # A socket the server cancels (it is stopping) leaves them to expire:
+        # no task started now would run.
+        if (self.groups or self.slot_held) and not (task is not None and task.cancelling()):
+            return sockets.leave(self.channel_layer, self.channel_name, self.groups,
+                                 self.user_id if self.slot_held else None)
+        return None
 
     async def _stay_subscribed(self):
         # Renew the slot, the group memberships, which the Redis layer
@@ -147,7 +123,7 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
                     # The slot lapsed (Redis lost it, or could not be reached
                     # for a minute) and other sockets took every slot since.
                     # Closed from another task: this one is cancelled by it.
-                    _detach(self.end(SLOTS_TAKEN))
+                    self.ending = asyncio.ensure_future(self.end(SLOTS_TAKEN))
                     return
                 for group in self.groups:
                     await self.channel_layer.group_add(group, self.channel_name)
@@ -172,24 +148,3 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
             message = {key: event[key] for key in ("jobs", "resync", "created", "workers")}
             await self.send(text_data=json.dumps(message))
 
-
-# Tasks run on their own, referenced here until they are done.
-_detached: set[asyncio.Task] = set()
-
-
-def _detach(coroutine) -> None:
-    task = asyncio.ensure_future(coroutine)
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
-
-
-_last_warning = float("-inf")
-
-
-def _warn_now_and_then(message: str, *args) -> None:
-    # A mass disconnect would otherwise log one line per socket.
-    global _last_warning
-    now = time.monotonic()
-    if now - _last_warning > 60:
-        _last_warning = now
-        logger.warning(message, *args)

@@ -9,6 +9,12 @@ slot with its subscriptions (every events.WATCH_RENEW seconds) and gives it
 back when it closes; a process that dies without giving back its sockets'
 slots loses them SLOT_SECONDS later.
 
+Leaving. A socket that closes hands its groups and its slot to its process's
+Leaver and is gone: one task gives them back, socket after socket, so that
+however many close at once, leaving takes one connection of the channel
+layer's pool. A mass disconnect would otherwise take them all (redis-py
+allows 100 per process), and every other command would find none free.
+
 Accounts. A socket is authorized once, at the handshake, for the user its
 session names then. Each process checks the users of all its open sockets
 every ACCOUNT_RECHECK seconds, in one query, and closes the sockets of a
@@ -20,7 +26,10 @@ update, SQL, a cascading delete.
 
 import asyncio
 import logging
+import time
 import weakref
+from collections import deque
+from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -35,6 +44,11 @@ DEFAULT_MAX_SOCKETS_PER_USER = 20
 SLOT_SECONDS = 60
 # Seconds between two checks of the open sockets' accounts in a process.
 ACCOUNT_RECHECK = 2.0
+# Seconds after a socket closed during which what it held is tried again
+# while Redis refuses; after that, it is left to expire.
+RELEASE_TIMEOUT = 10.0
+# Seconds one attempt at giving back one socket's groups and slot may take.
+RELEASE_ATTEMPT_TIMEOUT = 2.0
 
 # The close codes of a socket ended by a change of its account. The page's
 # WebSocket (htmx's ws extension) reconnects after 1012 and not after a code
@@ -96,6 +110,89 @@ async def release_slot(layer, user_id: int, channel: str) -> None:
     connection = _connection(layer, key)
     if connection is not None:
         await connection.zrem(key, channel)
+
+
+@dataclass
+class _Leaving:
+    layer: object
+    channel: str
+    groups: list[str]
+    user_id: int | None  # None: it held no slot
+    deadline: float
+    done: asyncio.Future  # set once given back, or left to expire
+
+
+class Leaver:
+    """Give back the group memberships and slots of one event loop's closed sockets, one socket after the other.
+
+    A command Redis refuses (no connection free in the pool, Redis away) is
+    tried again until RELEASE_TIMEOUT seconds after its socket closed. What
+    is still held then expires: a slot after SLOT_SECONDS, a membership
+    after the layer's group_expiry (a day), a group's watch mark after
+    events.WATCH_SECONDS.
+    """
+
+    def __init__(self):
+        self.pending: deque[_Leaving] = deque()
+        self._task: asyncio.Task | None = None
+
+    def add(self, layer, channel: str, groups: list[str], user_id: int | None) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append(_Leaving(layer, channel, list(groups), user_id, time.monotonic() + RELEASE_TIMEOUT, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return done
+
+    async def _run(self) -> None:
+        failures = 0
+        while self.pending:
+            leaving = self.pending[0]
+            try:
+                async with asyncio.timeout(RELEASE_ATTEMPT_TIMEOUT):
+                    while leaving.groups:
+                        await leaving.layer.group_discard(leaving.groups[0], leaving.channel)
+                        leaving.groups.pop(0)
+                    if leaving.user_id is not None:
+                        await release_slot(leaving.layer, leaving.user_id, leaving.channel)
+                        leaving.user_id = None
+            except Exception as exc:  # noqa: BLE001 - Redis busy or away: again, until the deadline
+                failures += 1
+                if time.monotonic() < leaving.deadline:
+                    await asyncio.sleep(min(1.0, 0.01 * 2 ** failures))
+                    continue
+                _warn_now_and_then("a closed dashboard socket left its groups or slot to expire: %r", exc)
+            else:
+                failures = 0
+            self.pending.popleft()
+            if not leaving.done.done():
+                leaving.done.set_result(None)
+
+
+_leavers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Leaver]" = weakref.WeakKeyDictionary()
+
+
+def leave(layer, channel: str, groups: list[str], user_id: int | None) -> asyncio.Future:
+    """Have the running loop's Leaver take socket `channel` out of `groups` and give back its slot (of `user_id`).
+
+    Return a future that is done once it did, or left them to expire.
+    """
+    loop = asyncio.get_running_loop()
+    leaver = _leavers.get(loop)
+    if leaver is None:
+        leaver = _leavers[loop] = Leaver()
+    return leaver.add(layer, channel, groups, user_id)
+
+
+_last_warning = float("-inf")
+
+
+def _warn_now_and_then(message: str, *args) -> None:
+    # A mass disconnect with Redis away would otherwise log one line per socket.
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning > 60:
+        _last_warning = now
+        logger.warning(message, *args)
 
 
 class AccountWatch:
