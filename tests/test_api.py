@@ -296,6 +296,14 @@ def test_an_idempotency_key_with_nul_is_400(api):
     assert Job.objects.count() == 0
 
 
+@pytest.mark.parametrize("accept", ["LQ|", "text/html", "application/xml;q=0.9", "*/*"])
+def test_any_accept_header_is_answered_in_json(api, accept):
+    response = api.get("/api/jobs/", HTTP_ACCEPT=accept)
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["count"] == 0
+
+
 @pytest.mark.parametrize("length", ["@C@HQ-Z(f", "-1", "1e3", "\u0661"])
 def test_a_malformed_content_length_is_400_not_500(api, length):
     response = api.get("/api/jobs/", HTTP_CONTENT_LENGTH=length)
