@@ -15,11 +15,16 @@ from django.db.models.functions import Now
 class JobStatus(models.TextChoices):
     # Waiting to run; its run_at has passed or was never in the future.
     QUEUED = "queued"
-    # Waiting for a run_at that was in the future when it was enqueued.
+    # Waiting for a run_at in the future. Once it is due, the queue's leader
+    # relabels it `queued` (a worker may claim it before that).
     SCHEDULED = "scheduled"
-    # Claimed by a worker that holds its lease.
+    # Held by a worker (it holds the lease) and waiting for one of its slots:
+    # no attempt is counted and no start time set until a slot starts it.
+    CLAIMED = "claimed"
+    # A worker's slot runs its handler now; the attempt counts.
     RUNNING = "running"
-    # Failed and waiting out its backoff before the next attempt.
+    # Failed and waiting out its backoff before the next attempt; relabelled
+    # `queued` by the leader once the backoff has passed.
     RETRYING = "retrying"
     # Finished; `result` holds what the handler returned.
     COMPLETED = "completed"
@@ -33,8 +38,10 @@ class JobStatus(models.TextChoices):
 
 # Statuses a worker may claim from (once run_at has passed).
 READY_STATUSES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RETRYING)
+# Statuses of a job a worker holds the lease of.
+HELD_STATUSES = (JobStatus.CLAIMED, JobStatus.RUNNING)
 # Statuses of a job that has not finished.
-ACTIVE_STATUSES = (*READY_STATUSES, JobStatus.RUNNING)
+ACTIVE_STATUSES = (*READY_STATUSES, *HELD_STATUSES)
 FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
 
 
@@ -70,8 +77,9 @@ class Job(models.Model):
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
 
-    # `attempts` counts claims: it is incremented when a worker starts the job,
-    # so a job with max_retries=3 runs at most 4 times.
+    # `attempts` counts starts: it is incremented when a worker's slot starts
+    # the job (not when it is claimed), so a job with max_retries=3 runs at
+    # most 4 times.
     attempts = models.PositiveIntegerField(default=0)
     max_retries = models.PositiveIntegerField(default=3)
     run_at = models.DateTimeField(db_default=Now())
@@ -111,9 +119,14 @@ class Job(models.Model):
                 name="job_claim_idx",
                 condition=Q(status__in=READY_STATUSES),
             ),
-            # The rescuer looks only at running jobs whose lease ran out.
+            # The rescuer looks only at held jobs whose lease ran out.
             models.Index(
-                fields=["lease_expires_at"], name="job_lease_idx", condition=Q(status=JobStatus.RUNNING)
+                fields=["lease_expires_at"], name="job_held_lease_idx", condition=Q(status__in=HELD_STATUSES)
+            ),
+            # The leader relabels scheduled and retrying jobs once due: only they are in it.
+            models.Index(
+                fields=["run_at"], name="job_due_idx",
+                condition=Q(status__in=(JobStatus.SCHEDULED, JobStatus.RETRYING)),
             ),
             # Every claim and completion changes `status`, so it is never a HOT
             # update: each index on the table gets a new entry. The lists by
