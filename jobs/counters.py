@@ -7,16 +7,15 @@ right with any number of processes, survive restarts, and do not go down
 when finished jobs are pruned.
 
 Each count is written by the statement that makes the change it counts: a
-data-modifying CTE built by `tally_sql()` inserts it next to the UPDATE or
-INSERT of the jobs. A change and its count commit or roll back together,
-the hot path gains no round trip, and since rows are only ever inserted,
-two writers never wait for each other. `roll_up()` folds the rows of each
+data-modifying CTE of that statement (jobs/queue/queries.sql) inserts it
+next to the UPDATE or INSERT of the jobs. A change and its count commit or
+roll back together, the hot path gains no round trip, and since rows are
+only ever inserted, two writers never wait for each other. `roll_up()` folds the rows of each
 metric and label set into one; readers sum, so a roll-up never changes what
 they see.
 
 The throughput chart's per-minute counts (the FinishedCount table) are
-kept the same way: `finished_sql()` inserts them next to the UPDATE that
-finishes the jobs, and `roll_up()` folds them per minute and owner, and
+kept the same way, next to the UPDATE that finishes the jobs, and `roll_up()` folds them per minute and owner, and
 drops the minutes past FINISHED_RETENTION.
 """
 
@@ -44,7 +43,7 @@ COUNTERS = {
 
 # Histogram name -> what it measures. Each is labelled with the job's type.
 HISTOGRAMS = {
-    "queue_wait_seconds": "Seconds from when a job was due (its run_at) until a worker claimed it, per finished attempt.",
+    "queue_wait_seconds": "Seconds from when a job was due (its run_at) until a slot started it, per finished attempt.",
     "run_seconds": "Seconds a handler ran, per attempt that completed, failed or timed out.",
 }
 
@@ -53,52 +52,6 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 
 # Key of the advisory lock a roll-up holds; any constant unique to this use.
 ROLL_UP_LOCK = 0x736B6A6B_0001
-
-_BOUNDS_SQL = "'{" + ",".join("Infinity" if math.isinf(b) else repr(b) for b in BUCKETS) + "}'::float8[]"
-
-
-def tally_sql(source: str, events: list[str]) -> str:
-    """Return an INSERT that adds the rows of CTE `source` to the counters and histograms.
-
-    Use it as a CTE of the statement that produced `source`. Each row of
-    `source` adds 1 to every counter named by `events` (SQL expressions, so
-    the name may depend on the row), labelled with its `type` and `queue`
-    columns. A non-null `run_s` or `wait_s` column is observed in the
-    run-time or queue-wait histogram of its type.
-    """
-    selects = [
-        f"SELECT {event}, type, queue, NULL::float8, count(*)::float8 FROM {source} GROUP BY 1, type, queue"
-        for event in events
-    ]
-    for histogram, column in (("run_seconds", "run_s"), ("queue_wait_seconds", "wait_s")):
-        selects.append(
-            f"SELECT '{histogram}_bucket', type, '', le, count(*)::float8 FROM ("
-            f"  SELECT type, (SELECT min(b) FROM unnest({_BOUNDS_SQL}) AS b WHERE b >= greatest({column}, 0)) AS le"
-            f"  FROM {source} WHERE {column} IS NOT NULL"
-            f") AS observed GROUP BY type, le"
-        )
-        selects.append(
-            f"SELECT '{histogram}_sum', type, '', NULL::float8, sum(greatest({column}, 0)) FROM {source}"
-            f" WHERE {column} IS NOT NULL GROUP BY type"
-        )
-    return f"INSERT INTO {COUNTER_TABLE} (name, type, queue, le, value) " + " UNION ALL ".join(selects)
-
-
-def finished_sql(source: str) -> str:
-    """Return an INSERT that counts, per owner, the rows of CTE `source` that completed or went to the DLQ.
-
-    Use it as a CTE of the statement that produced `source`, whose rows
-    need `owner_id` and `status` columns (the new status). The count goes
-    to the minute of the statement's timestamp, the finished_at it writes.
-    """
-    return (
-        f"INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)"
-        f" SELECT date_bin(interval '{int(FINISHED_BUCKET.total_seconds())} seconds', statement_timestamp(),"
-        f" TIMESTAMPTZ '2000-01-01'), owner_id, count(*) FILTER (WHERE status = 'completed'),"
-        f" count(*) FILTER (WHERE status = 'dead')"
-        f" FROM {source} WHERE status IN ('completed', 'dead') GROUP BY owner_id"
-    )
-
 
 def roll_up() -> bool:
     """Fold the rows of each metric and label set, and of each minute and owner, into one.

@@ -310,7 +310,7 @@ def test_events_follow_a_job_through_the_worker_transitions():
         time.sleep(0.4)  # one flush interval apart, so each change gets its own message
         queue.set_progress(claimed, 50)
         time.sleep(0.4)
-        queue.complete_jobs([(claimed.id, claimed.lease_token, "ih")])
+        queue.complete_jobs([queue.Completion(claimed, "ih")])
 
     async def scenario():
         communicator, _ = await open_socket(cookie)

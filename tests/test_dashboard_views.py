@@ -662,7 +662,7 @@ def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
     queue.enqueue_many("reverse_string", ["a", "b", "c"])
     queue.enqueue("reverse_string", "d", max_retries=0)
     claimed = queue.claim_jobs(worker_id=uuid.uuid4(), limit=10)
-    assert queue.complete_jobs([(job.id, job.lease_token, "ok") for job in claimed[:3]])
+    assert queue.complete_jobs([queue.Completion(job, "ok") for job in claimed[:3]])
     assert queue.fail_job(claimed[3], error="boom") == JobStatus.DEAD
     oldest = JobFactory(queue="emails", priority=Priority.LOW, run_at=timezone.now() - timedelta(minutes=5))
     JobFactory(queue="emails", priority=Priority.HIGH)
@@ -704,7 +704,7 @@ def test_throughput_shows_each_user_their_own_jobs_and_staff_everyones(alice, bo
     queue.enqueue("reverse_string", "c", owner=bob, max_retries=0)
     queue.enqueue("reverse_string", "d")
     claimed = {job.payload["text"]: job for job in queue.claim_jobs(worker_id=uuid.uuid4(), limit=10)}
-    queue.complete_jobs([(claimed[p].id, claimed[p].lease_token, "ok") for p in ("a", "b", "d")])
+    queue.complete_jobs([queue.Completion(claimed[p], "ok") for p in ("a", "b", "d")])
     queue.fail_job(claimed["c"], error="boom")
     last = lambda user: (selectors.throughput(user)[-1].completed, selectors.throughput(user)[-1].failed)  # noqa: E731
     assert last(alice) == (2, 0)

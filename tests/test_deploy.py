@@ -184,7 +184,7 @@ def test_dashboard_queries_only_metrics_that_exist():
     JobFactory(status="dead")
     queue.enqueue("reverse_string", {"text": "a"})
     (claimed,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
-    queue.complete_jobs([(claimed.id, claimed.lease_token, "a", 0.1)])
+    queue.complete_jobs([queue.Completion(claimed, "a", 0.1)])
     queue.enqueue("reverse_string", {"text": "b"}, max_retries=0)
     (failing,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
     queue.fail_job(failing, error="boom", run_seconds=0.1)

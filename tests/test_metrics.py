@@ -112,7 +112,7 @@ def test_counters_follow_each_transition():
     reverse = [job for job in by_id.values() if job.type == "reverse_string"]
     dies, retries = sorted((job for job in by_id.values() if job.type == "uppercase_text"), key=lambda j: j.max_retries)
 
-    assert queue.complete_jobs([(job.id, job.lease_token, "ok", 0.02) for job in reverse[:2]]) == {j.id for j in reverse[:2]}
+    assert queue.complete_jobs([queue.Completion(job, "ok", 0.02) for job in reverse[:2]]) == {j.id for j in reverse[:2]}
     assert queue.fail_job(dies, error="boom", run_seconds=0.3) == JobStatus.DEAD
     assert queue.fail_job(retries, error="boom", run_seconds=0.3) == JobStatus.RETRYING
     stale = JobFactory(stale=True, type="reverse_string", queue="default")
@@ -146,7 +146,7 @@ def test_a_write_that_lost_its_lease_counts_nothing():
     queue.cancel_job(first.id)
     queue.cancel_job(second.id)
 
-    assert queue.complete_jobs([(first.id, first.lease_token, "late", 1.0)]) == set()
+    assert queue.complete_jobs([queue.Completion(first, "late", 1.0)]) == set()
     assert queue.fail_job(second, error="late", run_seconds=1.0) is None
 
     samples = scrape()
@@ -161,7 +161,7 @@ def test_run_time_lands_in_the_first_bucket_it_does_not_exceed():
     for text in "abc":
         queue.enqueue("reverse_string", {"text": text})
     jobs = claim_all()
-    queue.complete_jobs([(job.id, job.lease_token, "ok", seconds) for job, seconds in zip(jobs, (0.005, 0.006, 5000.0))])
+    queue.complete_jobs([queue.Completion(job, "ok", seconds) for job, seconds in zip(jobs, (0.005, 0.006, 5000.0))])
 
     samples = scrape()
     bucket = lambda le: value(samples, "skipjack_job_run_seconds_bucket", type="reverse_string", le=le)  # noqa: E731
@@ -188,7 +188,7 @@ def test_counters_survive_pruning_and_roll_up():
     for text in "abcd":
         queue.enqueue("reverse_string", {"text": text})
     for job in claim_all():
-        queue.complete_jobs([(job.id, job.lease_token, "ok", 0.1)])
+        queue.complete_jobs([queue.Completion(job, "ok", 0.1)])
     before = {k: v for k, v in scrape().items() if k[0].startswith(("skipjack_jobs_", "skipjack_job_"))}
     rows_before = JobCounter.objects.count()
 
@@ -217,11 +217,11 @@ def test_finished_counts_follow_completions_deaths_and_rescues_per_owner_and_min
     for job in jobs:
         by_type.setdefault(job.type, []).append(job)
     dies, retries = sorted(by_type["uppercase_text"], key=lambda j: j.max_retries)
-    queue.complete_jobs([(job.id, job.lease_token, "ok") for job in by_type["reverse_string"]])
+    queue.complete_jobs([queue.Completion(job, "ok") for job in by_type["reverse_string"]])
     assert queue.fail_job(dies, error="boom") == JobStatus.DEAD
     assert queue.fail_job(retries, error="boom") == JobStatus.RETRYING
     # A lost write finishes nothing.
-    assert queue.complete_jobs([(dies.id, dies.lease_token, "late")]) == set()
+    assert queue.complete_jobs([queue.Completion(dies, "late")]) == set()
     stale = JobFactory(stale=True, attempts=1, max_retries=0)
     assert [job.status for job in queue.rescue_expired_leases()] == [JobStatus.DEAD]
 

@@ -3,7 +3,7 @@
 import math
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
@@ -12,8 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs import db, queue
+from jobs.counters import BUCKETS
 from jobs.errors import IllegalTransition, OwnerAtCapacity, PayloadError, UnknownJobType
 from jobs.models import ACTIVE_STATUSES, Job, JobCounter, JobStatus, Priority
+from jobs.worker.producer import ClaimFront
 from tests.factories import JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -268,7 +270,7 @@ def test_complete_many_in_one_statement():
     JobFactory.create_batch(50)
     jobs = claim(50)
     with CaptureQueriesContext(connection) as queries:
-        done = queue.complete_jobs([(j.id, j.lease_token, {"n": j.id}) for j in jobs])
+        done = queue.complete_jobs([queue.Completion(j, {"n": j.id}) for j in jobs])
     assert len(queries) == 1
     assert done == {j.id for j in jobs}
     assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 50
@@ -278,7 +280,7 @@ def claim_and_complete_one_by_one(times: int) -> dict[str, str]:
     """Claim and complete `times` jobs one at a time; return the connection's prepared statements, name: text."""
     JobFactory.create_batch(times)
     for _ in range(times):
-        queue.complete_jobs([(j.id, j.lease_token, None) for j in claim(1)])
+        queue.complete_jobs([queue.Completion(j, None) for j in claim(1)])
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, statement FROM pg_prepared_statements")
         return dict(cursor.fetchall())
@@ -359,7 +361,7 @@ def test_worker_writes_are_refused_once_the_lease_is_lost():
     assert not queue.complete_job(zombie, "stale result")
     assert queue.fail_job(zombie, error="stale") is None
     assert queue.release_jobs([zombie]) == 0
-    assert queue.heartbeat(uuid.uuid4(), busy=1, processed=0, failed=0, running=[zombie]) == set()
+    assert queue.heartbeat(uuid.uuid4(), busy=1, processed=0, failed=0, held=[zombie]) == set()
     assert queue.complete_job(rescuer, "fresh result")
     row = Job.objects.get()
     assert (row.status, row.result) == (JobStatus.COMPLETED, "fresh result")
@@ -387,7 +389,7 @@ def test_heartbeat_renews_leases():
     JobFactory()
     worker = uuid.uuid4()
     (job,) = queue.claim_jobs(worker_id=worker, limit=1, lease_seconds=5)
-    assert queue.heartbeat(worker, busy=1, processed=0, failed=0, running=[job], lease_seconds=120) == {job.id}
+    assert queue.heartbeat(worker, busy=1, processed=0, failed=0, held=[job], lease_seconds=120) == {job.id}
     assert Job.objects.get().lease_expires_at > timezone.now() + timedelta(seconds=100)
 
 
@@ -471,7 +473,7 @@ def test_bulk_actions_touch_only_legal_rows():
     assert queue.requeue_dead(everything) == [jobs[JobStatus.DEAD].pk]
     assert status_of(jobs[JobStatus.DEAD]) == JobStatus.QUEUED
     assert queue.retry_jobs_now(everything) == 2
-    assert queue.cancel_jobs(everything) == 5  # queued x2, scheduled->queued, retrying->queued, running
+    assert queue.cancel_jobs(everything) == 6  # queued x2, scheduled->queued, retrying->queued, claimed, running
     assert status_of(jobs[JobStatus.COMPLETED]) == JobStatus.COMPLETED
 
 
@@ -535,11 +537,11 @@ def test_a_claim_from_the_front_skips_what_is_due_before_it():
 
 def test_claim_front_moves_forward_and_sweeps_less_often_while_nothing_is_behind():
     """Start claims just before the newest job claimed; back off sweeps that find nothing behind, reset when they do."""
-    front = queue.ClaimFront(sweep_interval=1.0)
+    front = ClaimFront(sweep_interval=1.0)
     assert front.start(now=0.0) is None, "the first claim reads from the start"
 
     def job(due):
-        return queue.ClaimedJob(1, "t", {}, 1, 3, None, "", "default", uuid.uuid4(), None, 0.0, Priority.NORMAL, due)
+        return queue.ClaimedJob(1, "t", {}, 1, 3, None, "", "default", uuid.uuid4(), None, Priority.NORMAL, due)
 
     front.claimed([job(100.0), job(105.0)], swept=True, now=0.0)
     assert front.start(now=0.5)[Priority.NORMAL] == 105.0 - front.LOOKBACK
@@ -592,7 +594,8 @@ def test_prepared_completion_is_planned_for_the_table_as_it_is_now():
             " SELECT 'default', 'noop', '{}', 1, 'completed', 1, 0, now(), now(), '', '[]', 0, ''"
             " FROM generate_series(1, 50000)"
         )
-        cursor.execute(f"""EXPLAIN EXECUTE {name}('[{{"id": 1, "token": "{uuid.uuid4()}"}}]')""")
+        buckets = "{" + ",".join(str(b) for b in BUCKETS) + "}"
+        cursor.execute(f"""EXPLAIN EXECUTE {name}('[{{"id": 1, "token": "{uuid.uuid4()}"}}]', '{buckets}')""")
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Index Scan using jobs_job_pkey" in plan, plan
     assert "Seq Scan on jobs_job" not in plan, plan
@@ -619,3 +622,84 @@ def test_enqueue_refuses_options_postgresql_cannot_store(option, value):
         with pytest.raises(ValueError, match=f"^{option} must not contain"):
             queue.enqueue_many("reverse_string", ["x"], **{option: value})
     assert Job.objects.count() == 0
+
+
+# --- claimed, started, staged ------------------------------------------------------
+
+
+def test_a_claim_starts_only_the_jobs_it_has_free_slots_for():
+    """Mark the first `starting` jobs running with their attempt; hold the rest as claimed, uncounted and unstarted."""
+    ids = queue.enqueue_many("reverse_string", ["a", "b", "c"])
+    claimed = claim(3, starting=1)
+    assert [job.id for job in claimed] == ids, "in the order to run them"
+    assert [job.started for job in claimed] == [True, False, False]
+    rows = {row.pk: row for row in Job.objects.filter(pk__in=ids)}
+    assert (rows[ids[0]].status, rows[ids[0]].attempts) == (JobStatus.RUNNING, 1)
+    assert rows[ids[0]].started_at is not None
+    for job_id in ids[1:]:
+        assert (rows[job_id].status, rows[job_id].attempts, rows[job_id].started_at) == (JobStatus.CLAIMED, 0, None)
+
+
+def test_a_claimed_job_counts_its_attempt_when_its_start_or_its_outcome_is_stored():
+    ids = queue.enqueue_many("reverse_string", ["a", "b"])
+    started, finished = claim(2, starting=0)
+    assert started.begin() and started.attempts == 1
+    assert not started.begin(), "an attempt is counted once"
+    assert queue.start_jobs([(started, 0.5)]) == {started.id}
+    row = Job.objects.get(pk=started.id)
+    assert (row.status, row.attempts) == (JobStatus.RUNNING, 1)
+    assert 0.4 < (timezone.now() - row.started_at).total_seconds() < 5
+    # One that ran and ended before its start was stored: the completion stores both.
+    assert queue.complete_jobs([queue.Completion(finished, "b", run_seconds=0.1, started_ago=0.2)]) == {finished.id}
+    row = Job.objects.get(pk=finished.id)
+    assert (row.status, row.attempts, row.history[-1]["attempt"]) == (JobStatus.COMPLETED, 1, 1)
+    assert datetime.fromisoformat(row.history[-1]["started_at"]) == row.started_at <= row.finished_at
+    assert queue.start_jobs([(finished, 0.1)]) == set(), "a finished job is not started again"
+    assert Job.objects.filter(pk__in=ids, attempts=1).count() == 2
+
+
+def test_release_gives_back_claimed_jobs_and_uncounts_one_started_by_the_claim():
+    ids = queue.enqueue_many("reverse_string", ["a", "b"])
+    assert queue.release_jobs(claim(2, starting=1)) == 2
+    assert sorted(Job.objects.filter(pk__in=ids).values_list("status", "attempts", "started_at")) == [
+        (JobStatus.QUEUED, 0, None), (JobStatus.QUEUED, 0, None)]
+
+
+def test_rescue_backs_off_a_started_job_and_requeues_a_claimed_one_uncounted():
+    ids = queue.enqueue_many("reverse_string", ["a", "b"])
+    started, waiting = claim(2, starting=1)
+    Job.objects.filter(pk__in=ids).update(lease_expires_at=timezone.now() - timedelta(seconds=1))  # the worker died
+    rescued = {job.id: job.status for job in queue.rescue_expired_leases()}
+    assert rescued == {started.id: JobStatus.RETRYING, waiting.id: JobStatus.QUEUED}
+    lost, requeued = Job.objects.get(pk=started.id), Job.objects.get(pk=waiting.id)
+    assert lost.attempts == 1 and lost.run_at > timezone.now() and lost.history[-1]["outcome"] == "lost"
+    assert (requeued.attempts, requeued.history, requeued.lease_token) == (0, [], None)
+    assert not queue.complete_job(waiting, "late"), "the dead worker's lease is gone"
+    assert counter_value("failed", "reverse_string") == 1
+
+
+def counter_value(name, type_name):
+    return sum(JobCounter.objects.filter(name=name, type=type_name).values_list("value", flat=True))
+
+
+def test_staging_relabels_due_scheduled_and_retrying_jobs_queued():
+    past, future = timezone.now() - timedelta(seconds=1), timezone.now() + timedelta(hours=1)
+    due = [JobFactory(status=JobStatus.SCHEDULED, run_at=past), JobFactory(status=JobStatus.RETRYING, run_at=past)]
+    later = [JobFactory(status=JobStatus.SCHEDULED, run_at=future), JobFactory(status=JobStatus.RETRYING, run_at=future)]
+    assert queue.stage_due_jobs() == 2
+    assert [status_of(job) for job in due] == [JobStatus.QUEUED] * 2
+    assert [status_of(job) for job in later] == [JobStatus.SCHEDULED, JobStatus.RETRYING]
+    assert queue.stage_due_jobs() == 0
+
+
+def test_the_leader_stages_due_jobs_in_its_round():
+    from jobs.worker.maintainer import Maintainer
+
+    job = JobFactory(status=JobStatus.SCHEDULED, run_at=timezone.now() - timedelta(seconds=1))
+    follower, leader = Maintainer(), Maintainer()
+    leader.leadership.worker_id, follower.leadership.worker_id = uuid.uuid4(), uuid.uuid4()
+    leader.run(now=0.0)
+    assert status_of(job) == JobStatus.QUEUED
+    again = JobFactory(status=JobStatus.RETRYING, run_at=timezone.now() - timedelta(seconds=1))
+    follower.run(now=0.0)
+    assert status_of(again) == JobStatus.RETRYING, "only the leader runs the maintenance"

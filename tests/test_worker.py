@@ -110,7 +110,8 @@ def test_sigterm_past_the_grace_period_releases_jobs_without_losing_them(start_w
     """On SIGTERM, release prefetched jobs uncounted; the one interrupted mid-run keeps its attempt and retries."""
     ids = queue.enqueue_many("record_effect", [{"seconds": 3}] * 4)
     worker = start_worker("--concurrency", "1", "--prefetch", "3", "--shutdown-timeout", "0.5", *FAST)
-    wait_for(lambda: Job.objects.filter(status=JobStatus.RUNNING).count() == 4, message="4 jobs claimed")
+    wait_for(lambda: sorted(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
+             == [JobStatus.CLAIMED] * 3 + [JobStatus.RUNNING], message="1 job running and 3 claimed")
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     assert "waiting up to 0.5s for 1 running job(s) to finish: record_effect#" in worker.output()

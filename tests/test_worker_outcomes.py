@@ -1,4 +1,4 @@
-"""The worker's write-back and slots in-process, on the real database: what a handler returns is
+"""The worker's completer and slots in-process, on the real database: what a handler returns is
 made storable, a value the database refuses fails only its own job, and a slot that dies is replaced."""
 
 import json
@@ -8,7 +8,9 @@ import pytest
 from jobs import queue
 from jobs.models import Job, JobStatus
 from jobs.storable import storable_json, storable_text
-from jobs.worker import Outcome, Running, Worker
+from jobs.worker import Worker, executor
+from jobs.worker.completer import MAX_WRITE_ATTEMPTS
+from jobs.worker.state import Outcome, Running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,11 +45,11 @@ def worker_holding(count: int) -> tuple[Worker, list[Running]]:
     """Return a registered in-process worker that has claimed `count` reverse_string jobs, and their Running."""
     queue.enqueue_many("reverse_string", [f"job {n}" for n in range(count)])
     worker = Worker(install_signal_handlers=False)
-    worker._register()
+    worker.register()
     held = []
     for job in queue.claim_jobs(worker_id=worker.worker_id, limit=count):
         running = Running(job=job, context=worker._context(job), timeout=60, started=0.0)
-        worker._held[job.id] = running
+        worker.held[job.id] = running
         held.append(running)
     return worker, held
 
@@ -59,8 +61,8 @@ def test_a_result_the_database_refuses_fails_only_its_own_job_in_the_batch():
     for running in held:
         # Bypasses the slot, which would have made the result storable.
         result = "a\x00b" if running is bad else running.job.payload["text"][::-1]
-        worker._done.append(Outcome(running=running, ok=True, result=result, duration=0.01))
-    assert worker._write_back()
+        worker.slots.done.append(Outcome(running=running, ok=True, result=result, duration=0.01))
+    assert worker.completer.write_back()
     rows = {row.pk: row for row in Job.objects.filter(pk__in=[r.job.id for r in held])}
     for running in held:
         row = rows[running.job.id]
@@ -69,37 +71,41 @@ def test_a_result_the_database_refuses_fails_only_its_own_job_in_the_batch():
             assert row.error.startswith("Result could not be stored: ")
         else:
             assert (row.status, row.result) == (JobStatus.COMPLETED, running.job.payload["text"][::-1])
-    assert not worker._held and not worker._unwritten
+    assert not worker.held and not worker.completer.unwritten
 
 
 def test_an_error_the_database_refuses_is_replaced_by_the_reason():
     worker, (running,) = worker_holding(1)
-    worker._done.append(Outcome(running=running, ok=False, error="boom \x00", traceback="tb \x00", duration=0.01))
-    worker._write_back()
+    worker.slots.done.append(Outcome(running=running, ok=False, error="boom \x00", traceback="tb \x00", duration=0.01))
+    worker.completer.write_back()
     row = Job.objects.get(pk=running.job.id)
     assert row.status == JobStatus.RETRYING
     assert row.error.startswith("The error could not be stored: ")
 
 
-class SlotKillingWorker(Worker):
-    """A worker whose slot dies outside the handler for jobs of one payload, as only a bug in the loop could."""
+@pytest.fixture
+def slot_killing_executor(monkeypatch):
+    """Make a slot die outside the handler for jobs of one payload, as only a bug in the slot's loop could."""
+    execute = executor.execute
 
-    def _execute(self, running):
+    def dying(running, worker_id):
         if running.job.payload.get("text") == "kill the slot":
             raise SystemExit("the slot's own code failed")
-        return super()._execute(running)
+        return execute(running, worker_id)
+
+    monkeypatch.setattr(executor, "execute", dying)
 
 
-def test_a_slot_thread_that_dies_is_replaced_and_its_job_failed():
+def test_a_slot_thread_that_dies_is_replaced_and_its_job_failed(slot_killing_executor):
     doomed = queue.enqueue("reverse_string", "kill the slot", max_retries=0)
     fine = queue.enqueue_many("reverse_string", ["a", "b", "c"])
-    worker = SlotKillingWorker(burst=True, concurrency=2, lease_seconds=0.3, poll_interval=0.1,
+    worker = Worker(burst=True, concurrency=2, lease_seconds=0.3, poll_interval=0.1,
                                install_signal_handlers=False)
     assert worker.run() == 0
     row = Job.objects.get(pk=doomed.pk)
     assert (row.status, row.error) == (JobStatus.DEAD, "The worker's slot thread running it died.")
     assert Job.objects.filter(pk__in=fine, status=JobStatus.COMPLETED).count() == 3
-    assert len(worker._slots) == 2, "the dead slot was replaced"
+    assert len(worker.slots.threads) == 2, "the dead slot was replaced"
 
 
 @pytest.fixture
@@ -127,21 +133,19 @@ def refuse_updates_of():
 
 def test_an_outcome_the_database_keeps_refusing_is_given_up_without_holding_back_the_others(refuse_updates_of):
     """Write the rest of the batch at once, try the refused one a few more rounds, then leave it to the rescue."""
-    from jobs.worker import MAX_WRITE_ATTEMPTS
-
     worker, held = worker_holding(4)
     stuck = held[1]
     refuse_updates_of([stuck.job.id])
     for running in held:
-        worker._done.append(Outcome(running=running, ok=True, result="done", duration=0.01))
-    worker._write_back()
+        worker.slots.done.append(Outcome(running=running, ok=True, result="done", duration=0.01))
+    worker.completer.write_back()
     others = [r.job.id for r in held if r is not stuck]
     assert Job.objects.filter(pk__in=others, status=JobStatus.COMPLETED).count() == 3
-    assert [o.running for o in worker._unwritten] == [stuck]
-    assert list(worker._held) == [stuck.job.id], "its lease is still renewed while it waits"
+    assert [o.running for o in worker.completer.unwritten] == [stuck]
+    assert list(worker.held) == [stuck.job.id], "its lease is still renewed while it waits"
     for _ in range(MAX_WRITE_ATTEMPTS - 1):
-        worker._write_back()
-    assert not worker._unwritten and not worker._held
+        worker.completer.write_back()
+    assert not worker.completer.unwritten and not worker.held
     assert Job.objects.get(pk=stuck.job.id).status == JobStatus.RUNNING  # until its lease runs out
 
 
@@ -151,16 +155,16 @@ def test_failures_written_back_together_take_one_statement(settings):
     from django.test.utils import CaptureQueriesContext
 
     worker, (retried, permanent, timed_out) = worker_holding(3)
-    worker._done.extend([
+    worker.slots.done.extend([
         Outcome(running=retried, ok=False, error="boom", traceback="tb", duration=0.01),
         Outcome(running=permanent, ok=False, error="bad input", permanent=True, duration=0.01),
         Outcome(running=timed_out, ok=False, error="Timed out after 1s", kind="timeout", duration=1.0),
     ])
     with CaptureQueriesContext(connection) as queries:
-        worker._write_back()
+        worker.completer.write_back()
     assert [q["sql"].lstrip().split()[0] for q in queries] == ["WITH"]
     rows = {row.pk: row for row in Job.objects.filter(pk__in=[r.job.id for r in (retried, permanent, timed_out)])}
     assert (rows[retried.job.id].status, rows[retried.job.id].history[-1]["traceback"]) == (JobStatus.RETRYING, "tb")
     assert rows[permanent.job.id].status == JobStatus.DEAD
     assert rows[timed_out.job.id].history[-1]["outcome"] == "timeout"
-    assert worker.failed == 3 and not worker._held
+    assert worker.failed == 3 and not worker.held

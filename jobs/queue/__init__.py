@@ -1,0 +1,69 @@
+"""Every change of a job's state happens in this package.
+
+Each transition is one guarded statement: it names the statuses it may
+start from (and, for a worker's writes, the lease token it holds) and
+treats zero updated rows as "not allowed" or "no longer ours". Nothing
+reads a job, changes it in Python and saves it back. The statements are
+in queries.sql, each whole and by name; each transition is announced
+through jobs.events once its transaction commits.
+
+    queued/scheduled/retrying --claim--> running (a slot is free)
+                                     \\--> claimed --start--> running
+    claimed/running --complete--> completed
+                    --fail--> retrying | dead
+                    --release--> queued              (shutdown, not started)
+                    --rescue--> retrying | dead      (lease expired after its start; backs off)
+                    --rescue--> queued               (lease expired before its start)
+    scheduled/retrying --stage--> queued             (the leader, once due)
+    queued/scheduled/retrying --expire--> expired
+    any unfinished --cancel--> cancelled
+    dead/cancelled/expired --requeue--> queued
+    scheduled/retrying --retry_now--> queued
+
+Modules, by concern: produce (enqueue), claim (claim and start), outcomes
+(what a worker writes back), actions (users and operators), maintenance
+(the leader's rounds) and workers (worker rows and leases).
+"""
+
+from jobs.queue.actions import (
+    REQUEUEABLE_STATUSES,
+    cancel_job,
+    cancel_jobs,
+    dead_jobs,
+    requeue_dead,
+    retry_job,
+    retry_jobs_now,
+    retry_now,
+)
+from jobs.queue.claim import ClaimedJob, claim_jobs, priority_order, start_jobs
+from jobs.queue.maintenance import (
+    PRUNE_BATCH,
+    STAGE_BATCH,
+    RescuedJob,
+    expire_jobs,
+    prune_finished,
+    rescue_expired_leases,
+    stage_due_jobs,
+)
+from jobs.queue.outcomes import (
+    Completion,
+    Failure,
+    complete_job,
+    complete_jobs,
+    fail_job,
+    fail_jobs,
+    release_jobs,
+    set_progress,
+)
+from jobs.queue.produce import MAX_SECONDS, NOTIFY_CHANNEL, enqueue, enqueue_many, notify, parse_priority
+from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_worker
+
+__all__ = [
+    "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES", "STAGE_BATCH",
+    "ClaimedJob", "Completion", "Failure", "RescuedJob",
+    "cancel_job", "cancel_jobs", "claim_jobs", "complete_job", "complete_jobs", "dead_jobs", "enqueue",
+    "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "heartbeat", "notify", "parse_priority",
+    "priority_order", "prune_finished", "prune_workers", "register_worker", "release_jobs", "requeue_dead",
+    "rescue_expired_leases", "retry_job", "retry_jobs_now", "retry_now", "set_progress", "stage_due_jobs",
+    "start_jobs", "stop_worker",
+]

@@ -1,0 +1,153 @@
+"""What users and operators do to jobs: cancel, retry, run now, requeue from the DLQ.
+
+Each is a guarded UPDATE through the ORM: it names the statuses it may
+start from, and treats zero updated rows as "not allowed".
+"""
+
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from jobs import events
+from jobs.errors import IllegalTransition
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus
+from jobs.queue.produce import notify
+from jobs.registry import staff_only_types
+
+# Statuses from which a dead-letter style requeue is legal.
+REQUEUEABLE_STATUSES = (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
+# Statuses whose wait "run now" cuts short.
+WAITING_STATUSES = (JobStatus.SCHEDULED, JobStatus.RETRYING)
+# A job no worker holds any more: its worker, if it still runs it, can no longer write to it.
+NO_LEASE = {"leased_by": None, "lease_token": None, "lease_expires_at": None}
+
+
+def _guarded(job_id: int, allowed: tuple[str, ...], action: str, **changes) -> None:
+    """Apply `changes` to one job if its status is in `allowed`; raise IllegalTransition otherwise."""
+    updated = Job.objects.filter(pk=job_id, status__in=allowed).update(**changes)
+    if not updated:
+        current = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if current is None:
+            raise Job.DoesNotExist(f"Job {job_id} does not exist.")
+        raise IllegalTransition(f"Cannot {action} job {job_id}: it is {current}.")
+
+
+def _announce(job_id: int, status: str) -> str:
+    """Publish the change of one job after commit; return its queue."""
+    queue, owner_id = Job.objects.values_list("queue", "owner_id").get(pk=job_id)
+    events.jobs_changed([job_id], [owner_id], status)
+    return queue
+
+
+def _requeue_changes() -> dict:
+    return {
+        "status": JobStatus.QUEUED, "attempts": 0, "run_at": Now(), "finished_at": None,
+        "started_at": None, "result": None, "progress": 0, "expires_at": None, **NO_LEASE,
+    }
+
+
+def cancel_job(job_id: int) -> None:
+    """Cancel a job that has not finished. A held job's worker loses its lease and stops it."""
+    _guarded(job_id, ACTIVE_STATUSES, "cancel", status=JobStatus.CANCELLED, finished_at=Now(), **NO_LEASE)
+    _announce(job_id, JobStatus.CANCELLED)
+
+
+def _owner_may_not_run(queryset):
+    """Return the jobs in `queryset` of a type only staff may have whose owner is not staff (any more).
+
+    Such a job, submitted while its owner was staff, must not come back
+    through a retry or a requeue; the handler checks the owner again when
+    it runs, for a change made after that.
+    """
+    return queryset.filter(type__in=staff_only_types(), owner__is_staff=False)
+
+
+def retry_job(job_id: int) -> None:
+    """Requeue a dead, cancelled or expired job with a fresh set of retries.
+
+    Raise IllegalTransition for a job of a staff-only type whose owner is
+    not staff, as for a job in a status that cannot be retried.
+    """
+    refused = _owner_may_not_run(Job.objects.filter(pk=job_id)).values_list("type", flat=True).first()
+    if refused is not None:
+        raise IllegalTransition(f"Cannot retry job {job_id}: only staff may run {refused} jobs, and its owner is not staff.")
+    _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes())
+    notify([_announce(job_id, JobStatus.QUEUED)])
+
+
+def retry_now(job_id: int) -> None:
+    """Run a scheduled or retrying job as soon as a worker is free, instead of at its run_at."""
+    _guarded(job_id, WAITING_STATUSES, "run now", status=JobStatus.QUEUED, run_at=Now())
+    notify([_announce(job_id, JobStatus.QUEUED)])
+
+
+def cancel_jobs(queryset) -> int:
+    """Cancel every unfinished job in `queryset`; return how many were cancelled."""
+    with transaction.atomic():
+        # Lock the unfinished rows first, so the events name exactly the jobs cancelled.
+        owners = dict(
+            queryset.filter(status__in=ACTIVE_STATUSES).select_for_update(of=("self",)).order_by()
+            .values_list("pk", "owner_id")
+        )
+        updated = Job.objects.filter(pk__in=list(owners), status__in=ACTIVE_STATUSES).update(
+            status=JobStatus.CANCELLED, finished_at=Now(), **NO_LEASE
+        )
+        events.jobs_changed(list(owners), list(owners.values()), JobStatus.CANCELLED)
+    return updated
+
+
+def retry_jobs_now(queryset) -> int:
+    """Make every scheduled or retrying job in `queryset` due now; return how many."""
+    ids = list(queryset.filter(status__in=WAITING_STATUSES).values_list("pk", flat=True))
+    updated = Job.objects.filter(pk__in=ids, status__in=WAITING_STATUSES).update(status=JobStatus.QUEUED, run_at=Now())
+    if updated:
+        rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
+        notify(queue for _, queue, _ in rows)
+        events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED)
+    return updated
+
+
+def dead_jobs(*, ids: list[int] | None = None, type: str | None = None, queue: str | None = None,
+              older_than: timedelta | None = None, owner=None):
+    """Return the dead jobs matching every given filter."""
+    jobs = Job.objects.dead()
+    if ids is not None:
+        jobs = jobs.filter(pk__in=ids)
+    if type:
+        jobs = jobs.filter(type=type)
+    if queue:
+        jobs = jobs.filter(queue=queue)
+    if older_than is not None:
+        jobs = jobs.filter(finished_at__lt=timezone.now() - older_than)
+    if owner is not None:
+        jobs = jobs.filter(owner=owner)
+    return jobs
+
+
+def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
+    """Requeue the dead jobs in `queryset` (at most `limit`); return their ids.
+
+    Jobs in any other status are left alone, so a stale selection is safe,
+    and so are jobs of a staff-only type whose owner is not staff.
+    """
+    candidates = (
+        queryset.filter(status=JobStatus.DEAD).exclude(pk__in=_owner_may_not_run(queryset).values("pk"))
+        .order_by("pk").values_list("pk", flat=True)
+    )
+    if limit is not None:
+        candidates = candidates[:limit]
+    with transaction.atomic():
+        # Lock the chosen dead rows first, so two operators requeueing at
+        # once each report only the jobs they actually requeued.
+        ids = list(
+            Job.objects.filter(pk__in=list(candidates), status=JobStatus.DEAD)
+            .select_for_update(skip_locked=True).values_list("pk", flat=True)
+        )
+        Job.objects.filter(pk__in=ids).update(**_requeue_changes())
+        if ids:
+            rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
+            notify(queue for _, queue, _ in rows)
+            events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED, 0)
+    return sorted(ids)

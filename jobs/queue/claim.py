@@ -1,0 +1,116 @@
+"""Claiming: a worker takes ready jobs, leases them, and reports when its slots start them."""
+
+import json
+import math
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from jobs import conf, events
+from jobs.db import statement_cursor
+from jobs.models import JobStatus, Priority
+from jobs.queue.sql import query
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job a worker holds the lease of, as the claim returned it."""
+
+    id: int
+    type: str
+    payload: Any
+    # The attempt it is on: counted when a slot starts it (see begin()).
+    attempts: int
+    max_retries: int
+    timeout: float | None
+    trace_id: str
+    queue: str
+    lease_token: uuid.UUID
+    owner_id: int | None
+    priority: int
+    # run_at as seconds since the epoch, by the database's clock: when it was due.
+    due: float
+    # True once its attempt is counted and its start stored: `running`, not `claimed`.
+    started: bool = False
+
+    def begin(self) -> bool:
+        """Count the attempt a slot starts now; return True if its start is not stored yet.
+
+        The claim stores the start of the jobs it hands to free slots at
+        once. A job that waited for a slot (`claimed`) is started here, and
+        the worker stores the start next (start_jobs), or with the job's
+        outcome if that comes first.
+        """
+        if self.started:
+            return False
+        self.attempts += 1
+        self.started = True
+        return True
+
+
+def priority_order(rng: random.Random | None = None) -> list[int]:
+    """Return the order in which one claim serves the priorities.
+
+    The first priority is drawn with JOBS_PRIORITY_WEIGHTS (60/30/10 by
+    default), the others follow in their natural order. High priority thus
+    goes first in most claims, but a steady stream of high jobs cannot
+    starve normal or low ones: each still leads its share of the claims.
+    """
+    weights = conf.get("JOBS_PRIORITY_WEIGHTS")
+    first = (rng or random).choices(list(Priority), weights=weights)[0]
+    return [first, *(p for p in Priority if p != first)]
+
+
+def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
+               lease_seconds: float | None = None, order: list[int] | None = None,
+               start: dict[int, float] | None = None, starting: int | None = None) -> list[ClaimedJob]:
+    """Claim up to `limit` ready jobs for `worker_id` and return them, in the order to run them.
+
+    The first `starting` of them (all by default) are `running` at once,
+    for slots that are free now; the others are `claimed`, waiting for a
+    slot, their attempt not counted. One statement in one short transaction
+    (queries.sql: claim_jobs). `start` (from the worker's ClaimFront) skips
+    jobs of a priority due before the given epoch second; by default every
+    ready job is a candidate.
+    """
+    if limit <= 0:
+        return []
+    order = order or priority_order()
+    params = {
+        "p1": order[0], "p2": order[1], "p3": order[2], "limit": limit, "worker": worker_id,
+        **{f"from{n}": (start or {}).get(p, -math.inf) for n, p in enumerate(order, 1)},
+        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "queues": queues or None, "start": limit if starting is None else max(0, starting),
+    }
+    with transaction.atomic(), statement_cursor() as cursor:
+        cursor.execute(query("claim_jobs"), params)
+        claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
+    # An UPDATE returns its rows in no set order: the claim's order is priority, then due time.
+    rank = {p: n for n, p in enumerate(order)}
+    claimed.sort(key=lambda job: (not job.started, rank[job.priority], job.due, job.id))
+    for job in claimed:
+        if isinstance(job.payload, str):  # Django registers jsonb as text for psycopg
+            job.payload = json.loads(job.payload)
+    for status, started in ((JobStatus.RUNNING, True), (JobStatus.CLAIMED, False)):
+        jobs = [job for job in claimed if job.started is started]
+        events.jobs_changed([job.id for job in jobs], [job.owner_id for job in jobs], status, 0)
+    return claimed
+
+
+def start_jobs(started: list[tuple[ClaimedJob, float]]) -> set[int]:
+    """Store the start of claimed jobs that slots started, each (job, seconds ago); return those stored.
+
+    A job missing from the result was no longer held (cancelled, rescued),
+    or its outcome, which stores the start too, was written first.
+    """
+    if not started:
+        return set()
+    batch = json.dumps([{"id": job.id, "token": str(job.lease_token), "ago": max(0.0, ago)} for job, ago in started])
+    with statement_cursor() as cursor:
+        cursor.execute(query("start_jobs"), {"batch": batch})
+        rows = cursor.fetchall()
+    events.jobs_changed([row[0] for row in rows], [row[1] for row in rows], JobStatus.RUNNING, 0)
+    return {row[0] for row in rows}

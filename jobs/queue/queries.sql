@@ -1,0 +1,403 @@
+-- Every statement that changes a job's state, each whole and by name.
+--
+-- jobs/queue/sql.py loads this file once and hands out the blocks by the
+-- name after "-- name:". Parameters are psycopg's %(name)s. Statuses are
+-- written as literals wherever an index's condition names them: only then
+-- can PostgreSQL match the partial index.
+--
+-- The state a worker may write to is guarded everywhere by the same test,
+--     j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
+-- so a worker that lost a job (cancelled, or rescued after it stalled)
+-- changes nothing. IS TRUE means the same in a WHERE, but keeps the planner
+-- from matching the status test to job_held_lease_idx. That index still
+-- holds an entry for every job that left `claimed`/`running` since the last
+-- vacuum, and the plan it invites (a bitmap scan of all of them, hashed
+-- against the batch) costs more with every job finished: 5 ms instead of
+-- 1 ms per 110 completions after 16k jobs. Each row is found by its
+-- primary key instead.
+--
+-- A held job has started when started_at is set: `claimed` jobs have none.
+-- A write that finishes a job whose start the worker has not written yet
+-- (it ran and ended between two ticks) counts the attempt and sets the
+-- start itself, from `ago` or `run_s`, the seconds since its slot started
+-- it, so a short job costs a claim and a completion and nothing more.
+--
+-- Each write also counts what it did, in the same statement: JobCounter
+-- rows for the Prometheus counters and histograms, FinishedCount rows for
+-- the throughput chart (see jobs.counters). A change and its count commit
+-- or roll back together. A histogram value goes to the smallest bound of
+-- %(buckets)s (jobs.counters.BUCKETS) that holds it.
+
+
+-- name: insert_job
+-- One job, its count and the NOTIFY that wakes the workers (sent at commit,
+-- only for a job due now): one statement, one round trip. It reads no
+-- table, so its prepared generic plan fits any table (jobs.db).
+WITH inserted AS (
+    INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
+                          timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
+                          progress)
+    VALUES (%(owner)s, %(queue)s, %(type)s, %(payload)s::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
+            coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
+            %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0)
+    RETURNING id, run_at, created_at
+), counted AS (
+    INSERT INTO jobs_jobcounter (name, type, queue, value)
+    SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted
+)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s) FROM inserted;
+
+
+-- name: insert_jobs
+-- One job per payload of %(payloads)s (a text[] of JSON documents), in
+-- their order, counted, with one NOTIFY for all of them: NOTIFY takes a
+-- global lock at commit.
+WITH inserted AS (
+    INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
+                          timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
+                          progress)
+    SELECT %(owner)s, %(queue)s, %(type)s, p::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
+           coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
+           %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0
+    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS u(p, n)
+    ORDER BY n
+    RETURNING id, run_at, created_at
+), counted AS (
+    INSERT INTO jobs_jobcounter (name, type, queue, value)
+    SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted HAVING count(*) > 0
+)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s)
+FROM inserted ORDER BY id;
+
+
+-- name: insert_jobs_capped
+-- insert_jobs, but nothing at all if the owner's unfinished jobs and these
+-- would be more than %(max_active)s. A statement of its own rather than an
+-- optional part of insert_jobs: a cap given as NULL, and so planned away,
+-- still cost 13 % of the uncapped insert's time. It reads the owner's jobs
+-- (job_owner_status_idx), so it is planned afresh each time.
+WITH inserted AS (
+    INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
+                          timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
+                          progress)
+    SELECT %(owner)s, %(queue)s, %(type)s, p::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
+           coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
+           %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0
+    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS u(p, n)
+    WHERE (
+        SELECT count(*) FROM (
+            SELECT 1 FROM jobs_job
+            WHERE owner_id = %(owner)s
+              AND status IN ('queued', 'scheduled', 'retrying', 'claimed', 'running')
+            LIMIT greatest(%(max_active)s::integer, 0)
+        ) AS unfinished
+    ) + %(adding)s::integer <= %(max_active)s::integer
+    ORDER BY n
+    RETURNING id, run_at, created_at
+), counted AS (
+    INSERT INTO jobs_jobcounter (name, type, queue, value)
+    SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted HAVING count(*) > 0
+)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s)
+FROM inserted ORDER BY id;
+
+
+-- name: claim_jobs
+-- Claim up to %(limit)s ready jobs for worker %(worker)s. The first
+-- %(start)s of them start at once (a slot is free for each): `running`,
+-- their attempt counted, started now. The rest are `claimed`: held, leased,
+-- waiting in the worker for a slot, with no attempt counted and no start.
+--
+-- Each priority gets its own index range scan on job_claim_idx (ordered by
+-- run_at), in the order %(p1)s, %(p2)s, %(p3)s, each filling what the
+-- previous ones left of the limit, and each starting at its %(fromN)s (an
+-- epoch second; see the worker's ClaimFront). The locking sub-selects are
+-- MATERIALIZED so PostgreSQL runs each exactly once: inlined into the
+-- UPDATE, a LIMITed FOR UPDATE sub-select may be re-run and claim more
+-- than `limit` rows (PG bug #15715). Rows other transactions hold locked
+-- are skipped, not waited for, so any number of workers claim at once
+-- without blocking each other or claiming a row twice.
+--
+-- The chosen ids are matched as an array, so whatever the row estimates
+-- the UPDATE finds each by its primary key. As a join against the
+-- sub-selects it could hash the whole table: a generic plan, which cannot
+-- know `limit`, guesses a tenth of the queue, and with a deep queue that
+-- hash spilled to disk.
+WITH p1 AS MATERIALIZED (
+    SELECT id FROM jobs_job
+    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+      AND (expires_at IS NULL OR expires_at > statement_timestamp())
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND priority = %(p1)s AND run_at >= to_timestamp(%(from1)s)
+    ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), p2 AS MATERIALIZED (
+    SELECT id FROM jobs_job
+    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+      AND (expires_at IS NULL OR expires_at > statement_timestamp())
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND priority = %(p2)s AND run_at >= to_timestamp(%(from2)s)
+    ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) FOR UPDATE SKIP LOCKED
+), p3 AS MATERIALIZED (
+    SELECT id FROM jobs_job
+    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+      AND (expires_at IS NULL OR expires_at > statement_timestamp())
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND priority = %(p3)s AND run_at >= to_timestamp(%(from3)s)
+    ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) - (SELECT count(*) FROM p2)
+    FOR UPDATE SKIP LOCKED
+), chosen AS MATERIALIZED (
+    SELECT ids, ids[1:%(start)s] AS starting
+    FROM (SELECT ARRAY(SELECT id FROM p1 UNION ALL SELECT id FROM p2 UNION ALL SELECT id FROM p3) AS ids) AS a
+)
+UPDATE jobs_job AS j
+SET status = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 'running' ELSE 'claimed' END,
+    attempts = j.attempts + CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 1 ELSE 0 END,
+    started_at = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN statement_timestamp() END,
+    leased_by = %(worker)s, lease_token = gen_random_uuid(),
+    lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s),
+    finished_at = NULL, progress = 0
+WHERE j.id = ANY((SELECT ids FROM chosen)::bigint[])
+RETURNING j.id, j.type, j.payload, j.attempts, j.max_retries, j.timeout, j.trace_id, j.queue, j.lease_token,
+          j.owner_id, j.priority, extract(epoch FROM j.run_at)::float8, j.status = 'running';
+
+
+-- name: start_jobs
+-- Claimed jobs that a slot of their worker started, each `ago` seconds
+-- before this statement: now `running`, their attempt counted.
+UPDATE jobs_job AS j
+SET status = 'running', attempts = j.attempts + 1, progress = 0,
+    started_at = statement_timestamp() - make_interval(secs => c.ago)
+FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, ago float8)
+WHERE j.id = c.id AND j.lease_token = c.token AND (j.status = 'claimed') IS TRUE
+RETURNING j.id, j.owner_id;
+
+
+-- name: complete_jobs
+-- Held jobs whose handler returned, with their results: one JSON document
+-- carries the batch (encoded in C by the worker and decoded here, where
+-- parameter arrays cost psycopg a Python call per element). `run_s` is how
+-- long the handler ran, `ago` how long since its slot started it.
+WITH done AS (
+    UPDATE jobs_job AS j
+    SET status = 'completed', result = c.result, progress = 100, finished_at = statement_timestamp(),
+        attempts = j.attempts + (j.started_at IS NULL)::integer,
+        started_at = coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
+        leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+        history = j.history || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
+            'started_at', coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
+            'finished_at', statement_timestamp(), 'outcome', 'completed', 'error', '', 'traceback', ''))
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, result jsonb, run_s float8, ago float8)
+    WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
+    RETURNING j.id, j.owner_id, j.status, j.type, j.queue, c.run_s,
+              extract(epoch FROM j.started_at - j.run_at)::float8 AS wait_s
+), counted AS (
+    INSERT INTO jobs_jobcounter (name, type, queue, le, value)
+    SELECT 'completed', type, queue, NULL::float8, count(*) FROM done GROUP BY type, queue
+    UNION ALL
+    SELECT 'run_seconds_bucket', type, '', le, count(*) FROM (
+        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(run_s, 0)) AS le
+        FROM done WHERE run_s IS NOT NULL
+    ) AS observed GROUP BY type, le
+    UNION ALL
+    SELECT 'run_seconds_sum', type, '', NULL::float8, sum(greatest(run_s, 0)) FROM done WHERE run_s IS NOT NULL GROUP BY type
+    UNION ALL
+    SELECT 'queue_wait_seconds_bucket', type, '', le, count(*) FROM (
+        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(wait_s, 0)) AS le
+        FROM done WHERE wait_s IS NOT NULL
+    ) AS observed GROUP BY type, le
+    UNION ALL
+    SELECT 'queue_wait_seconds_sum', type, '', NULL::float8, sum(greatest(wait_s, 0)) FROM done WHERE wait_s IS NOT NULL
+    GROUP BY type
+), finished AS (
+    INSERT INTO jobs_finishedcount (minute, owner_id, completed, dead)
+    SELECT date_bin(interval '60 seconds', statement_timestamp(), TIMESTAMPTZ '2000-01-01'), owner_id, count(*), 0
+    FROM done GROUP BY owner_id
+)
+SELECT id, owner_id FROM done;
+
+
+-- name: fail_jobs
+-- Held jobs whose attempt failed, each with what follows as
+-- jobs.retry.decide said: `retrying` after `delay` seconds (counted from
+-- this statement's clock, not the worker's), or `dead` (the DLQ). `due` is
+-- the job's run_at when it was claimed (an epoch second): its wait is
+-- measured from then to its start, since a retry moves run_at.
+WITH failed AS (
+    UPDATE jobs_job AS j
+    SET status = c.status, error = c.error,
+        run_at = CASE WHEN c.status = 'dead' THEN j.run_at
+                      ELSE statement_timestamp() + make_interval(secs => c.delay) END,
+        finished_at = CASE WHEN c.status = 'dead' THEN statement_timestamp() END,
+        attempts = j.attempts + (j.started_at IS NULL)::integer,
+        started_at = coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
+        leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
+        history = j.history || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
+            'started_at', coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
+            'finished_at', statement_timestamp(), 'outcome', c.outcome, 'error', c.error,
+            'traceback', c.traceback))
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, status text, delay float8, error text,
+                                                   traceback text, outcome text, run_s float8, ago float8,
+                                                   due float8)
+    WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
+    RETURNING j.id, j.type, j.queue, j.status, j.owner_id, c.run_s,
+              extract(epoch FROM j.started_at)::float8 - c.due AS wait_s
+), counted AS (
+    INSERT INTO jobs_jobcounter (name, type, queue, le, value)
+    SELECT 'failed', type, queue, NULL::float8, count(*) FROM failed GROUP BY type, queue
+    UNION ALL
+    SELECT CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END, type, queue, NULL::float8, count(*) FROM failed
+    GROUP BY 1, type, queue
+    UNION ALL
+    SELECT 'run_seconds_bucket', type, '', le, count(*) FROM (
+        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(run_s, 0)) AS le
+        FROM failed WHERE run_s IS NOT NULL
+    ) AS observed GROUP BY type, le
+    UNION ALL
+    SELECT 'run_seconds_sum', type, '', NULL::float8, sum(greatest(run_s, 0)) FROM failed WHERE run_s IS NOT NULL
+    GROUP BY type
+    UNION ALL
+    SELECT 'queue_wait_seconds_bucket', type, '', le, count(*) FROM (
+        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(wait_s, 0)) AS le
+        FROM failed WHERE wait_s IS NOT NULL
+    ) AS observed GROUP BY type, le
+    UNION ALL
+    SELECT 'queue_wait_seconds_sum', type, '', NULL::float8, sum(greatest(wait_s, 0)) FROM failed WHERE wait_s IS NOT NULL
+    GROUP BY type
+), finished AS (
+    INSERT INTO jobs_finishedcount (minute, owner_id, completed, dead)
+    SELECT date_bin(interval '60 seconds', statement_timestamp(), TIMESTAMPTZ '2000-01-01'), owner_id, 0, count(*)
+    FROM failed WHERE status = 'dead' GROUP BY owner_id
+)
+SELECT id, status, owner_id FROM failed;
+
+
+-- name: release_jobs
+-- Held jobs that no slot started, given back by a worker that stops: due
+-- again at once, as if never claimed. One that the claim started for a
+-- slot that never took it gives its attempt back.
+UPDATE jobs_job AS j
+SET status = 'queued', attempts = j.attempts - (j.started_at IS NOT NULL)::integer, started_at = NULL,
+    run_at = statement_timestamp(), progress = 0,
+    leased_by = NULL, lease_token = NULL, lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
+WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
+RETURNING j.id, j.queue, j.owner_id;
+
+
+-- name: renew_leases
+-- The heartbeat: extend the leases of the held jobs the worker names;
+-- return those that are still its own.
+UPDATE jobs_job AS j SET lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
+WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
+RETURNING j.id;
+
+
+-- name: set_progress
+UPDATE jobs_job SET progress = %(percent)s
+WHERE id = %(id)s AND lease_token = %(token)s AND status IN ('claimed', 'running')
+RETURNING owner_id;
+
+
+-- name: find_expired_leases
+-- Held jobs whose worker stopped renewing their lease, oldest lease first,
+-- locked until the rescue below in the same transaction. SKIP LOCKED: a
+-- job being completed right now by its (late) worker is left alone, and
+-- two rescuers never fight over a row. Run with bitmap scans off, so that
+-- job_held_lease_idx is walked in order: the index keeps an entry for every
+-- job that left claimed/running since the last vacuum, all with a lease
+-- that has "expired". A plain index scan marks each dead the first time it
+-- meets it and skips it from then on; a bitmap scan marks nothing and
+-- re-reads them all (390 ms per call after 600k jobs, with autovacuum off).
+SELECT id, type, attempts, max_retries, started_at IS NOT NULL AS started,
+       extract(epoch FROM started_at - run_at)::float8 AS wait_s
+FROM jobs_job
+WHERE status IN ('claimed', 'running') AND lease_expires_at < statement_timestamp()
+ORDER BY lease_expires_at LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+
+-- name: rescue_jobs
+-- The jobs find_expired_leases locked, each with its new status. A started
+-- one lost its attempt: it counts, and the job is `retrying` after `delay`
+-- or `dead`, as jobs.retry.decide said, like any failed attempt. One that
+-- was only claimed never ran: it is `queued` again, in its old place, with
+-- nothing counted. The old lease token is cleared, so the worker that lost
+-- the job, should it wake up, can no longer write to it.
+WITH rescued AS (
+    UPDATE jobs_job AS j
+    SET status = d.status,
+        finished_at = CASE WHEN d.status = 'dead' THEN statement_timestamp() END,
+        run_at = CASE WHEN d.status = 'retrying' THEN statement_timestamp() + make_interval(secs => d.delay)
+                      ELSE j.run_at END,
+        error = CASE WHEN d.status = 'queued' THEN j.error
+                     ELSE 'Lease expired: worker ' || coalesce(j.leased_by::text, '?')
+                          || ' stopped renewing it during attempt ' || j.attempts END,
+        history = CASE WHEN d.status = 'queued' THEN j.history
+                       ELSE j.history || jsonb_build_array(jsonb_build_object(
+                           'attempt', j.attempts, 'worker', j.leased_by, 'started_at', j.started_at,
+                           'finished_at', statement_timestamp(), 'outcome', 'lost', 'error', 'lease expired',
+                           'traceback', '')) END,
+        leased_by = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(delays)s::float8[], %(waits)s::float8[])
+         AS d(id, status, delay, wait_s)
+    WHERE j.id = d.id
+    RETURNING j.id, j.status, j.queue, j.owner_id, j.type, j.attempts, j.trace_id, d.delay, d.wait_s
+), counted AS (
+    INSERT INTO jobs_jobcounter (name, type, queue, le, value)
+    SELECT 'failed', type, queue, NULL::float8, count(*) FROM rescued WHERE status <> 'queued' GROUP BY type, queue
+    UNION ALL
+    SELECT CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END, type, queue, NULL::float8, count(*) FROM rescued
+    WHERE status <> 'queued' GROUP BY 1, type, queue
+    UNION ALL
+    SELECT 'queue_wait_seconds_bucket', type, '', le, count(*) FROM (
+        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(wait_s, 0)) AS le
+        FROM rescued WHERE wait_s IS NOT NULL AND status <> 'queued'
+    ) AS observed GROUP BY type, le
+    UNION ALL
+    SELECT 'queue_wait_seconds_sum', type, '', NULL::float8, sum(greatest(wait_s, 0)) FROM rescued
+    WHERE wait_s IS NOT NULL AND status <> 'queued' GROUP BY type
+), finished AS (
+    INSERT INTO jobs_finishedcount (minute, owner_id, completed, dead)
+    SELECT date_bin(interval '60 seconds', statement_timestamp(), TIMESTAMPTZ '2000-01-01'), owner_id, 0, count(*)
+    FROM rescued WHERE status = 'dead' GROUP BY owner_id
+)
+SELECT id, status, queue, owner_id, type, attempts, trace_id, delay FROM rescued;
+
+
+-- name: expire_jobs
+-- Jobs whose TTL passed before any worker took them (job_expiry_idx).
+UPDATE jobs_job SET status = 'expired', finished_at = statement_timestamp(), error = 'Expired before it could start.'
+WHERE status IN ('queued', 'scheduled', 'retrying') AND expires_at <= statement_timestamp()
+RETURNING id, owner_id;
+
+
+-- name: stage_due_jobs
+-- Scheduled and retrying jobs that are due now are relabelled `queued`, so
+-- that what is stored is what every page shows. Only the label changes: a
+-- worker claims a due job in any of the three ready statuses, so staging
+-- never delays a job. Read through job_due_idx, which holds nothing else.
+WITH due AS (
+    SELECT id FROM jobs_job
+    WHERE status IN ('scheduled', 'retrying') AND run_at <= statement_timestamp()
+    ORDER BY run_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs_job AS j SET status = 'queued'
+FROM due WHERE j.id = due.id
+RETURNING j.id, j.owner_id;
+
+
+-- name: prune_finished
+-- Up to %(limit)s jobs, oldest first, that finished more than %(seconds)s
+-- ago. Dead jobs stay: they are the DLQ. SKIP LOCKED: two leaders
+-- overlapping for a moment take different rows.
+DELETE FROM jobs_job WHERE id IN (
+    SELECT id FROM jobs_job
+    WHERE finished_at < statement_timestamp() - make_interval(secs => %(seconds)s)
+      AND status IN ('completed', 'cancelled', 'expired')
+    ORDER BY finished_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+);

@@ -1,0 +1,86 @@
+"""The executor: one attempt as a pipeline, resolve the handler -> run it -> normalise -> an Outcome.
+
+It runs in a slot thread and never raises: whatever a handler does, even
+SystemExit or a result no database can store, becomes an Outcome.
+"""
+
+import logging
+import time
+import traceback
+
+from jobs import conf, tracing
+from jobs.errors import PayloadError, PermanentError, UnknownJobType
+from jobs.registry import get_handler, validate_payload
+from jobs.storable import storable_json, storable_text
+from jobs.worker.state import Outcome, Running, log_job
+
+# Longest error message stored; the traceback keeps its last TRACEBACK_CHARS.
+ERROR_CHARS = 10_000
+TRACEBACK_CHARS = 20_000
+
+
+def describe(exc: BaseException, prefix: str = "") -> str:
+    """Return "Type: message" for `exc`, even when its message cannot be read."""
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the failure
+        message = "(the exception's message could not be read)"
+    return storable_text(f"{prefix}{type(exc).__name__}: {message[:2 * ERROR_CHARS]}")[:ERROR_CHARS]
+
+
+def format_traceback() -> str:
+    try:
+        # Hidden before the final cut, so that no URL loses its scheme to the cut and keeps its password.
+        return storable_text(traceback.format_exc()[-2 * TRACEBACK_CHARS:])[-TRACEBACK_CHARS:]
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def execute(running: Running, worker_id) -> Outcome:
+    """Run one attempt of `running` and return its outcome; never raise."""
+    job = running.job
+    try:
+        # The handler's own log lines, and any job it enqueues, carry this job's trace id.
+        with tracing.bound(trace_id=job.trace_id, job_id=job.id, type=job.type, queue=job.queue,
+                           attempt=job.attempts, user_id=job.owner_id, worker_id=str(worker_id)):
+            log_job(logging.INFO, "start", job, worker_id)
+            return _run(running)
+    except BaseException as exc:  # noqa: BLE001 - nothing a job does may end its slot
+        return _failed(running, exc)
+
+
+def _run(running: Running) -> Outcome:
+    job = running.job
+    # Resolve and run.
+    try:
+        handler = get_handler(job.type)
+        running.context.payload = validate_payload(job.type, job.payload)
+        result = handler.func(running.context)
+    except UnknownJobType as exc:
+        return _failed(running, exc, permanent=True)
+    except PayloadError as exc:
+        return _failed(running, exc, permanent=True, prefix="Invalid payload: ")
+    except PermanentError as exc:
+        return _failed(running, exc, permanent=True)
+    except BaseException as exc:  # noqa: BLE001 - a handler's SystemExit must not end the worker
+        return _failed(running, exc)
+    # Normalise: checked and made storable here, in the slot, so one job's
+    # result cannot fail the batched write of the others.
+    try:
+        result, size = storable_json(result)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return _failed(running, exc, permanent=True, prefix="Result is not JSON: ")
+    max_bytes = conf.get("JOBS_MAX_RESULT_BYTES")
+    if size > max_bytes:
+        error = f"Result is {size} bytes of JSON; the limit is {max_bytes} (JOBS_MAX_RESULT_BYTES)."
+        return Outcome(running=running, ok=False, error=error, permanent=True, duration=_ran(running))
+    return Outcome(running=running, ok=True, result=result, duration=_ran(running))
+
+
+def _ran(running: Running) -> float:
+    return time.monotonic() - running.started
+
+
+def _failed(running: Running, exc: BaseException, *, permanent=False, prefix="") -> Outcome:
+    return Outcome(running=running, ok=False, error=describe(exc, prefix), traceback=format_traceback(),
+                   permanent=permanent, duration=_ran(running))
