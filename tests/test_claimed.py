@@ -8,7 +8,7 @@ import pytest
 from django.db.models import Sum
 
 from jobs import queue
-from jobs.models import Job, JobCounter, JobStatus, Worker
+from jobs.models import ACTIVE_STATUSES, Job, JobCounter, JobStatus, Worker
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
@@ -20,7 +20,7 @@ def statuses(ids):
     return sorted(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
 
 
-def test_prefetched_jobs_behind_a_slow_one_are_claimed_until_a_slot_starts_them(start_worker):
+def test_prefetched_jobs_behind_a_slow_one_are_claimed_until_a_slot_starts_them(start_worker, effects):
     """Hold prefetched jobs as `claimed` (no attempt, no start), run one at a time, and count their wait to the start."""
     slow = queue.enqueue("record_effect", {"seconds": 2})
     quick = queue.enqueue_many("record_effect", [{}] * 3)
@@ -34,10 +34,12 @@ def test_prefetched_jobs_behind_a_slow_one_are_claimed_until_a_slot_starts_them(
     running = Job.objects.get(pk=slow.pk)
     assert (running.attempts, running.leased_by) == (1, worker_id) and running.started_at is not None
 
-    most_running = 0
-    while Job.objects.filter(pk__in=[slow.pk, *quick]).exclude(status=JobStatus.COMPLETED).exists():
+    most_running, deadline = 0, time.monotonic() + 30
+    while Job.objects.filter(pk__in=[slow.pk, *quick], status__in=ACTIVE_STATUSES).exists():
+        assert time.monotonic() < deadline, "the jobs did not finish"
         most_running = max(most_running, Job.objects.filter(status=JobStatus.RUNNING).count())
         time.sleep(0.02)
+    assert statuses([slow.pk, *quick]) == [JobStatus.COMPLETED] * 4
     assert most_running == 1, "never more running than the worker has slots"
 
     slow_row = Job.objects.get(pk=slow.pk)
@@ -55,7 +57,7 @@ def test_prefetched_jobs_behind_a_slow_one_are_claimed_until_a_slot_starts_them(
     worker.stop()
 
 
-def test_a_claimed_job_of_a_killed_worker_is_queued_again_without_an_attempt(start_worker):
+def test_a_claimed_job_of_a_killed_worker_is_queued_again_without_an_attempt(start_worker, effects):
     """Rescue what a killed worker held: its running job lost an attempt and backs off; its claimed ones lost nothing."""
     slow = queue.enqueue("record_effect", {"seconds": 30}, max_retries=1)
     quick = queue.enqueue_many("record_effect", [{}] * 2)
