@@ -67,7 +67,8 @@ class Completer:
 
     def next_start_due(self) -> float | None:
         """Return when the oldest unstored start is due to be stored."""
-        starts = [r.started for r in self.slots.started if r.started is not None]
+        # A copy first (one C call, atomic under the GIL): the slots append to it meanwhile.
+        starts = [r.started for r in self.slots.started.copy() if r.started is not None]
         return min(starts) + START_STORE_DELAY if starts else None
 
     # --- outcomes ----------------------------------------------------------
