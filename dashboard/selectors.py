@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, Max, Min, Value
 from django.db.models.functions import MD5, Concat, Left, Now
 from django.utils import timezone
 
 from jobs.counters import FINISHED_BUCKET, FINISHED_TABLE
-from jobs.models import READY_STATUSES, Job, JobStatus, Priority
+from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
+from jobs import selectors as jobs_selectors
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
 
 JOB_TABLE = Job._meta.db_table
@@ -45,7 +46,7 @@ DLQ_MAX_REQUEUE = 10_000
 # Columns a job list shows; payload, result and history stay in the table.
 LIST_COLUMNS = (
     "id", "type", "queue", "priority", "status", "attempts", "max_retries", "progress",
-    "created_at", "started_at", "finished_at", "run_at", "error", "owner__username",
+    "created_at", "started_at", "finished_at", "run_at", "error", "leased_by", "owner__username",
 )
 
 
@@ -61,38 +62,9 @@ def _scope(user, alias: str = "") -> tuple[str, list]:
 
 
 # --- Overview -------------------------------------------------------------------
-
-
-def status_counts(user) -> dict[str, int]:
-    """Return {status: count} for every status, each count capped at COUNT_CAP + 1."""
-    where, params = _scope(user)
-    # One capped scan per status, LIMIT stopping each at the cap instead of
-    # reading every row. The statuses are written into the SQL: the status
-    # indexes leave completed jobs out, and only a literal status lets the
-    # planner see that it may use them. Completed jobs are found through
-    # job_finished_idx (every one has finished_at).
-    sql = " UNION ALL ".join(
-        f"""SELECT '{status}', (
-            SELECT count(*) FROM (
-                SELECT 1 FROM {JOB_TABLE}
-                WHERE status = '{status}' {"AND finished_at IS NOT NULL" if status == JobStatus.COMPLETED else ""}
-                  AND {where} LIMIT %s
-            ) AS capped
-        )"""
-        for status in JobStatus.values
-    )
-    with transaction.atomic(), connection.cursor() as cursor:
-        # Index scans only, which stop at the LIMIT. A bitmap scan reads every
-        # matching index entry before the first row (all 100,000 queued jobs
-        # for a count of 10,000), and, like a sequential scan of completed
-        # jobs, costs the workers more the more jobs there are. A plain index
-        # scan also marks the entries of jobs that left a status as dead, so
-        # the next count skips them. Chosen here, since the planner's
-        # estimates lag behind a table that churns this fast.
-        cursor.execute("SET LOCAL enable_bitmapscan = off")
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute(sql, [value for _ in JobStatus.values for value in (*params, COUNT_CAP + 1)])
-        return dict(cursor.fetchall())
+#
+# The counts by status are jobs.selectors.status_counts(), as everywhere
+# else, capped at COUNT_CAP: one LIMITed index scan per status.
 
 
 @dataclass
@@ -200,11 +172,14 @@ def oldest_waiting(user) -> Job | None:
 
 
 def _overview(user) -> dict:
-    counts = status_counts(user)
+    counts = jobs_selectors.status_counts(user, cap=COUNT_CAP)
     depth, depth_capped = queue_depth(user)
     return {
         "counts": counts,
         "total_capped": any(n > COUNT_CAP for n in counts.values()),
+        # Held by a worker, waiting in its memory for a free slot: not in the
+        # queue depth, but not done either.
+        "claimed": counts[JobStatus.CLAIMED],
         "depth": depth,
         "depth_capped": depth_capped,
         "depth_cap": COUNT_CAP,
@@ -265,6 +240,7 @@ def job_page(jobs, *, before: int | None = None, after: int | None = None, size:
         has_older = len(rows) > size
         rows = rows[:size]
         has_newer = before is not None
+    attach_holders(rows)
     return Page(
         jobs=rows,
         newer=rows[0].pk if rows and has_newer else None,
@@ -285,8 +261,22 @@ def filtered_jobs(user, *, status=None, type=None, queue=None, priority=None, si
 
 
 def job_for_user(user, job_id: int) -> Job:
-    """Return the job if `user` may see it; raise Job.DoesNotExist otherwise."""
-    return Job.objects.for_user(user).select_related("owner").get(pk=job_id)
+    """Return the job if `user` may see it, with its holder; raise Job.DoesNotExist otherwise."""
+    job = Job.objects.for_user(user).select_related("owner").get(pk=job_id)
+    attach_holders([job])
+    return job
+
+
+def attach_holders(jobs: list[Job]) -> None:
+    """Set `holder` on each of `jobs`: the Worker holding its lease if it is claimed or running, else None.
+
+    One query for the whole list, and none if no job on it is held. A
+    holder whose row is gone (pruned) is None too; `leased_by` still names it.
+    """
+    held = {job.leased_by for job in jobs if job.status in HELD_STATUSES and job.leased_by}
+    workers = Worker.objects.in_bulk(held) if held else {}
+    for job in jobs:
+        job.holder = workers.get(job.leased_by) if job.status in HELD_STATUSES else None
 
 
 # --- The DLQ ------------------------------------------------------------------------
@@ -335,6 +325,17 @@ def dlq_group_ids(user, group: str, limit: int = DLQ_MAX_REQUEUE) -> list[int]:
 # --- Workers ------------------------------------------------------------------------
 
 
-def workers_for_dashboard(recent: timedelta = timedelta(hours=1)):
-    """Return the live workers, then those gone within `recent`, each annotated with liveness."""
-    return with_liveness().filter(heartbeat_at__gte=Now() - recent).order_by("-alive", "hostname", "pid")
+def workers_for_dashboard(recent: timedelta = timedelta(hours=1)) -> list[Worker]:
+    """Return the live workers, then those gone within `recent`, each with liveness and the jobs it holds.
+
+    `claimed` and `running` count the worker's jobs by status as stored
+    (one grouped query over the held jobs); `busy` is what its last
+    heartbeat reported.
+    """
+    workers = list(with_liveness().filter(heartbeat_at__gte=Now() - recent).order_by("-alive", "hostname", "pid"))
+    held = jobs_selectors.held_counts_by_worker() if workers else {}
+    for worker in workers:
+        counts = held.get(worker.id, {})
+        worker.claimed = counts.get(JobStatus.CLAIMED, 0)
+        worker.running = counts.get(JobStatus.RUNNING, 0)
+    return workers

@@ -243,7 +243,7 @@ class JobGauges:
     def read(cls) -> "JobGauges":
         read_at = time.time()
         by_queue = {queue: {str(status): count for status, count in statuses.items()}
-                    for queue, statuses in selectors.queue_status_counts().items()}
+                    for queue, statuses in selectors.status_counts(per="queue").items()}
         return cls(by_queue, selectors.oldest_waiting_by_queue(), read_at)
 
     def as_cached(self) -> dict:

@@ -1,33 +1,105 @@
 """Read-side queries over jobs and workers, shared by the admin, commands, API and dashboard.
 
-Counts are GROUP BY queries run in the database; nothing here loops over
-job rows in Python. Time comes from the database's now(), so "alive" means
+Counts are GROUP BY queries or capped index scans run in the database;
+nothing here loops over job rows in Python. Time comes from the database's now(), so "alive" means
 the same thing to every caller however far its clock has drifted.
 """
 
 from datetime import timedelta
 
+from django.db import connection, transaction
 from django.db.models import Aggregate, Avg, BooleanField, Count, DurationField, ExpressionWrapper, F, FloatField, Min, Q, Sum
 from django.db.models.functions import Extract, Now
-from django.utils import timezone
 
 from jobs import conf
-from jobs.models import READY_STATUSES, Job, JobStatus, Priority, Worker
+from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
 
 
-def status_counts() -> dict[str, int]:
-    """Return the number of jobs in each status, with every status present."""
-    counts = dict(Job.objects.order_by().values_list("status").annotate(n=Count("pk")))
-    return {status: counts.get(status, 0) for status in JobStatus.values}
+# --- Counts by status: the one read model every reader uses ---------------------
+#
+# The API's stats, the dashboard's overview and worker cards, the /metrics
+# gauges and `manage.py queue_status` all count through status_counts(), so
+# they agree on what each status holds: the status as stored. Nothing is
+# relabelled at read time; the queue's leader stages due scheduled and
+# retrying jobs to `queued` itself.
+
+# What status_counts() may count per, besides the status.
+COUNT_GROUPS = ("queue", "leased_by")
 
 
-def queue_status_counts() -> dict[str, dict[str, int]]:
-    """Return {queue: {status: count}} for every queue that holds a job, every status present."""
-    rows = Job.objects.order_by().values_list("queue", "status").annotate(n=Count("pk"))
-    by_queue: dict[str, dict[str, int]] = {}
-    for queue, status, n in rows:  # one row per (queue, status) pair, not per job
-        by_queue.setdefault(queue, dict.fromkeys(JobStatus.values, 0))[status] = n
-    return dict(sorted(by_queue.items()))
+def status_counts(user=None, *, statuses=None, per: str | None = None, cap: int | None = None) -> dict:
+    """Return how many jobs are in each status, with every status asked for present.
+
+    `user` narrows the count to the jobs that user may see (their own; all
+    for staff); None counts every job. `statuses` limits it to those
+    statuses (all by default). `per`, "queue" or "leased_by", returns
+    {value: {status: count}} for each value that holds a job, sorted;
+    otherwise {status: count}. `cap` stops each count at cap + 1 rows, so
+    that it costs the same on a table of millions: a count past `cap` is a
+    lower bound. A capped count is not kept per group.
+    """
+    statuses = list(JobStatus.values if statuses is None else statuses)
+    if per is not None and per not in COUNT_GROUPS:
+        raise ValueError(f"Cannot count per {per!r}; use one of {', '.join(COUNT_GROUPS)}.")
+    if cap is not None:
+        if per is not None:
+            raise ValueError("A capped count is not kept per group.")
+        return _capped_status_counts(user, statuses, cap)
+    jobs = Job.objects.all() if user is None else Job.objects.for_user(user)
+    jobs = jobs.order_by().filter(status__in=statuses)
+    if per is None:
+        counts = dict(jobs.values_list("status").annotate(n=Count("pk")))
+        return {status: counts.get(status, 0) for status in statuses}
+    groups: dict = {}
+    for group, status, n in jobs.values_list(per, "status").annotate(n=Count("pk")):
+        # One row per (group, status) pair, not per job.
+        groups.setdefault(group, dict.fromkeys(statuses, 0))[status] = n
+    return dict(sorted(groups.items(), key=lambda item: str(item[0])))
+
+
+def _capped_status_counts(user, statuses: list[str], cap: int) -> dict[str, int]:
+    if user is None or user.is_staff:
+        where, params = "TRUE", []
+    else:
+        where, params = "owner_id = %s", [user.pk]
+    # One capped scan per status, LIMIT stopping each at the cap instead of
+    # reading every row. The statuses are written into the SQL: the status
+    # indexes leave completed jobs out, and only a literal status lets the
+    # planner see that it may use them. Completed jobs are found through
+    # job_finished_idx (every one has finished_at).
+    for status in statuses:
+        JobStatus(status)  # only a status's own text is ever written into the SQL
+    sql = " UNION ALL ".join(
+        f"""SELECT '{status}', (
+            SELECT count(*) FROM (
+                SELECT 1 FROM {Job._meta.db_table}
+                WHERE status = '{status}' {"AND finished_at IS NOT NULL" if status == JobStatus.COMPLETED else ""}
+                  AND {where} LIMIT %s
+            ) AS capped
+        )"""
+        for status in statuses
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Index scans only, which stop at the LIMIT. A bitmap scan reads every
+        # matching index entry before the first row (all 100,000 queued jobs
+        # for a count of 10,000), and, like a sequential scan of completed
+        # jobs, costs the workers more the more jobs there are. A plain index
+        # scan also marks the entries of jobs that left a status as dead, so
+        # the next count skips them. Chosen here, since the planner's
+        # estimates lag behind a table that churns this fast.
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(sql, [value for _ in statuses for value in (*params, cap + 1)])
+        return dict(cursor.fetchall())
+
+
+def held_counts_by_worker() -> dict:
+    """Return {worker id: {"claimed": n, "running": n}} for every worker that holds a job.
+
+    One grouped query over the held jobs alone (job_held_lease_idx covers
+    them): they are few, at most each worker's slots and prefetch.
+    """
+    return status_counts(statuses=HELD_STATUSES, per="leased_by")
 
 
 def worker_alive_condition() -> Q:
@@ -74,13 +146,14 @@ def oldest_waiting_by_queue() -> dict[str, float]:
 
 
 def queue_overview() -> dict:
-    """Return job counts per status and per queue, and the live workers, as plain data.
+    """Return job counts per status and per queue, and the live workers with the jobs they hold, as plain data.
 
     The per-status totals are summed from the per-queue counts, so the jobs
     table is scanned once.
     """
-    queues = queue_status_counts()
+    queues = status_counts(per="queue")
     statuses = {status: sum(counts[status] for counts in queues.values()) for status in JobStatus.values}
+    held = held_counts_by_worker()
     workers = [
         {
             "id": str(w.id),
@@ -89,6 +162,9 @@ def queue_overview() -> dict:
             "queues": w.queues,
             "concurrency": w.concurrency,
             "busy": w.busy,
+            # The worker's jobs as stored: started by a slot, or waiting in its memory for one.
+            "running": held.get(w.id, {}).get(JobStatus.RUNNING, 0),
+            "claimed": held.get(w.id, {}).get(JobStatus.CLAIMED, 0),
             "processed": w.processed,
             "failed": w.failed,
             "started_at": w.started_at,
@@ -101,25 +177,6 @@ def queue_overview() -> dict:
 
 
 # --- Jobs as a user sees them (API and dashboard) -------------------------------
-#
-# A `scheduled` job whose run_at has passed is waiting like any queued job, so
-# users see it as `queued`; `scheduled` means its run_at is still ahead.
-
-
-def visible_status_condition(status: str) -> Q:
-    """Return the condition for jobs a user sees in `status`."""
-    if status == JobStatus.QUEUED:
-        return Q(status=JobStatus.QUEUED) | Q(status=JobStatus.SCHEDULED, run_at__lte=Now())
-    if status == JobStatus.SCHEDULED:
-        return Q(status=JobStatus.SCHEDULED, run_at__gt=Now())
-    return Q(status=status)
-
-
-def visible_status(job: Job, now=None) -> str:
-    """Return the status `job` shows to users."""
-    if job.status == JobStatus.SCHEDULED and job.run_at <= (now or timezone.now()):
-        return JobStatus.QUEUED
-    return job.status
 
 
 JOB_ORDERINGS = ("id", "created_at", "run_at", "priority", "status", "finished_at")
@@ -130,10 +187,7 @@ def job_list_for_user(user, *, statuses=(), type=None, queue=None, priorities=()
     """Return the jobs `user` may see (their own; all for staff), filtered and ordered."""
     jobs = Job.objects.for_user(user).select_related("owner")
     if statuses:
-        condition = Q()
-        for status in statuses:
-            condition |= visible_status_condition(status)
-        jobs = jobs.filter(condition)
+        jobs = jobs.filter(status__in=statuses)
     if type:
         jobs = jobs.filter(type=type)
     if queue:
@@ -159,16 +213,10 @@ class Percentile(Aggregate):
     template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
 
 
-def job_stats(jobs) -> dict:
-    """Return counts and timings over `jobs`, in a handful of aggregate queries."""
-    statuses = dict.fromkeys(JobStatus.values, 0)
-    for status, due, n in (
-        jobs.order_by()
-        .annotate(due=ExpressionWrapper(Q(run_at__lte=Now()), output_field=BooleanField()))
-        .values_list("status", "due")
-        .annotate(n=Count("pk"))
-    ):
-        statuses[JobStatus.QUEUED if status == JobStatus.SCHEDULED and due else status] += n
+def job_stats(user) -> dict:
+    """Return counts and timings over the jobs `user` may see, in a handful of aggregate queries."""
+    jobs = Job.objects.for_user(user)
+    statuses = status_counts(user)
     priorities = dict.fromkeys(Priority.labels, 0)
     for priority, n in jobs.order_by().values_list("priority").annotate(n=Count("pk")):
         priorities[Priority(priority).label] = n

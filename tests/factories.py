@@ -5,7 +5,7 @@ import factory
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from jobs.models import Job, JobStatus, Priority
+from jobs.models import HELD_STATUSES, Job, JobStatus, Priority
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -24,7 +24,10 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 
 class JobFactory(factory.django.DjangoModelFactory):
-    """A job in any state: pass status=..., attempts=..., and the lease fields follow."""
+    """A job in any state: pass status=..., attempts=..., and the lease fields follow.
+
+    A claimed or running job gets a lease: pass leased_by=worker.id to give it to a worker.
+    """
 
     class Meta:
         model = Job
@@ -52,15 +55,15 @@ class JobFactory(factory.django.DjangoModelFactory):
 
     @factory.lazy_attribute
     def lease_token(self):
-        return uuid.uuid4() if self.status == JobStatus.RUNNING else None
+        return uuid.uuid4() if self.status in HELD_STATUSES else None
 
     @factory.lazy_attribute
     def leased_by(self):
-        return uuid.uuid4() if self.status == JobStatus.RUNNING else None
+        return uuid.uuid4() if self.status in HELD_STATUSES else None
 
     @factory.lazy_attribute
     def lease_expires_at(self):
-        return timezone.now() + timedelta(seconds=30) if self.status == JobStatus.RUNNING else None
+        return timezone.now() + timedelta(seconds=30) if self.status in HELD_STATUSES else None
 
     @factory.lazy_attribute
     def finished_at(self):

@@ -71,6 +71,20 @@ def test_changelist_offers_the_queue_actions_but_not_bulk_delete(admin_client):
     assert actions == ["requeue_dead_jobs", "cancel_jobs", "retry_jobs_now"]
 
 
+def test_changelist_offers_and_shows_the_claimed_status(admin_client):
+    """Offer every status in the filter, claimed included, and list a claimed job as claimed."""
+    claimed = JobFactory(status=JobStatus.CLAIMED)
+    JobFactory(status=JobStatus.RUNNING, attempts=1, started_at=timezone.now())
+
+    response = admin_client.get(reverse(CHANGELIST), {"status__exact": "claimed"})
+
+    assert results(response) == [claimed.pk]
+    html = response.content.decode()
+    for status in JobStatus.values:
+        assert f"?status__exact={status}" in html
+    assert '<td class="field-status">Claimed</td>' in html
+
+
 def test_changelist_filters_by_status_queue_type_priority_and_owner(admin_client):
     owner = UserFactory()
     match = JobFactory(

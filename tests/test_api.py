@@ -413,12 +413,43 @@ def test_list_refuses_bad_filters(api, params):
     assert set(response.json()) == set(params)
 
 
-def test_scheduled_job_past_its_run_at_shows_as_queued(api, alice):
+def test_a_job_shows_the_status_it_is_stored_in(api, alice):
+    """Show a due scheduled job as scheduled until the leader stages it, and filter on the stored status alone."""
     due = JobFactory(owner=alice, status=JobStatus.SCHEDULED, run_at=timezone.now() - timedelta(seconds=5))
-    future = JobFactory(owner=alice, status=JobStatus.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
-    assert api.get(f"/api/jobs/{due.pk}/").json()["status"] == "queued"
-    assert [j["id"] for j in api.get("/api/jobs/", {"status": "scheduled"}).json()["results"]] == [future.pk]
-    assert [j["id"] for j in api.get("/api/jobs/", {"status": "queued"}).json()["results"]] == [due.pk]
+    queued = JobFactory(owner=alice)
+    assert api.get(f"/api/jobs/{due.pk}/").json()["status"] == "scheduled"
+    assert [j["id"] for j in api.get("/api/jobs/", {"status": "scheduled"}).json()["results"]] == [due.pk]
+    assert [j["id"] for j in api.get("/api/jobs/", {"status": "queued"}).json()["results"]] == [queued.pk]
+
+
+def test_a_claimed_job_shows_as_claimed_and_the_list_filters_by_it(api, alice):
+    """Show a job a worker holds but no slot runs as claimed, never running; ?status=claimed lists exactly those."""
+    claimed = JobFactory(owner=alice, status=JobStatus.CLAIMED)
+    running = JobFactory(owner=alice, status=JobStatus.RUNNING, attempts=1, started_at=timezone.now())
+    JobFactory(owner=alice)
+    body = api.get(f"/api/jobs/{claimed.pk}/").json()
+    assert (body["status"], body["attempts"], body["started_at"]) == ("claimed", 0, None)
+    assert [j["id"] for j in api.get("/api/jobs/", {"status": "claimed"}).json()["results"]] == [claimed.pk]
+    assert {j["id"] for j in api.get("/api/jobs/", {"status": "claimed,running"}).json()["results"]} == {
+        claimed.pk, running.pk}
+    assert api.get("/api/jobs/stats/").json()["by_status"] == {
+        **dict.fromkeys(JobStatus.values, 0), "queued": 1, "claimed": 1, "running": 1}
+
+
+def test_an_unknown_status_filter_is_refused_on_its_field(api):
+    response = api.get("/api/jobs/", {"status": "claimed,held"})
+    assert response.status_code == 400
+    assert list(response.json()) == ["status"] and "held" in response.json()["status"][0]
+
+
+def test_the_schema_lists_every_status(api):
+    """Name every status, claimed included, in the schema: the job's status enum and the filter's description."""
+    schema = api.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    (status_filter,) = [p for p in schema["paths"]["/api/jobs/"]["get"]["parameters"] if p["name"] == "status"]
+    for status in JobStatus.values:
+        assert status in status_filter["description"]
+    job_status = schema["components"]["schemas"]["Job"]["properties"]["status"]
+    assert schema["components"]["schemas"][job_status["$ref"].rsplit("/", 1)[1]]["enum"] == JobStatus.values
 
 
 def columns_read(queries) -> set[str]:

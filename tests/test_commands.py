@@ -299,13 +299,13 @@ def test_queue_status_prints_counts_per_queue_and_status_and_live_workers(mixed_
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[:4]}
     header = rows.pop("queue")
     assert dict(zip(header, map(int, rows["default"]))) == {
-        "queued": 3, "scheduled": 0, "running": 0, "retrying": 0, "completed": 0,
+        "queued": 3, "scheduled": 0, "claimed": 0, "running": 0, "retrying": 0, "completed": 0,
         "dead": 1, "cancelled": 0, "expired": 0, "total": 4,
     }
     assert dict(zip(header, map(int, rows["emails"])))["completed"] == 2
     assert dict(zip(header, map(int, rows["all"])))["total"] == 7
     assert "Live workers: 1" in out
-    assert "alive-box:4242  queues emails  busy 1/4  processed 17" in out
+    assert "alive-box:4242  queues emails  busy 1/4  running 0  claimed 0  processed 17" in out
     assert "stale-box" not in out and "stopped-box" not in out
 
 
@@ -322,9 +322,10 @@ def test_queue_status_json_holds_the_same_counts(mixed_queue):
 def test_queue_status_on_an_empty_queue_shows_zeros():
     out = run("queue_status")
 
-    assert out.splitlines()[1].split() == ["all", *["0"] * 9]
+    assert out.splitlines()[1].split() == ["all", *["0"] * (len(JobStatus.values) + 1)]
     assert "Live workers: 0" in out
 
 
 def test_status_counts_match_the_per_queue_totals(mixed_queue):
     assert selectors.status_counts() == selectors.queue_overview()["statuses"]
+    assert selectors.status_counts(per="queue") == selectors.queue_overview()["queues"]

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from dashboard import selectors
 from jobs import queue
-from jobs.models import Job, JobStatus, Priority
+from jobs.models import Job, JobStatus, Priority, Worker
 from tests.factories import JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -172,9 +172,9 @@ def test_overview_counts_only_the_users_jobs(alice, bob):
     JobFactory.create_batch(2, owner=alice)
     JobFactory.create_batch(3, owner=bob)
     dead_job(bob)
-    assert selectors.status_counts(alice)[JobStatus.QUEUED] == 2
-    assert selectors.status_counts(alice)[JobStatus.DEAD] == 0
-    assert selectors.status_counts(UserFactory(is_staff=True))[JobStatus.QUEUED] == 5
+    assert selectors.overview(alice)["counts"][JobStatus.QUEUED] == 2
+    assert selectors.overview(alice)["counts"][JobStatus.DEAD] == 0
+    assert selectors.overview(UserFactory(is_staff=True))["counts"][JobStatus.QUEUED] == 5
 
 
 def test_status_counts_stop_at_the_cap(alice, monkeypatch):
@@ -183,9 +183,9 @@ def test_status_counts_stop_at_the_cap(alice, monkeypatch):
     JobFactory.create_batch(5, owner=alice)
     JobFactory.create_batch(2, owner=alice, status=JobStatus.COMPLETED, finished_at=timezone.now())
     JobFactory.create_batch(6, status=JobStatus.COMPLETED, finished_at=timezone.now())
-    counts = selectors.status_counts(alice)
+    counts = selectors.overview(alice)["counts"]
     assert (counts[JobStatus.QUEUED], counts[JobStatus.COMPLETED], counts[JobStatus.DEAD]) == (4, 2, 0)
-    staff_counts = selectors.status_counts(UserFactory(is_staff=True))
+    staff_counts = selectors.overview(UserFactory(is_staff=True))["counts"]
     assert (staff_counts[JobStatus.QUEUED], staff_counts[JobStatus.COMPLETED]) == (4, 4)
     assert set(counts) == set(JobStatus.values)
 
@@ -359,6 +359,60 @@ def test_job_detail_shows_attempts_and_timeline(alice):
     assert "Traceback (most recent call last)" in html
     assert "Next attempt due" in html
     assert "Run now" in html
+
+
+def test_a_claimed_job_shows_its_worker_and_waits_for_a_slot(alice):
+    """Show a claimed job as claimed by its worker, waiting for a free slot, on its page and in the list: never running."""
+    worker = Worker.objects.create(hostname="box", pid=4242, queues=[], concurrency=1, busy=1)
+    job = JobFactory(owner=alice, status=JobStatus.CLAIMED, leased_by=worker.id)
+    client = client_for(alice)
+    detail = client.get(reverse("dashboard:job-detail", args=[job.pk])).content.decode()
+    assert re.search(r'id="job-status"[^>]*>claimed<', detail)
+    assert "claimed by worker <span class=\"mono\">box:4242</span>, waiting for a free slot" in detail
+    assert "Running for" not in detail and "is running" not in detail
+    listing = client.get(reverse("dashboard:jobs")).content.decode()
+    assert re.search(rf'data-status-for="{job.pk}">claimed<', listing)
+    assert "claimed by worker <span class=\"mono\">box:4242</span>, waiting for a free slot" in listing
+    assert ">running<" not in listing
+    assert [j.pk for j in selectors.filtered_jobs(alice, status=JobStatus.CLAIMED)] == [job.pk]
+
+
+def test_a_running_job_names_its_worker_and_how_long_it_runs(alice):
+    worker = Worker.objects.create(hostname="box", pid=4242, queues=[], concurrency=1, busy=1)
+    job = JobFactory(owner=alice, status=JobStatus.RUNNING, leased_by=worker.id, attempts=1,
+                     started_at=timezone.now() - timedelta(seconds=6))
+    detail = client_for(alice).get(reverse("dashboard:job-detail", args=[job.pk])).content.decode()
+    assert "running on worker <span class=\"mono\">box:4242</span>" in detail
+    assert "Running for" in detail
+
+
+def test_a_retrying_job_does_not_say_it_is_running(alice):
+    """Show no "Running for" for a job whose last attempt started but that waits out its backoff."""
+    job = JobFactory(owner=alice, status=JobStatus.RETRYING, attempts=1, started_at=timezone.now() - timedelta(seconds=6),
+                     run_at=timezone.now() + timedelta(seconds=30))
+    detail = client_for(alice).get(reverse("dashboard:job-detail", args=[job.pk])).content.decode()
+    assert "Running for" not in detail
+
+
+def test_the_overview_does_not_call_the_queues_drained_while_a_job_is_claimed(alice):
+    """Count claimed jobs next to running ones, and say they wait for a slot instead of "No job is waiting"."""
+    client = client_for(alice)
+    assert "No job is waiting" in client.get(reverse("dashboard:overview")).content.decode()
+    JobFactory(owner=alice, status=JobStatus.CLAIMED)
+    cache.clear()
+    html = client.get(reverse("dashboard:overview")).content.decode()
+    assert "No job is waiting" not in html and "Nothing is waiting" not in html
+    assert "1 claimed by workers, waiting for a free slot" in html
+    labels = re.findall(r'data-status-count="(\w+)"', html)
+    assert labels[labels.index("claimed") + 1] == "running"
+    assert re.search(r'data-status-count="claimed">\s*<span class="stat-label">Claimed</span>\s*'
+                     r'<span class="stat-value">1</span>', html)
+
+
+def test_the_overview_does_not_call_the_queues_drained_while_a_job_is_due(alice):
+    JobFactory(owner=alice, status=JobStatus.RETRYING, attempts=1, run_at=timezone.now() - timedelta(seconds=1))
+    html = client_for(alice).get(reverse("dashboard:overview")).content.decode()
+    assert "No job is waiting" not in html
 
 
 # --- DLQ ------------------------------------------------------------------------------------
@@ -755,6 +809,6 @@ def test_counts_stop_at_the_cap(alice, monkeypatch):
     monkeypatch.setattr(selectors, "COUNT_CAP", 3)
     monkeypatch.setattr("dashboard.templatetags.dashboard.COUNT_CAP", 3)
     JobFactory.create_batch(5, owner=alice)
-    assert selectors.status_counts(alice)[JobStatus.QUEUED] == 4
+    assert selectors.overview(alice)["counts"][JobStatus.QUEUED] == 4
     html = client_for(alice).get(reverse("dashboard:overview")).content.decode()
     assert "3+" in html

@@ -6,7 +6,7 @@ from jobs.errors import PayloadError, UnknownJobType
 from jobs.models import JobStatus, Priority
 from jobs.queue import MAX_SECONDS
 from jobs.registry import validate_payload
-from jobs.selectors import JOB_ORDERINGS, visible_status
+from jobs.selectors import JOB_ORDERINGS
 from jobs.submission import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 
 PRIORITY_CHOICES = Priority.labels
@@ -92,7 +92,8 @@ class JobSerializer(LeanSerializer):
     id = serializers.IntegerField()
     type = serializers.CharField()
     payload = serializers.JSONField()
-    status = serializers.SerializerMethodField()
+    # As stored; the README says what each status means.
+    status = serializers.ChoiceField(choices=JobStatus.choices)
     priority = serializers.CharField(source="priority_label")
     queue = serializers.CharField()
     attempts = serializers.IntegerField()
@@ -107,9 +108,6 @@ class JobSerializer(LeanSerializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     trace_id = serializers.CharField()
-
-    def get_status(self, job) -> str:
-        return visible_status(job)
 
 
 class JobDetailSerializer(JobSerializer):
@@ -133,7 +131,9 @@ class DeadJobSerializer(serializers.Serializer):
 class JobFilterSerializer(StrictSerializer):
     """The query parameters of the job list."""
 
-    status = serializers.CharField(required=False, help_text="One status, or several separated by commas.")
+    status = serializers.CharField(
+        required=False, help_text=f"One status, or several separated by commas: {', '.join(JobStatus.values)}."
+    )
     type = serializers.CharField(required=False, max_length=100)
     queue = serializers.CharField(required=False, max_length=64)
     priority = serializers.CharField(required=False, help_text="high, normal or low; several separated by commas.")

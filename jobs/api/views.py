@@ -142,7 +142,7 @@ class JobRetryApi(APIView):
 class JobStatsApi(APIView):
     @extend_schema(responses={200: StatsSerializer, 401: ErrorSerializer}, summary="Counts and timings of your jobs")
     def get(self, request):
-        return Response(StatsSerializer(selectors.job_stats(Job.objects.for_user(request.user))).data)
+        return Response(StatsSerializer(selectors.job_stats(request.user)).data)
 
 
 class DeadJobListApi(APIView):

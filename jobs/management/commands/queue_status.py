@@ -22,6 +22,7 @@ def format_overview(overview: dict) -> str:
     lines += ["", f"Live workers: {len(workers)}"]
     lines += [
         f"  {w['hostname']}:{w['pid']}  queues {', '.join(w['queues']) or 'all'}  busy {w['busy']}/{w['concurrency']}"
+        f"  running {w['running']}  claimed {w['claimed']}"
         f"  processed {w['processed']}  failed {w['failed']}  heartbeat {w['heartbeat_age_seconds']:.0f}s ago"
         for w in workers
     ]
