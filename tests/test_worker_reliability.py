@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, connections
 
 from jobs import queue
-from jobs.models import ACTIVE_STATUSES, Job, JobStatus, Worker
+from jobs.models import ACTIVE_STATUSES, HELD_STATUSES, Job, JobStatus, Worker
 from jobs.worker import SHUTDOWN_MARGIN
 from tests.conftest import database_proxy_target, proxied_database_url, wait_for
 from tests.sample_handlers import EFFECTS_TABLE
@@ -140,14 +140,16 @@ def test_a_worker_cut_off_past_its_lease_gives_up_its_jobs_and_recovers(start_wo
         # Handlers that log on every line and outlast the stall: the stalled
         # worker finds their leases gone while they still run.
         ids = [queue.enqueue("chatty", {"seconds": 8}).pk for _ in range(8)]
-        wait_for(lambda: Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 8,
-                 message="the stalled worker to claim all 8")
+        # 4 running in its slots, 4 prefetched and claimed.
+        wait_for(lambda: sorted(Job.objects.filter(pk__in=ids).values_list("status", flat=True))
+                 == [JobStatus.CLAIMED] * 4 + [JobStatus.RUNNING] * 4, message="the stalled worker to claim all 8")
+        started = set(Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).values_list("pk", flat=True))
         stalled_id = Worker.objects.get(pid=stalled.pid).pk
         proxy.cut(mode, drop=(mode == REFUSE))
         rescuer = start_worker("--concurrency", "8", "--lease", str(lease), "--poll-interval", "0.2",
                                "--shutdown-timeout", "5")
         wait_for(lambda: not Job.objects.filter(pk__in=ids, leased_by=stalled_id).exists()
-                 and Job.objects.filter(pk__in=ids, status=JobStatus.RUNNING).count() == 8,
+                 and Job.objects.filter(pk__in=ids, status__in=HELD_STATUSES).count() == 8,
                  message="the rescuer to take over all 8")
         proxy.heal()
         late = queue.enqueue_many("reverse_string", ["one", "two", "three", "four"], queue="stalled-only")
@@ -156,7 +158,10 @@ def test_a_worker_cut_off_past_its_lease_gives_up_its_jobs_and_recovers(start_wo
         assert statuses(ids) == {JobStatus.COMPLETED: 8}
         for row in Job.objects.filter(pk__in=ids):
             # Written once, by the rescuer: a late write of the stalled worker would add a second "completed".
-            assert [entry["outcome"] for entry in row.history] == ["lost", "completed"]
+            # A job the stalled worker had only claimed lost no attempt.
+            lost = ["lost"] if row.pk in started else []
+            assert [entry["outcome"] for entry in row.history] == [*lost, "completed"]
+            assert row.attempts == len(lost) + 1
             assert row.result == {"job": row.pk}
         assert not Job.objects.filter(status=JobStatus.RUNNING).exists()
         wait_for(lambda: "lease_lost" in stalled.output(), timeout=15, message="the stalled worker to notice")
@@ -214,7 +219,7 @@ def test_cancelling_running_and_prefetched_jobs_frees_their_slots(start_worker):
     wait_for(lambda: Job.objects.filter(pk__in=sleepers, status=JobStatus.RUNNING).count() == 2,
              message="both sleepers running")
     prefetched = queue.enqueue("reverse_string", "prefetched")
-    wait_for(lambda: Job.objects.get(pk=prefetched.pk).status == JobStatus.RUNNING, message="the prefetch")
+    wait_for(lambda: Job.objects.get(pk=prefetched.pk).status == JobStatus.CLAIMED, message="the prefetch")
     queue.cancel_job(sleepers[0])
     queue.cancel_job(prefetched.pk)
     short = queue.enqueue("reverse_string", "short")
