@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.lib import free_port  # noqa: E402
+
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_URL = os.environ.get("BENCH_DASHBOARD_REDIS_URL", "redis://127.0.0.1:6379/11")
 DATABASE = os.environ.get("BENCH_DASHBOARD_DB", "skipjack_bench_dashboard")
@@ -91,9 +92,10 @@ def child_env(events: bool) -> dict:
 
 def sessions(users) -> list[str]:
     """Return a session cookie value for each user, as a login would make."""
+    from importlib import import_module
+
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from importlib import import_module
 
     SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 

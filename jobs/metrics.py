@@ -45,8 +45,7 @@ import psycopg
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import Error as DatabaseError
-from django.db import connection, transaction
+from django.db import Error as DatabaseError, connection, transaction
 from django.http import HttpResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache

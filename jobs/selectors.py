@@ -7,7 +7,19 @@ the same thing to every caller however far its clock has drifted.
 
 from datetime import timedelta
 
-from django.db.models import Aggregate, Avg, BooleanField, Count, DurationField, ExpressionWrapper, F, FloatField, Min, Q, Sum
+from django.db.models import (
+    Aggregate,
+    Avg,
+    BooleanField,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Min,
+    Q,
+    Sum,
+)
 from django.db.models.functions import Extract, Now
 from django.utils import timezone
 

@@ -1,8 +1,7 @@
 import sys
 
 from django.http import HttpResponse, JsonResponse
-from django.views.defaults import page_not_found
-from django.views.defaults import server_error as django_server_error
+from django.views.defaults import page_not_found, server_error as django_server_error
 
 from jobs.outage import RETRY_AFTER, is_database_unavailable, unavailable_message
 

@@ -12,8 +12,8 @@ import pytest
 from django.db import connection
 
 from tests import sample_handlers  # noqa: F401 - registers the test-only job types
-from tests.sample_handlers import EFFECTS_TABLE
 from tests.factories import JobFactory, UserFactory
+from tests.sample_handlers import EFFECTS_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ daily count is kept in PostgreSQL (EmailAllowance) and taken by each
 sending attempt in one statement, so it holds exactly across processes.
 """
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.core.mail import EmailMessage
@@ -65,8 +65,8 @@ def _may_send_to(address: str, allowed: set[str], own: str) -> bool:
 
 
 def _seconds_to_midnight() -> int:
-    now = datetime.now(timezone.utc)
-    midnight = datetime.combine(now.date() + timedelta(days=1), time(), tzinfo=timezone.utc)
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), time(), tzinfo=UTC)
     return max(1, int((midnight - now).total_seconds()))
 
 
