@@ -38,7 +38,7 @@ def requirements(parts: list[str]) -> list[str]:
 
 def ensure_environment(parts: list[str]) -> None:
     """Create the virtualenv if missing and install what `parts` need, unless it already is."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run by whatever python3 there is, to say why not
         sys.exit("Skipjack needs Python 3.11 or newer.")
     if sys.version_info >= (3, 13) and not os.environ.get("DATABASE_URL"):
         sys.exit(

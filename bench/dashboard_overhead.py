@@ -354,12 +354,12 @@ def main(argv=None) -> int:
     # Each round's modes run back to back, so a round's own ratio leaves out
     # the drift of this machine's speed between rounds (which, on a shared
     # 2-core machine, moves a mode's rate by 20 % from one minute to the next).
-    slowdown = statistics.median((o - d) / o * 100 for o, d in zip(rates["off"], rates["dashboard"]))
+    slowdown = statistics.median((o - d) / o * 100 for o, d in zip(rates["off"], rates["dashboard"], strict=True))
     summary = {
         "jobs": args.jobs, "workers": args.workers, "sockets": args.sockets, "rounds": args.rounds,
         "events_off_jobs_per_s": round(off), "dashboard_open_jobs_per_s": round(on),
         "slowdown_percent": round(slowdown, 1),
-        "slowdown_percent_per_round": [round((o - d) / o * 100, 1) for o, d in zip(rates["off"], rates["dashboard"])],
+        "slowdown_percent_per_round": [round((o - d) / o * 100, 1) for o, d in zip(rates["off"], rates["dashboard"], strict=True)],
         "slowdown_percent_of_medians": round((off - on) / off * 100, 1),
         "messages_per_socket_per_drain": round(statistics.mean(received), 1),
         "http_refetches_per_socket_per_drain": round(statistics.mean(fetched), 1),
@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     if "events" in rates:
         summary["events_on_no_dashboard_jobs_per_s"] = round(statistics.median(rates["events"]))
         summary["publishing_slowdown_percent"] = round(
-            statistics.median((o - e) / o * 100 for o, e in zip(rates["off"], rates["events"])), 1
+            statistics.median((o - e) / o * 100 for o, e in zip(rates["off"], rates["events"], strict=True)), 1
         )
     if args.json:
         print(json.dumps(summary))

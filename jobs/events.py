@@ -131,7 +131,7 @@ class Batch:
                     everything = None  # too many to list: staff resync
             if owners is not None and owners.isdisjoint(chunk.owners):
                 continue  # nobody watching any of these owners: skip the chunk without a loop in Python
-            for job_id, owner in zip(chunk.ids, chunk.owners):
+            for job_id, owner in zip(chunk.ids, chunk.owners, strict=True):
                 if owner is None or owner in resync or (owners is not None and owner not in owners):
                     continue
                 if chunk.created:

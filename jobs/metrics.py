@@ -185,7 +185,7 @@ class QueueCollector(Collector):
             name: CounterMetricFamily(f"skipjack_jobs_{name}", help, labels=["type", "queue"])
             for name, help in counters.COUNTERS.items()
         }
-        for name, type, queue, le, value in totals:
+        for name, type, queue, _le, value in totals:
             if name in families:
                 families[name].add_metric([type, queue], value)
         return list(families.values())
@@ -195,7 +195,7 @@ class QueueCollector(Collector):
         for histogram, help in counters.HISTOGRAMS.items():
             buckets: dict[str, dict[float, float]] = defaultdict(dict)
             sums: dict[str, float] = defaultdict(float)
-            for name, type, queue, le, value in totals:
+            for name, type, _queue, le, value in totals:
                 if name == f"{histogram}_bucket":
                     buckets[type][le] = value
                 elif name == f"{histogram}_sum":

@@ -101,7 +101,7 @@ def test_web_server_stops_within_docker_stops_grace_after_websockets_close(start
     for _ in range(3):
         server = start_server(extra_args=options).wait_until_up()
 
-        async def come_and_go():
+        async def come_and_go(server):
             url = server.url.replace("http://", "ws://") + "/ws/events/"
             headers = {"Cookie": cookie, "Origin": server.url}
             sockets = [await websockets.connect(url, additional_headers=headers) for _ in range(4)]
@@ -109,7 +109,7 @@ def test_web_server_stops_within_docker_stops_grace_after_websockets_close(start
             for socket in sockets:
                 await socket.close()
 
-        asyncio.run(come_and_go())
+        asyncio.run(come_and_go(server))
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=grace + 5)

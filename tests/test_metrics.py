@@ -161,7 +161,7 @@ def test_run_time_lands_in_the_first_bucket_it_does_not_exceed():
     for text in "abc":
         queue.enqueue("reverse_string", {"text": text})
     jobs = claim_all()
-    queue.complete_jobs([(job.id, job.lease_token, "ok", seconds) for job, seconds in zip(jobs, (0.005, 0.006, 5000.0))])
+    queue.complete_jobs([(job.id, job.lease_token, "ok", seconds) for job, seconds in zip(jobs, (0.005, 0.006, 5000.0), strict=True)])
 
     samples = scrape()
     bucket = lambda le: value(samples, "skipjack_job_run_seconds_bucket", type="reverse_string", le=le)  # noqa: E731
