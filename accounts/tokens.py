@@ -19,7 +19,7 @@ class SessionRefreshToken(Token):
     accounts.services.session_refresh rotates the family in one statement.
     """
 
-    token_type = "refresh"
+    token_type = "refresh"  # noqa: S105 - a token type, not a password
     lifetime = api_settings.REFRESH_TOKEN_LIFETIME
     no_copy_claims = (*RefreshToken.no_copy_claims, FAMILY_CLAIM)
     access_token_class = AccessToken

@@ -67,18 +67,18 @@ def tally_sql(source: str, events: list[str]) -> str:
     run-time or queue-wait histogram of its type.
     """
     selects = [
-        f"SELECT {event}, type, queue, NULL::float8, count(*)::float8 FROM {source} GROUP BY 1, type, queue"
+        f"SELECT {event}, type, queue, NULL::float8, count(*)::float8 FROM {source} GROUP BY 1, type, queue"  # noqa: S608 - constants and the caller's SQL; no values
         for event in events
     ]
     for histogram, column in (("run_seconds", "run_s"), ("queue_wait_seconds", "wait_s")):
         selects.append(
-            f"SELECT '{histogram}_bucket', type, '', le, count(*)::float8 FROM ("
+            f"SELECT '{histogram}_bucket', type, '', le, count(*)::float8 FROM ("  # noqa: S608 - constants and the caller's SQL; no values
             f"  SELECT type, (SELECT min(b) FROM unnest({_BOUNDS_SQL}) AS b WHERE b >= greatest({column}, 0)) AS le"
             f"  FROM {source} WHERE {column} IS NOT NULL"
             f") AS observed GROUP BY type, le"
         )
         selects.append(
-            f"SELECT '{histogram}_sum', type, '', NULL::float8, sum(greatest({column}, 0)) FROM {source}"
+            f"SELECT '{histogram}_sum', type, '', NULL::float8, sum(greatest({column}, 0)) FROM {source}"  # noqa: S608 - constants and the caller's SQL; no values
             f" WHERE {column} IS NOT NULL GROUP BY type"
         )
     return f"INSERT INTO {COUNTER_TABLE} (name, type, queue, le, value) " + " UNION ALL ".join(selects)
@@ -92,7 +92,7 @@ def finished_sql(source: str) -> str:
     to the minute of the statement's timestamp, the finished_at it writes.
     """
     return (
-        f"INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)"
+        f"INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)"  # noqa: S608 - constants and the caller's SQL; no values
         f" SELECT date_bin(interval '{int(FINISHED_BUCKET.total_seconds())} seconds', statement_timestamp(),"
         f" TIMESTAMPTZ '2000-01-01'), owner_id, count(*) FILTER (WHERE status = 'completed'),"
         f" count(*) FILTER (WHERE status = 'dead')"
@@ -126,7 +126,7 @@ def roll_up() -> bool:
             )
             INSERT INTO {COUNTER_TABLE} (name, type, queue, le, value)
             SELECT name, type, queue, le, sum(value) FROM moved GROUP BY name, type, queue, le
-            """
+            """  # noqa: S608 - a constant table name; no values
         )
         cursor.execute(
             f"""
@@ -143,7 +143,7 @@ def roll_up() -> bool:
             )
             INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)
             SELECT minute, owner_id, sum(completed), sum(dead) FROM moved GROUP BY minute, owner_id
-            """,
+            """,  # noqa: S608 - a constant table name; values are parameters
             [FINISHED_RETENTION, FINISHED_RETENTION],
         )
     return True
@@ -153,6 +153,6 @@ def totals() -> list[tuple[str, str, str, float | None, float]]:
     """Return (name, type, queue, le, value) for every metric and label set, summed over its rows."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT name, type, queue, le, sum(value) FROM {COUNTER_TABLE} GROUP BY name, type, queue, le"
+            f"SELECT name, type, queue, le, sum(value) FROM {COUNTER_TABLE} GROUP BY name, type, queue, le"  # noqa: S608 - a constant table name; no values
         )
         return cursor.fetchall()

@@ -307,7 +307,7 @@ async def watched_groups(layer) -> set[str] | None:
     now = time.time()
     key = _watch_key(layer)
     members = await connection.zrangebyscore(key, now, "+inf")
-    if random.random() < 0.01:  # now and then, drop what expired
+    if random.random() < 0.01:  # noqa: S311 - not a secret: now and then, drop what expired
         await connection.zremrangebyscore(key, "-inf", now)
     return {m.decode() if isinstance(m, bytes) else m for m in members}
 

@@ -155,7 +155,7 @@ class Availability:
                 probe = self._probe
             try:
                 probe()  # reports its own failure or success
-            except Exception:  # noqa: BLE001 - recorded by connection_failed(); the next probe follows
+            except Exception:  # noqa: BLE001, S110 - recorded by connection_failed(); the next probe follows
                 pass
 
 

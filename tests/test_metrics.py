@@ -514,7 +514,7 @@ def test_metrics_follow_jobs_through_several_worker_processes(start_worker, effe
 
     samples = wait_for(drained, timeout=60, message="the queue to drain")
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(DISTINCT pid), count(*) FROM {EFFECTS_TABLE}")
+        cursor.execute(f"SELECT count(DISTINCT pid), count(*) FROM {EFFECTS_TABLE}")  # noqa: S608 - the test table's name
         processes, effects_run = cursor.fetchone()
     assert processes > 1 and effects_run == 90
 

@@ -332,7 +332,7 @@ BYPASS_FORMS = [
 
 def log_in(base: str, user) -> dict:
     """Return the Authorization header of `user` (made by UserFactory), logged in through the API."""
-    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"})
+    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"}, timeout=30)
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access']}"}
 

@@ -57,7 +57,7 @@ def _read_tails(process: subprocess.Popen, *, deadline: float, stop: threading.E
 def _run(argv: list[str], *, timeout: float, stop: threading.Event) -> tuple[int, str, str]:
     """Run `argv`; return its exit status and the ends of its stdout and stderr."""
     deadline = time.monotonic() + timeout
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - no shell; run_command() checked the program against JOBS_SHELL_ALLOWED_COMMANDS
         # shell=False: argv is passed to the program as is, never parsed by a shell.
         argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=ENVIRONMENT, start_new_session=True,
