@@ -118,7 +118,7 @@ def throughput(user) -> list[Bucket]:
     """  # noqa: S608 - constants only; values are parameters
     span = THROUGHPUT_BUCKET * (THROUGHPUT_BUCKETS - 1)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [THROUGHPUT_BUCKET, span, *params])
+        cursor.execute(sql, [THROUGHPUT_BUCKET, span, *params])  # type: ignore[list-item]  # psycopg adapts timedelta; the stubs' parameter types leave it out
         rows = cursor.fetchall()
     last_bucket = rows[0][0]
     counts = {minute: (completed, dead) for _, minute, completed, dead in rows if minute is not None}
@@ -162,7 +162,7 @@ def queue_depth(user) -> tuple[list[dict], bool]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    sampled = Counter()
+    sampled: Counter[int] = Counter()
     for _, priority, count, _ in rows:
         sampled[priority] += count
     capped = {priority for priority, total in sampled.items() if total > COUNT_CAP} if user.is_staff else set()

@@ -144,7 +144,7 @@ def roll_up() -> bool:
             INSERT INTO {FINISHED_TABLE} (minute, owner_id, completed, dead)
             SELECT minute, owner_id, sum(completed), sum(dead) FROM moved GROUP BY minute, owner_id
             """,  # noqa: S608 - a constant table name; values are parameters
-            [FINISHED_RETENTION, FINISHED_RETENTION],
+            [FINISHED_RETENTION, FINISHED_RETENTION],  # type: ignore[list-item]  # psycopg adapts timedelta; the stubs' parameter types leave it out
         )
     return True
 

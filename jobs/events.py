@@ -169,7 +169,7 @@ def _message(jobs: dict[int, list] | None, *, created: bool = False, workers: bo
     return {
         "type": MESSAGE_TYPE,
         # [[job_id, status, progress], ...]; empty when resync is set.
-        "jobs": [] if resync else sorted(jobs.values()),
+        "jobs": [] if jobs is None else sorted(jobs.values()),
         # Too many changes to list: reload everything shown.
         "resync": resync,
         # New jobs appeared (or, with resync, may have).

@@ -220,7 +220,7 @@ class QueueCollector(Collector):
             "skipjack_rate_limit_rejections", "Requests refused by a rate limit, by limit.", labels=["kind"]
         )
         for kind, count in sorted(counts.items()):
-            family.add_metric([kind.decode()], float(count))
+            family.add_metric([kind.decode() if isinstance(kind, bytes) else kind], float(count))
         yield family
 
 

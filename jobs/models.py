@@ -102,6 +102,10 @@ class Job(models.Model):
 
     objects = JobQuerySet.as_manager()
 
+    # Set by jobs.queue.enqueue on the job it returns: True when that is an
+    # unfinished job with the same unique_key, returned instead of a new one.
+    deduplicated: bool
+
     class Meta:
         ordering = ["-id"]
         indexes = [

@@ -33,6 +33,7 @@ def server_error(request):
     """
     if not is_database_unavailable(sys.exc_info()[1]):
         return django_server_error(request)
+    response: HttpResponse
     if request.path.startswith("/api/"):
         response = JsonResponse({"detail": unavailable_message(), "retry_after": RETRY_AFTER}, status=503)
     else:
