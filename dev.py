@@ -38,7 +38,7 @@ def requirements(parts: list[str]) -> list[str]:
 
 def ensure_environment(parts: list[str]) -> None:
     """Create the virtualenv if missing and install what `parts` need, unless it already is."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - run by whatever python3 there is, to say why not
         sys.exit("Skipjack needs Python 3.11 or newer.")
     if sys.version_info >= (3, 13) and not os.environ.get("DATABASE_URL"):
         sys.exit(
@@ -48,7 +48,7 @@ def ensure_environment(parts: list[str]) -> None:
     if not PYTHON.exists():
         print(f"Creating {VENV} ...", flush=True)
         venv.create(VENV, with_pip=True)
-        subprocess.run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--upgrade", "pip"], check=True)
+        subprocess.run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--upgrade", "pip"], check=True)  # noqa: S603 - the virtualenv's own pip
     pyproject = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     stamp = STAMP.read_text().split() if STAMP.exists() else []
     installed = stamp[1:] if stamp[:1] == [pyproject] else []
@@ -59,7 +59,7 @@ def ensure_environment(parts: list[str]) -> None:
           flush=True)
     # Only the dependencies, as the Dockerfile does: the code runs from this
     # directory, so the project itself needs no (editable) install or build.
-    subprocess.run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", *requirements(parts)], check=True)
+    subprocess.run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", *requirements(parts)], check=True)  # noqa: S603 - the virtualenv's own pip, with pyproject.toml's requirements
     STAMP.write_text(" ".join([pyproject, *sorted(set(installed) | set(parts))]))
     print("Installed.", flush=True)
 
@@ -68,14 +68,14 @@ def main() -> None:
     command, *rest = sys.argv[1:] or ["help"]
     if command == "run":
         ensure_environment(["runtime"])
-        os.execv(PYTHON, [str(PYTHON), str(ROOT / "manage.py"), "serve", *rest])
+        os.execv(PYTHON, [str(PYTHON), str(ROOT / "manage.py"), "serve", *rest])  # noqa: S606 - the virtualenv's own python, given the command line
     elif command == "manage":
         ensure_environment(["runtime"])
-        os.execv(PYTHON, [str(PYTHON), str(ROOT / "manage.py"), *rest])
+        os.execv(PYTHON, [str(PYTHON), str(ROOT / "manage.py"), *rest])  # noqa: S606 - the virtualenv's own python, given the command line
     elif command == "test":
         ensure_environment(["runtime", "dev"])
         os.chdir(ROOT)
-        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
+        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])  # noqa: S606 - the virtualenv's own python, given the command line
     else:
         sys.exit(__doc__)
 

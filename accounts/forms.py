@@ -5,13 +5,13 @@ from django.core.exceptions import ValidationError
 from accounts.throttling import session_login_refusal
 
 
-class LoginThrottleMixin:
+class LoginThrottleMixin(AuthenticationForm):
     """Count each attempt on the API's login limits, and refuse it before the password is checked once they are used up.
 
     `retry_after` holds the seconds to wait when it was refused.
     """
 
-    retry_after = None
+    retry_after: int | None = None
 
     def clean(self):
         self.retry_after = session_login_refusal(self.request, self.cleaned_data.get("username"))

@@ -55,7 +55,7 @@ def session_start(user) -> dict:
 
 def _decode(raw: str) -> tuple[SessionRefreshToken, uuid.UUID]:
     try:
-        token = SessionRefreshToken(raw)
+        token = SessionRefreshToken(raw)  # type: ignore[arg-type]  # the encoded token, which simplejwt annotates as a Token
     except TokenError as exc:
         raise InvalidToken(exc.args[0]) from exc
     try:
@@ -86,7 +86,7 @@ def session_refresh(raw: str) -> dict:
     # first replaces current_jti, and the others, re-reading the row once it
     # is committed, no longer match it and change nothing.
     rotated = TokenFamily.objects.filter(
-        pk=family_id, user=user, current_jti=used_jti, revoked_at=None, expires_at__gt=Now(),
+        pk=family_id, user_id=user.pk, current_jti=used_jti, revoked_at=None, expires_at__gt=Now(),
     ).update(current_jti=new_jti, previous_jti=used_jti, rotated_at=Now())
     if rotated:
         return _token_pair(refresh, TokenFamily.objects.values_list("expires_at", flat=True).get(pk=family_id))

@@ -56,7 +56,10 @@ class SharedRateThrottle(SimpleRateThrottle):
 
     # Not SimpleRateThrottle's "throttle_%(scope)s_%(ident)s", whose values are pickled lists.
     cache_format = "throttle:%(scope)s:%(ident)s"
-    retry_after = None
+    retry_after: float | None = None
+    # Set by SimpleRateThrottle.__init__ from the rate (and missing from its stubs).
+    num_requests: int | None
+    duration: int | None
 
     def allow_request(self, request, view):
         return self.allow_key(self.get_cache_key(request, view))
@@ -125,7 +128,7 @@ def session_login_refusal(request, login: str | None) -> int | None:
     """
     address, account = LoginIPThrottle(), LoginAccountThrottle()
     waits = [
-        throttle.retry_after
+        throttle.retry_after or 0.0  # always set when allow_key() refuses
         for throttle, key in ((address, address.get_cache_key(request, None)), (account, account.key_for_login(login)))
         if not throttle.allow_key(key)
     ]

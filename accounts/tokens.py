@@ -19,11 +19,13 @@ class SessionRefreshToken(Token):
     accounts.services.session_refresh rotates the family in one statement.
     """
 
-    token_type = "refresh"
+    token_type = "refresh"  # noqa: S105 - a token type, not a password
     lifetime = api_settings.REFRESH_TOKEN_LIFETIME
     no_copy_claims = (*RefreshToken.no_copy_claims, FAMILY_CLAIM)
     access_token_class = AccessToken
-    access_token = RefreshToken.access_token
+    # RefreshToken's property, which reads only what every Token has. Typed as
+    # what it gives: its annotation would take only a RefreshToken for self.
+    access_token: AccessToken = RefreshToken.access_token  # type: ignore[assignment]
 
     def end_by(self, moment: datetime) -> None:
         """Expire no later than `moment`, the end of the token's session."""

@@ -108,10 +108,11 @@ def with_throttle_status(login_view):
     def view(request, *args, **kwargs):
         response = login_view(request, *args, **kwargs)
         form = (getattr(response, "context_data", None) or {}).get("form")
-        if getattr(form, "retry_after", None) is not None:
+        retry_after = getattr(form, "retry_after", None)
+        if retry_after is not None:
             count_rate_limit_rejection("login")
             response.status_code = status.HTTP_429_TOO_MANY_REQUESTS
-            response["Retry-After"] = str(form.retry_after)
+            response["Retry-After"] = str(retry_after)
         return response
 
     return view

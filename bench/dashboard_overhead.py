@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.lib import free_port  # noqa: E402
+
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 REDIS_URL = os.environ.get("BENCH_DASHBOARD_REDIS_URL", "redis://127.0.0.1:6379/11")
 DATABASE = os.environ.get("BENCH_DASHBOARD_DB", "skipjack_bench_dashboard")
@@ -91,9 +92,10 @@ def child_env(events: bool) -> dict:
 
 def sessions(users) -> list[str]:
     """Return a session cookie value for each user, as a login would make."""
+    from importlib import import_module
+
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from importlib import import_module
 
     SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
@@ -167,11 +169,11 @@ class Dashboards:
 
     async def _fetch(self, index: int, wait: float):
         await asyncio.sleep(wait)
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 - an http URL of the server this run started
             self.base + "/dashboard/",
             headers={"Cookie": f"sessionid={self.cookies[index]}", "HX-Request": "true", "HX-Target": "live"},
         )
-        await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+        await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())  # noqa: S310 - an http URL of the server this run started
         self.fetches[index] += 1
 
 
@@ -313,7 +315,7 @@ def main(argv=None) -> int:
         deadline = time.monotonic() + 60
         while True:
             try:
-                urllib.request.urlopen(base + "/accounts/login/", timeout=2).read()
+                urllib.request.urlopen(base + "/accounts/login/", timeout=2).read()  # noqa: S310 - an http URL of the server this run started
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
@@ -352,12 +354,12 @@ def main(argv=None) -> int:
     # Each round's modes run back to back, so a round's own ratio leaves out
     # the drift of this machine's speed between rounds (which, on a shared
     # 2-core machine, moves a mode's rate by 20 % from one minute to the next).
-    slowdown = statistics.median((o - d) / o * 100 for o, d in zip(rates["off"], rates["dashboard"]))
+    slowdown = statistics.median((o - d) / o * 100 for o, d in zip(rates["off"], rates["dashboard"], strict=True))
     summary = {
         "jobs": args.jobs, "workers": args.workers, "sockets": args.sockets, "rounds": args.rounds,
         "events_off_jobs_per_s": round(off), "dashboard_open_jobs_per_s": round(on),
         "slowdown_percent": round(slowdown, 1),
-        "slowdown_percent_per_round": [round((o - d) / o * 100, 1) for o, d in zip(rates["off"], rates["dashboard"])],
+        "slowdown_percent_per_round": [round((o - d) / o * 100, 1) for o, d in zip(rates["off"], rates["dashboard"], strict=True)],
         "slowdown_percent_of_medians": round((off - on) / off * 100, 1),
         "messages_per_socket_per_drain": round(statistics.mean(received), 1),
         "http_refetches_per_socket_per_drain": round(statistics.mean(fetched), 1),
@@ -371,7 +373,7 @@ def main(argv=None) -> int:
     if "events" in rates:
         summary["events_on_no_dashboard_jobs_per_s"] = round(statistics.median(rates["events"]))
         summary["publishing_slowdown_percent"] = round(
-            statistics.median((o - e) / o * 100 for o, e in zip(rates["off"], rates["events"])), 1
+            statistics.median((o - e) / o * 100 for o, e in zip(rates["off"], rates["events"], strict=True)), 1
         )
     if args.json:
         print(json.dumps(summary))

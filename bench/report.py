@@ -107,8 +107,8 @@ def table(meta: dict, results: dict, systems: list[str]) -> tuple[list[str], lis
 def render_text(header, body) -> str:
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)), line]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in body]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)), line]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     return "\n".join(out)
 
 

@@ -31,7 +31,7 @@ SLOTS_TAKEN = 1013
 
 
 class JobEventsConsumer(AsyncWebsocketConsumer):
-    user_id = None
+    user_id: int | None = None
     renewal = None
     account_watch = None
     slot_held = False
@@ -70,7 +70,7 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
         # Watched only once it is in its groups: a flush that sees the mark
         # sends to a group this socket already receives from.
         await events.watch(self.channel_layer, self.groups)
-        self.renewal = asyncio.ensure_future(self._stay_subscribed())
+        self.renewal = asyncio.ensure_future(self._stay_subscribed(user.pk))
         self.account_watch = sockets.account_watch()
         self.account_watch.add(self, user.pk, user.is_staff)
         await self.accept()
@@ -113,13 +113,13 @@ class JobEventsConsumer(AsyncWebsocketConsumer):
                                  self.user_id if self.slot_held else None)
         return None
 
-    async def _stay_subscribed(self):
+    async def _stay_subscribed(self, user_id: int):
         # Renew the slot, the group memberships, which the Redis layer
         # otherwise drops after its group_expiry (a day), and the watch mark.
         while True:
             await asyncio.sleep(events.WATCH_RENEW)
             try:
-                if not await sockets.take_slot(self.channel_layer, self.user_id, self.channel_name):
+                if not await sockets.take_slot(self.channel_layer, user_id, self.channel_name):
                     # The slot lapsed (Redis lost it, or could not be reached
                     # for a minute) and other sockets took every slot since.
                     # Closed from another task: this one is cancelled by it.

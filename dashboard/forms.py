@@ -12,6 +12,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, cast
 
 from django import forms
 
@@ -171,7 +172,7 @@ def payload_from_post(type_name: str, data) -> tuple[object, dict[str, list[str]
             return json.loads(text), {}
         except ValueError as exc:
             return None, {"payload": [f"Enter valid JSON: {exc}."]}
-    payload = {}
+    payload: dict[str, Any] = {}
     for field in fields:
         raw = data.get(field.input_name, "")
         if field.kind == "bool":
@@ -229,9 +230,10 @@ class SubmitJobForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["type"].choices = type_choices(user)
+        cast(forms.ChoiceField, self.fields["type"]).choices = type_choices(user)
         if not user.is_staff:  # high priority is for staff (jobs.submission.bound_options)
-            self.fields["priority"].choices = [choice for choice in PRIORITY_CHOICES if choice[0] != "high"]
+            priority = cast(forms.ChoiceField, self.fields["priority"])
+            priority.choices = [choice for choice in PRIORITY_CHOICES if choice[0] != "high"]
         if not self.is_bound:
             self.initial.setdefault("idempotency_key", uuid.uuid4().hex)
 

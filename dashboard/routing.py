@@ -3,5 +3,6 @@ from django.urls import path
 from dashboard.consumers import JobEventsConsumer
 
 websocket_urlpatterns = [
-    path("ws/events/", JobEventsConsumer.as_asgi()),
+    # Channels routes ASGI apps with Django's path(), whose stubs take views only.
+    path("ws/events/", JobEventsConsumer.as_asgi()),  # type: ignore[arg-type]
 ]

@@ -16,9 +16,9 @@ from django.db.models import Count, Max, Min, Value
 from django.db.models.functions import MD5, Concat, Left, Now
 from django.utils import timezone
 
+from jobs import selectors as jobs_selectors
 from jobs.counters import FINISHED_BUCKET, FINISHED_TABLE
 from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
-from jobs import selectors as jobs_selectors
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
 
 JOB_TABLE = Job._meta.db_table
@@ -87,10 +87,10 @@ def throughput(user) -> list[Bucket]:
         FROM bounds b
         LEFT JOIN {FINISHED_TABLE} f ON f.minute >= b.last_bucket - %s AND {where}
         GROUP BY b.last_bucket, f.minute
-    """
+    """  # noqa: S608 - table names and constants only; values are parameters
     span = THROUGHPUT_BUCKET * (THROUGHPUT_BUCKETS - 1)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [THROUGHPUT_BUCKET, span, *params])
+        cursor.execute(sql, [THROUGHPUT_BUCKET, span, *params])  # type: ignore[list-item]  # psycopg adapts timedelta; the stubs' parameter types leave it out
         rows = cursor.fetchall()
     last_bucket = rows[0][0]
     counts = {minute: (completed, dead) for _, minute, completed, dead in rows if minute is not None}
@@ -117,7 +117,7 @@ def queue_depth(user) -> tuple[list[dict], bool]:
         # makes, instead of reading every waiting job (27 ms at 100,000).
         sql = " UNION ALL ".join(
             f"""(SELECT queue, priority, run_at FROM {JOB_TABLE} WHERE {_DUE} AND priority = %s
-                 ORDER BY run_at, id LIMIT %s)"""
+                 ORDER BY run_at, id LIMIT %s)"""  # noqa: S608 - table names and constants only; values are parameters
             for _ in Priority
         )
         params = [value for p in Priority for value in (int(p), COUNT_CAP + 1)]
@@ -125,16 +125,16 @@ def queue_depth(user) -> tuple[list[dict], bool]:
         # A user's own waiting jobs, through job_owner_status_idx; the claim
         # index would walk everyone's. A user's active jobs are few
         # (JOBS_USER_MAX_ACTIVE), and all of them are read.
-        sql = f"SELECT queue, priority, run_at FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE}"
+        sql = f"SELECT queue, priority, run_at FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE}"  # noqa: S608 - table names and constants only; values are parameters
         params = [user.pk]
     sql = f"""
         SELECT queue, priority, count(*), min(run_at) FROM ({sql}) AS due
         GROUP BY queue, priority ORDER BY queue, priority
-    """
+    """  # noqa: S608 - table names and constants only; values are parameters
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    sampled = Counter()
+    sampled: Counter[int] = Counter()
     for _, priority, count, _ in rows:
         sampled[priority] += count
     capped = {priority for priority, total in sampled.items() if total > COUNT_CAP} if user.is_staff else set()
@@ -157,13 +157,13 @@ def oldest_waiting(user) -> Job | None:
         # (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
         sql = " UNION ALL ".join(
             f"""(SELECT id FROM {JOB_TABLE} WHERE {_DUE} AND priority = %s
-                 ORDER BY run_at, id LIMIT 1)"""
+                 ORDER BY run_at, id LIMIT 1)"""  # noqa: S608 - table names and constants only; values are parameters
             for _ in Priority
         )
         params = [int(p) for p in Priority]
     else:
         # A user's own few waiting jobs, as in queue_depth().
-        sql = f"SELECT id FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE} ORDER BY run_at, id LIMIT 1"
+        sql = f"SELECT id FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE} ORDER BY run_at, id LIMIT 1"  # noqa: S608 - table names and constants only; values are parameters
         params = [user.pk]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

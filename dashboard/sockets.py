@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import Error as DatabaseError
@@ -114,7 +115,7 @@ async def release_slot(layer, user_id: int, channel: str) -> None:
 
 @dataclass
 class _Leaving:
-    layer: object
+    layer: BaseChannelLayer
     channel: str
     groups: list[str]
     user_id: int | None  # None: it held no slot

@@ -305,8 +305,8 @@ def submit(request):
             status = 429
         except IdempotencyConflict:
             form.add_error(None, "This form was sent before with other values. Check the fields and send it again.")
-            form.data = form.data.copy()
-            form.data["idempotency_key"] = SubmitJobForm(user=request.user).initial["idempotency_key"]
+            form.data = data = request.POST.copy()
+            data["idempotency_key"] = SubmitJobForm(user=request.user).initial["idempotency_key"]
         except ValueError as exc:
             form.add_error(None, str(exc))
         else:

@@ -3,8 +3,10 @@
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.models import QuerySet
 from django.http import HttpResponseBadRequest
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
@@ -36,8 +38,9 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self):
-        if not self.object_list.query.where:
-            estimate = estimated_job_count(self.object_list.db)
+        jobs = self.object_list
+        if isinstance(jobs, QuerySet) and not jobs.query.where:
+            estimate = estimated_job_count(jobs.db)
             if estimate > ESTIMATED_COUNT_ABOVE:
                 return estimate
         return super().count
@@ -92,7 +95,7 @@ def _history_row(entry) -> str:
     )
 
 
-class RefuseUnstorableQueryMixin:
+class RefuseUnstorableQueryMixin(admin.ModelAdmin):
     """Answer 400 to a changelist whose query string holds text PostgreSQL cannot take.
 
     Every filter, search and lookup in the query string ends up as a
@@ -137,7 +140,7 @@ class JobAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
         ("Payload and result", {"fields": ("payload_json", "result_json", "error_text")}),
         ("Attempts", {"fields": ("history_table",), "classes": ("wide",)}),
     )
-    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+    readonly_fields = tuple(flatten_fieldsets(fieldsets))
 
     # --- Read-only: a job's state is changed only by jobs.queue, through the actions.
 

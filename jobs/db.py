@@ -3,6 +3,7 @@
 import functools
 import weakref
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.postgresql.base import ServerBindingCursor
 from django.db.backends.signals import connection_created
@@ -39,7 +40,7 @@ def statement_cursor():
 
 # The psycopg connections already set: connection_created fires each time
 # Django takes a connection from the pool, not only when one is opened.
-_PLANNED_EVERY_RUN = weakref.WeakSet()
+_PLANNED_EVERY_RUN: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
 
 
 def plan_every_run(*, connection, **kwargs) -> None:

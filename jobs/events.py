@@ -131,7 +131,7 @@ class Batch:
                     everything = None  # too many to list: staff resync
             if owners is not None and owners.isdisjoint(chunk.owners):
                 continue  # nobody watching any of these owners: skip the chunk without a loop in Python
-            for job_id, owner in zip(chunk.ids, chunk.owners):
+            for job_id, owner in zip(chunk.ids, chunk.owners, strict=True):
                 if owner is None or owner in resync or (owners is not None and owner not in owners):
                     continue
                 if chunk.created:
@@ -169,7 +169,7 @@ def _message(jobs: dict[int, list] | None, *, created: bool = False, workers: bo
     return {
         "type": MESSAGE_TYPE,
         # [[job_id, status, progress], ...]; empty when resync is set.
-        "jobs": [] if resync else sorted(jobs.values()),
+        "jobs": [] if jobs is None else sorted(jobs.values()),
         # Too many changes to list: reload everything shown.
         "resync": resync,
         # New jobs appeared (or, with resync, may have).
@@ -307,7 +307,7 @@ async def watched_groups(layer) -> set[str] | None:
     now = time.time()
     key = _watch_key(layer)
     members = await connection.zrangebyscore(key, now, "+inf")
-    if random.random() < 0.01:  # now and then, drop what expired
+    if random.random() < 0.01:  # noqa: S311 - not a secret: now and then, drop what expired
         await connection.zremrangebyscore(key, "-inf", now)
     return {m.decode() if isinstance(m, bytes) else m for m in members}
 

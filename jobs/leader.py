@@ -57,7 +57,7 @@ class Leadership:
                 ON CONFLICT (role) DO UPDATE SET worker_id = excluded.worker_id, expires_at = excluded.expires_at
                 WHERE l.worker_id = excluded.worker_id OR l.expires_at < statement_timestamp()
                 RETURNING 1
-                """,
+                """,  # noqa: S608 - a constant table name; values are parameters
                 [self.role, self.worker_id, lease],
             )
             leads = cursor.fetchone() is not None
@@ -76,6 +76,6 @@ class Leadership:
             return
         self.is_leader = False
         with connection.cursor() as cursor:
-            cursor.execute(f"DELETE FROM {TABLE} WHERE role = %s AND worker_id = %s", [self.role, self.worker_id])
+            cursor.execute(f"DELETE FROM {TABLE} WHERE role = %s AND worker_id = %s", [self.role, self.worker_id])  # noqa: S608 - a constant table name; values are parameters
         logger.info("no longer leading the %s of the queue", self.role,
                     extra={"event": "leader_released", "worker_id": str(self.worker_id)})

@@ -24,7 +24,7 @@ not import models.
 import logging
 import logging.config
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as BaseJsonFormatter
@@ -64,7 +64,7 @@ def add_standard_fields(record: logging.LogRecord) -> None:
     """Give `record` a `ts` and every standard field, taking missing ones from the bound log context."""
     if not hasattr(record, "ts"):
         record.ts = (
-            datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds")
+            datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
             .replace("+00:00", "Z")
         )
     context = log_context()

@@ -45,8 +45,7 @@ import psycopg
 import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import Error as DatabaseError
-from django.db import connection, transaction
+from django.db import Error as DatabaseError, connection, transaction
 from django.http import HttpResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
@@ -186,7 +185,7 @@ class QueueCollector(Collector):
             name: CounterMetricFamily(f"skipjack_jobs_{name}", help, labels=["type", "queue"])
             for name, help in counters.COUNTERS.items()
         }
-        for name, type, queue, le, value in totals:
+        for name, type, queue, _le, value in totals:
             if name in families:
                 families[name].add_metric([type, queue], value)
         return list(families.values())
@@ -196,7 +195,7 @@ class QueueCollector(Collector):
         for histogram, help in counters.HISTOGRAMS.items():
             buckets: dict[str, dict[float, float]] = defaultdict(dict)
             sums: dict[str, float] = defaultdict(float)
-            for name, type, queue, le, value in totals:
+            for name, type, _queue, le, value in totals:
                 if name == f"{histogram}_bucket":
                     buckets[type][le] = value
                 elif name == f"{histogram}_sum":
@@ -221,7 +220,7 @@ class QueueCollector(Collector):
             "skipjack_rate_limit_rejections", "Requests refused by a rate limit, by limit.", labels=["kind"]
         )
         for kind, count in sorted(counts.items()):
-            family.add_metric([kind.decode()], float(count))
+            family.add_metric([kind.decode() if isinstance(kind, bytes) else kind], float(count))
         yield family
 
 

@@ -86,9 +86,9 @@ class Job(models.Model):
     # Seconds a single attempt may run; null takes the handler's or the global default.
     timeout = models.FloatField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Not started by then: expired.")
-    unique_key = models.CharField(max_length=255, null=True, blank=True)
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - NULL: no key, left out of the unique constraint
     # From the API's Idempotency-Key header: a retried request finds its job here.
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - as unique_key
 
     # The lease of a running job. Every write a worker makes carries the
     # token, so a worker that lost its lease to a rescue changes nothing.
@@ -109,6 +109,12 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
+
+    # Set by jobs.queue.enqueue on the job it returns: True when that is an
+    # unfinished job with the same unique_key, returned instead of a new one.
+    deduplicated: bool
+    # Set by dashboard.selectors.attach_holders on listed jobs: the Worker holding the lease, if any.
+    holder: "Worker | None"
 
     class Meta:
         ordering = ["-id"]

@@ -47,7 +47,7 @@ class DatabaseUnavailable(psycopg.OperationalError):
     """The database is known to be unreachable; raised without trying it again."""
 
 
-def is_database_unavailable(exc: BaseException) -> bool:
+def is_database_unavailable(exc: BaseException | None) -> bool:
     """Return True if `exc`, or an error it was raised from, means the database cannot be reached.
 
     That is a failure to connect or a lost connection (psycopg's errors
@@ -149,13 +149,13 @@ class Availability:
         while True:
             time.sleep(self.probe_interval)
             with self._lock:
-                if self._down_since is None:
+                probe = self._probe
+                if self._down_since is None or probe is None:
                     self._prober = None
                     return
-                probe = self._probe
             try:
                 probe()  # reports its own failure or success
-            except Exception:  # noqa: BLE001 - recorded by connection_failed(); the next probe follows
+            except Exception:  # noqa: BLE001, S110 - recorded by connection_failed(); the next probe follows
                 pass
 
 

@@ -216,19 +216,19 @@ def unstorable_fields(payload: Any) -> dict[str, list[str]]:
                 stack.append((key, value))
     else:
         stack = [("payload", payload)]
-    for field, value in stack:
+    for name, value in stack:
         items = [value]
-        while items and field not in errors:
+        while items and name not in errors:
             item = items.pop()
             if isinstance(item, str):
                 problem = unstorable(item)
                 if problem:
-                    errors[field] = [f"Must not contain {problem}."]
+                    errors[name] = [f"Must not contain {problem}."]
             elif isinstance(item, dict):
                 for key, child in item.items():
                     problem = unstorable(key) if isinstance(key, str) else None
                     if problem:
-                        errors[field] = [f"Field names must not contain {problem}."]
+                        errors[name] = [f"Field names must not contain {problem}."]
                         break
                     items.append(child)
             elif isinstance(item, list):

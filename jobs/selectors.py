@@ -8,12 +8,23 @@ the same thing to every caller however far its clock has drifted.
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.db.models import Aggregate, Avg, BooleanField, Count, DurationField, ExpressionWrapper, F, FloatField, Min, Q, Sum
+from django.db.models import (
+    Aggregate,
+    Avg,
+    BooleanField,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Min,
+    Q,
+    Sum,
+)
 from django.db.models.functions import Extract, Now
 
 from jobs import conf
 from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
-
 
 # --- Counts by status: the one read model every reader uses ---------------------
 #
@@ -76,7 +87,7 @@ def _capped_status_counts(user, statuses: list[str], cap: int) -> dict[str, int]
                 WHERE status = '{status}' {"AND finished_at IS NOT NULL" if status == JobStatus.COMPLETED else ""}
                   AND {where} LIMIT %s
             ) AS capped
-        )"""
+        )"""  # noqa: S608 - table names and constants only; values are parameters
         for status in statuses
     )
     with transaction.atomic(), connection.cursor() as cursor:

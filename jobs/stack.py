@@ -125,17 +125,17 @@ def run_stack(*, host: str, port: int, processes: int, concurrency: int, access_
     # Each child in its own process group, so Ctrl-C reaches only this
     # process, which stops the children once and gracefully.
     children = {
-        "web server": subprocess.Popen(
+        "web server": subprocess.Popen(  # noqa: S603 - our own web server command, no shell
             web_server_command(host=host, port=port, access_log=access_log),
             env=web_env, cwd=settings.BASE_DIR, process_group=0,
         ),
-        "worker": subprocess.Popen(
+        "worker": subprocess.Popen(  # noqa: S603 - our own manage.py, no shell
             [*manage, "runworker", "--processes", str(processes), "--concurrency", str(concurrency),
              "--shutdown-timeout", str(WORKER_SHUTDOWN_SECONDS)],
             env=worker_env, cwd=settings.BASE_DIR, process_group=0,
         ),
     }
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104 - compared to, not bound
     stdout.write(banner(url=url, port=port, username=username, password=password))
     stdout.flush()
 

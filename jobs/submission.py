@@ -80,7 +80,7 @@ def limits_apply(user) -> bool:
 _LOCK = f"""
     INSERT INTO {ALLOWANCE_TABLE} AS a (user_id, refilled_at) VALUES (%(user)s, statement_timestamp())
     ON CONFLICT (user_id) DO UPDATE SET refilled_at = a.refilled_at
-"""
+"""  # noqa: S608 - a constant table name; values are parameters
 
 # Lock as above and take from the user's allowance: it is full again `cost`
 # seconds later than it would have been (or than now, if it is full
@@ -91,7 +91,7 @@ _SPEND = f"""
     ON CONFLICT (user_id) DO UPDATE
         SET refilled_at = greatest(a.refilled_at, statement_timestamp()) + make_interval(secs => %(cost)s)
     RETURNING extract(epoch FROM refilled_at - statement_timestamp())::float8 AS ahead
-"""
+"""  # noqa: S608 - a constant table name; values are parameters
 
 
 # How far past now the allowance is full again; 0 when it is full. Run
@@ -99,7 +99,7 @@ _SPEND = f"""
 _AHEAD = f"""
     SELECT extract(epoch FROM greatest(refilled_at - statement_timestamp(), interval '0'))::float8
     FROM {ALLOWANCE_TABLE} WHERE user_id = %(user)s
-"""
+"""  # noqa: S608 - a constant table name; values are parameters
 
 
 def lock_user(user) -> None:

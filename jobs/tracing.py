@@ -16,7 +16,10 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
+from typing import Any
 
 from django.utils.functional import empty
 
@@ -29,7 +32,11 @@ request_logger = logging.getLogger("jobs.requests")
 
 # Fields added to every log line made while they are bound: trace_id, and
 # for a running job job_id, type, queue, attempt, user_id and worker_id.
-_log_context: contextvars.ContextVar[dict] = contextvars.ContextVar("skipjack_log_context", default={})
+# The default is read-only: every context that binds nothing shares it, so
+# a change made to it in place would show in all of them.
+_log_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "skipjack_log_context", default=MappingProxyType({})
+)
 
 
 def new_trace_id() -> str:
@@ -41,7 +48,7 @@ def current_trace_id() -> str:
     return _log_context.get().get("trace_id") or ""
 
 
-def log_context() -> dict:
+def log_context() -> Mapping[str, Any]:
     """Return the log fields bound to the current context."""
     return _log_context.get()
 

@@ -11,18 +11,20 @@ itself new connections in a forked child.
 """
 
 import threading
+from typing import ClassVar
 
 import redis
 
 
 class SharedConnectionPool(redis.ConnectionPool):
-    _pools: dict = {}
-    _lock = threading.Lock()
+    _pools: ClassVar[dict[tuple[str, str], "SharedConnectionPool"]] = {}
+    # Not `_lock`: every redis.ConnectionPool has a lock of its own by that name.
+    _pools_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, **kwargs) -> redis.ConnectionPool:
+    def from_url(cls, url: str, **kwargs) -> "SharedConnectionPool":
         key = (url, repr(sorted(kwargs.items())))
-        with cls._lock:
+        with cls._pools_lock:
             pool = cls._pools.get(key)
             if pool is None:
                 pool = cls._pools[key] = super().from_url(url, **kwargs)

@@ -11,6 +11,7 @@ then logs an ERROR as it cancels it.
 
 import asyncio
 import functools
+from typing import Any
 
 from channels_redis import core
 
@@ -25,7 +26,7 @@ class RedisChannelLayer(core.RedisChannelLayer):
 
 
 @functools.cache
-def _keeping_cancellations(connection_class):
+def _keeping_cancellations(connection_class: Any) -> type:  # channels_redis is untyped
     class Connection(connection_class):
         async def send_packed_command(self, command, check_health=True):
             await super().send_packed_command(command, check_health)

@@ -1,8 +1,7 @@
 import sys
 
 from django.http import HttpResponse, JsonResponse
-from django.views.defaults import page_not_found
-from django.views.defaults import server_error as django_server_error
+from django.views.defaults import page_not_found, server_error as django_server_error
 
 from jobs.outage import RETRY_AFTER, is_database_unavailable, unavailable_message
 
@@ -34,6 +33,7 @@ def server_error(request):
     """
     if not is_database_unavailable(sys.exc_info()[1]):
         return django_server_error(request)
+    response: HttpResponse
     if request.path.startswith("/api/"):
         response = JsonResponse({"detail": unavailable_message(), "retry_after": RETRY_AFTER}, status=503)
     else:

@@ -12,8 +12,8 @@ import pytest
 from django.db import connection
 
 from tests import sample_handlers  # noqa: F401 - registers the test-only job types
-from tests.sample_handlers import EFFECTS_TABLE
 from tests.factories import JobFactory, UserFactory
+from tests.sample_handlers import EFFECTS_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,7 +177,7 @@ class ServerProcess(ChildProcess):
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited: {self.output()}")
             try:
-                urllib.request.urlopen(self.url + "/api/schema/", timeout=1)
+                urllib.request.urlopen(self.url + "/api/schema/", timeout=1)  # noqa: S310 - an http URL of the server the test started
                 return True
             except OSError:
                 return False

@@ -15,7 +15,7 @@ EFFECTS_TABLE = "skipjack_test_effects"
 def record_effect(job):
     """Record one row per execution, so tests can count how often each job ran."""
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {EFFECTS_TABLE} (job_id, pid) VALUES (%s, %s)", [job.job_id, os.getpid()])
+        cursor.execute(f"INSERT INTO {EFFECTS_TABLE} (job_id, pid) VALUES (%s, %s)", [job.job_id, os.getpid()])  # noqa: S608 - the test table's name; values are parameters
     time.sleep(float(job.payload.get("seconds", 0)))
     return {"pid": os.getpid()}
 

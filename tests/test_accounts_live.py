@@ -55,7 +55,7 @@ def test_one_refresh_token_sent_eight_times_at_once_is_rotated_once(start_server
     servers = [start_server() for _ in range(4)]
     for server in servers:
         server.wait_until_up()
-    tokens = requests.post(f"{servers[0].url}/api/auth/token/", json={"username": "racer", "password": PASSWORD}).json()
+    tokens = requests.post(f"{servers[0].url}/api/auth/token/", json={"username": "racer", "password": PASSWORD}, timeout=30).json()
     sessions = []
     for n in range(8):
         session = requests.Session()
@@ -77,11 +77,11 @@ def test_one_refresh_token_sent_eight_times_at_once_is_rotated_once(start_server
 
     # Later, the replaced token comes back: a copy is in other hands.
     TokenFamily.objects.filter(pk=family.pk).update(rotated_at=F("rotated_at") - timedelta(minutes=1))
-    reused = requests.post(f"{servers[1].url}/api/auth/token/refresh/", json={"refresh": tokens["refresh"]})
+    reused = requests.post(f"{servers[1].url}/api/auth/token/refresh/", json={"refresh": tokens["refresh"]}, timeout=30)
     assert reused.status_code == 401 and reused.json()["code"] == "token_reused"
     family.refresh_from_db()
     assert family.revoked_at is not None and family.revoke_reason == "reuse"
-    assert requests.post(f"{servers[2].url}/api/auth/token/refresh/", json={"refresh": winner["refresh"]}).status_code == 401
+    assert requests.post(f"{servers[2].url}/api/auth/token/refresh/", json={"refresh": winner["refresh"]}, timeout=30).status_code == 401
 
 
 def test_session_logins_on_two_servers_share_the_apis_counters(start_server):
@@ -104,7 +104,7 @@ def test_session_logins_on_two_servers_share_the_apis_counters(start_server):
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
         assert "Too many login attempts" in refused.text
     assert "sessionid" not in browser.cookies
-    api = requests.post(f"{servers[1].url}/api/auth/token/", json={"username": "keeper", "password": PASSWORD})
+    api = requests.post(f"{servers[1].url}/api/auth/token/", json={"username": "keeper", "password": PASSWORD}, timeout=30)
     assert api.status_code == 429
 
 

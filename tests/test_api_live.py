@@ -22,9 +22,9 @@ def fresh_throttles():
 
 def register_and_login(base: str, username: str) -> dict:
     password = "a-long-passphrase-9"
-    created = requests.post(f"{base}/api/auth/register/", json={"username": username, "email": f"{username}@example.com", "password": password})
+    created = requests.post(f"{base}/api/auth/register/", json={"username": username, "email": f"{username}@example.com", "password": password}, timeout=30)
     assert created.status_code == 202, created.text
-    tokens = requests.post(f"{base}/api/auth/token/", json={"username": username, "password": password})
+    tokens = requests.post(f"{base}/api/auth/token/", json={"username": username, "password": password}, timeout=30)
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access']}"}
 
@@ -66,20 +66,20 @@ def test_readme_walkthrough(start_server, start_worker):
     start_worker("--poll-interval", "0.2", env={"JOBS_BACKOFF_BASE": "0.1"})
     headers = register_and_login(base, "walker")
 
-    job = requests.post(f"{base}/api/jobs/", json={"type": "reverse_string", "payload": {"text": "hello world"}}, headers=headers).json()
-    done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers).json())["status"] == "completed" and r)
+    job = requests.post(f"{base}/api/jobs/", json={"type": "reverse_string", "payload": {"text": "hello world"}}, headers=headers, timeout=30).json()
+    done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers, timeout=30).json())["status"] == "completed" and r)
     assert done["result"] == "dlrow olleh"
 
-    failing = requests.post(f"{base}/api/jobs/", json={"type": "fail", "payload": {"message": "always fails"}, "max_retries": 1}, headers=headers).json()
-    wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["status"] == "dead")
-    dlq = requests.get(f"{base}/api/dlq/", headers=headers).json()
+    failing = requests.post(f"{base}/api/jobs/", json={"type": "fail", "payload": {"message": "always fails"}, "max_retries": 1}, headers=headers, timeout=30).json()
+    wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers, timeout=30).json()["status"] == "dead")
+    dlq = requests.get(f"{base}/api/dlq/", headers=headers, timeout=30).json()
     assert [j["id"] for j in dlq["results"]] == [failing["id"]]
     assert "always fails" in dlq["results"][0]["error"]
 
-    requeued = requests.post(f"{base}/api/dlq/requeue/", json={"job_ids": [failing["id"]]}, headers=headers).json()
+    requeued = requests.post(f"{base}/api/dlq/requeue/", json={"job_ids": [failing["id"]]}, headers=headers, timeout=30).json()
     assert requeued == {"requeued": 1, "job_ids": [failing["id"]]}
-    wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["status"] == "dead")
-    history = requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers).json()["history"]
+    wait_for(lambda: requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers, timeout=30).json()["status"] == "dead")
+    history = requests.get(f"{base}/api/jobs/{failing['id']}/", headers=headers, timeout=30).json()["history"]
     assert len(history) == 4  # two attempts, requeued, two more
 
 
@@ -91,15 +91,15 @@ def test_retrying_failing_jobs_in_a_loop_reruns_them_only_as_the_allowance_allow
     headers = register_and_login(base, "looper")
     started = time.monotonic()
     ids = [
-        requests.post(f"{base}/api/jobs/", json={"type": "fail", "payload": {"permanent": True}}, headers=headers).json()["id"]
+        requests.post(f"{base}/api/jobs/", json={"type": "fail", "payload": {"permanent": True}}, headers=headers, timeout=30).json()["id"]
         for _ in range(5)
     ]
     codes = []
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline:
         for job_id in ids:
-            codes.append(requests.post(f"{base}/api/jobs/{job_id}/retry/", headers=headers).status_code)
-        codes.append(requests.post(f"{base}/api/dlq/requeue/", json={}, headers=headers).status_code)
+            codes.append(requests.post(f"{base}/api/jobs/{job_id}/retry/", headers=headers, timeout=30).status_code)
+        codes.append(requests.post(f"{base}/api/dlq/requeue/", json={}, headers=headers, timeout=30).status_code)
     elapsed = time.monotonic() - started
     wait_for(lambda: not Job.objects.filter(owner__username="looper").active().exists())
     runs = sum(len(job.history) for job in Job.objects.filter(owner__username="looper"))
@@ -107,7 +107,7 @@ def test_retrying_failing_jobs_in_a_loop_reruns_them_only_as_the_allowance_allow
     # and one more for every 6 s it had to come back.
     assert 10 <= runs <= 10 + elapsed // 6, (runs, elapsed)
     assert 429 in codes
-    refused = requests.post(f"{base}/api/jobs/{ids[0]}/retry/", headers=headers)
+    refused = requests.post(f"{base}/api/jobs/{ids[0]}/retry/", headers=headers, timeout=30)
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
 
 
@@ -117,9 +117,9 @@ def test_a_users_job_is_stopped_at_the_users_timeout(start_server, start_worker)
     start_worker("--poll-interval", "0.1")
     headers = register_and_login(base, "hog")
     job = requests.post(f"{base}/api/jobs/", json={"type": "spin", "payload": {"seconds": 4}, "max_retries": 0},
-                        headers=headers).json()
+                        headers=headers, timeout=30).json()
     assert job["timeout"] == 1
-    done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers).json())["status"]
+    done = wait_for(lambda: (r := requests.get(f"{base}/api/jobs/{job['id']}/", headers=headers, timeout=30).json())["status"]
                     in ("dead", "completed") and r)
     assert done["status"] == "dead" and done["history"][0]["error"] == "Timed out after 1s"
 

@@ -298,12 +298,12 @@ def test_queue_status_prints_counts_per_queue_and_status_and_live_workers(mixed_
 
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[:4]}
     header = rows.pop("queue")
-    assert dict(zip(header, map(int, rows["default"]))) == {
+    assert dict(zip(header, map(int, rows["default"]), strict=True)) == {
         "queued": 3, "scheduled": 0, "claimed": 0, "running": 0, "retrying": 0, "completed": 0,
         "dead": 1, "cancelled": 0, "expired": 0, "total": 4,
     }
-    assert dict(zip(header, map(int, rows["emails"])))["completed"] == 2
-    assert dict(zip(header, map(int, rows["all"])))["total"] == 7
+    assert dict(zip(header, map(int, rows["emails"]), strict=True))["completed"] == 2
+    assert dict(zip(header, map(int, rows["all"]), strict=True))["total"] == 7
     assert "Live workers: 1" in out
     assert "alive-box:4242  queues emails  busy 1/4  running 0  claimed 0  processed 17" in out
     assert "stale-box" not in out and "stopped-box" not in out

@@ -2,7 +2,7 @@
 
 import re
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.core.cache import cache
@@ -736,11 +736,11 @@ def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
 
 def test_the_chart_is_laid_out_in_plain_decimals():
     """Scale the bars to a round top, and give the SVG coordinates as plain decimals with their titles."""
-    from datetime import datetime, timezone as dt_timezone
+    from datetime import datetime
 
     from dashboard.charts import throughput_chart
 
-    start = datetime(2026, 1, 1, 12, 0, tzinfo=dt_timezone.utc)
+    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     buckets = [selectors.Bucket(start=start + timedelta(minutes=n), completed=n * 300, failed=n) for n in range(15)]
     chart = throughput_chart(buckets)
     last_completed = chart.bars[-2]

@@ -179,8 +179,8 @@ def test_scrape_website_runs_to_its_documented_result(settings):
     finally:
         server.shutdown()
         server.server_close()
-    for job in (job, bare):
-        job.refresh_from_db()
-        assert job.status == JobStatus.COMPLETED, job.error
-        assert job.result == {"url": url, "status": 200, "bytes": len(PAGE), "content_type": "text/html; charset=utf-8",
+    for ran in (job, bare):
+        ran.refresh_from_db()
+        assert ran.status == JobStatus.COMPLETED, ran.error
+        assert ran.result == {"url": url, "status": 200, "bytes": len(PAGE), "content_type": "text/html; charset=utf-8",
                               "title": "Example Domain"}

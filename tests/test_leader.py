@@ -1,14 +1,11 @@
 """The maintenance leader: one worker at a time runs rescue, expiry and pruning, and another takes over
 when it dies. A rescued job backs off like any failure."""
 
-import os
-import signal
 import time
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from jobs import queue

@@ -161,7 +161,8 @@ def test_run_time_lands_in_the_first_bucket_it_does_not_exceed():
     for text in "abc":
         queue.enqueue("reverse_string", {"text": text})
     jobs = claim_all()
-    queue.complete_jobs([queue.Completion(job, "ok", seconds) for job, seconds in zip(jobs, (0.005, 0.006, 5000.0))])
+    queue.complete_jobs([queue.Completion(job, "ok", seconds)
+                         for job, seconds in zip(jobs, (0.005, 0.006, 5000.0), strict=True)])
 
     samples = scrape()
     bucket = lambda le: value(samples, "skipjack_job_run_seconds_bucket", type="reverse_string", le=le)  # noqa: E731
@@ -514,7 +515,7 @@ def test_metrics_follow_jobs_through_several_worker_processes(start_worker, effe
 
     samples = wait_for(drained, timeout=60, message="the queue to drain")
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(DISTINCT pid), count(*) FROM {EFFECTS_TABLE}")
+        cursor.execute(f"SELECT count(DISTINCT pid), count(*) FROM {EFFECTS_TABLE}")  # noqa: S608 - the test table's name
         processes, effects_run = cursor.fetchone()
     assert processes > 1 and effects_run == 90
 

@@ -13,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.request
 
 import pytest

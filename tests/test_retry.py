@@ -1,10 +1,10 @@
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.retry import backoff_seconds, decide
 from jobs.models import JobStatus
+from jobs.retry import backoff_seconds, decide
 
 
 def test_backoff_doubles_from_the_base():
@@ -30,13 +30,13 @@ def test_backoff_jitter_stays_within_its_band():
 def test_decide_retries_after_the_backoff_from_the_given_now(settings):
     """Compute the retry from the time passed in, not the wall clock."""
     settings.JOBS_BACKOFF_JITTER = 0
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     decision = decide(type_name="reverse_string", attempts=2, max_retries=3, now=now)
     assert (decision.status, decision.delay, decision.run_at) == (JobStatus.RETRYING, 10, now + timedelta(seconds=10))
 
 
 def test_decide_gives_up_after_the_last_retry_or_on_a_permanent_failure():
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     assert decide(type_name="reverse_string", attempts=4, max_retries=3, now=now).dead
     assert decide(type_name="reverse_string", attempts=1, max_retries=3, now=now, permanent=True).dead
     assert not decide(type_name="reverse_string", attempts=3, max_retries=3, now=now).dead
@@ -47,7 +47,7 @@ def test_decide_uses_the_handlers_own_backoff(settings):
 
     settings.JOBS_BACKOFF_JITTER = 0
     job_handler("slow_to_retry", backoff_base=60, backoff_cap=90)(lambda job: None)
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     assert [decide(type_name="slow_to_retry", attempts=n, max_retries=9, now=now).delay for n in (1, 2, 3)] == [60, 90, 90]
 
 

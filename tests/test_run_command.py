@@ -139,14 +139,14 @@ def test_a_command_whose_owner_lost_staff_is_neither_retried_nor_requeued():
 
 
 def log_in(base: str, user) -> dict:
-    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"})
+    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"}, timeout=30)
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access']}"}
 
 
 def job_when(base: str, headers: dict, job_id: int, *statuses: str) -> dict:
     return wait_for(
-        lambda: (job := requests.get(f"{base}/api/jobs/{job_id}/", headers=headers).json())["status"] in statuses and job,
+        lambda: (job := requests.get(f"{base}/api/jobs/{job_id}/", headers=headers, timeout=30).json())["status"] in statuses and job,
         timeout=30, message=f"job {job_id} to be {' or '.join(statuses)}",
     )
 
@@ -186,9 +186,9 @@ def test_commands_through_the_api_and_a_worker_keep_every_limit(start_server, st
 
     member.is_staff = False
     member.save()
-    retried = requests.post(f"{base}/api/jobs/{failed.json()['id']}/retry/", headers=headers)
+    retried = requests.post(f"{base}/api/jobs/{failed.json()['id']}/retry/", headers=headers, timeout=30)
     assert retried.status_code == 409, retried.text
-    requeued = requests.post(f"{base}/api/dlq/requeue/", headers=headers, json={"job_ids": [failed.json()["id"]]})
+    requeued = requests.post(f"{base}/api/dlq/requeue/", headers=headers, json={"job_ids": [failed.json()["id"]]}, timeout=30)
     assert requeued.status_code == 200 and requeued.json()["requeued"] == 0, requeued.text
     ran_late = job_when(base, headers, later.json()["id"], "completed", "dead")
     assert ran_late["status"] == "dead" and "Only staff may submit run_command jobs" in ran_late["error"]

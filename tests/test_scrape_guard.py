@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -239,7 +239,7 @@ def _certificate_for(host: str, directory) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     certificate = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -332,7 +332,7 @@ BYPASS_FORMS = [
 
 def log_in(base: str, user) -> dict:
     """Return the Authorization header of `user` (made by UserFactory), logged in through the API."""
-    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"})
+    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"}, timeout=30)
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access']}"}
 

@@ -102,7 +102,7 @@ def test_no_mail_goes_out_for_an_owner_who_lost_staff():
 
 
 def log_in(base: str, user) -> dict:
-    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"})
+    tokens = requests.post(f"{base}/api/auth/token/", json={"username": user.username, "password": "correct-horse-battery"}, timeout=30)
     assert tokens.status_code == 200, tokens.text
     return {"Authorization": f"Bearer {tokens.json()['access']}"}
 

@@ -50,9 +50,9 @@ def test_four_processes_drain_5000_jobs_exactly_once(start_worker, effects):
         assert worker.wait(timeout=180) == 0, worker.output()
     assert Job.objects.filter(status=JobStatus.COMPLETED).count() == 5000
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*), count(DISTINCT job_id), count(DISTINCT pid) FROM {EFFECTS_TABLE}")
+        cursor.execute(f"SELECT count(*), count(DISTINCT job_id), count(DISTINCT pid) FROM {EFFECTS_TABLE}")  # noqa: S608 - the test table's name
         executions, distinct_jobs, pids = cursor.fetchone()
-        cursor.execute(f"SELECT job_id FROM {EFFECTS_TABLE} GROUP BY job_id HAVING count(*) > 1 LIMIT 5")
+        cursor.execute(f"SELECT job_id FROM {EFFECTS_TABLE} GROUP BY job_id HAVING count(*) > 1 LIMIT 5")  # noqa: S608 - the test table's name
         duplicated = cursor.fetchall()
     assert duplicated == []
     assert (executions, distinct_jobs) == (5000, 5000)

@@ -15,12 +15,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "queueproject.settings")
 # one at a time: nothing else runs on the loop meanwhile.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
-import django
+import django  # noqa: E402 - after the environment it reads
 
 django.setup()
 
-from bench.peers.driver import main
-from jobs import queue
+from bench.peers.driver import main  # noqa: E402 - after django.setup()
+from jobs import queue  # noqa: E402
 
 
 async def enqueue_one(payload):

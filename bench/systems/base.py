@@ -55,7 +55,7 @@ class System(abc.ABC):
         for table in self.queue_tables():
             db.execute(f"VACUUM (ANALYZE) {table}")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional, unlike the abstract methods
         """Release what prepare() opened; nothing by default."""
 
     # --- shared ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Template filters of the dashboard. None of them marks its output safe."""
 
 import json
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django import template
 from django.utils import timezone
@@ -84,7 +84,7 @@ def parse_time(value) -> datetime | None:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, dt_timezone.utc)
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, UTC)
 
 
 @register.simple_tag(takes_context=True)

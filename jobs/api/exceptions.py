@@ -13,7 +13,7 @@ from jobs.submission import IdempotencyConflict, SubmissionRefused
 
 
 def rate_limited_response(message: str, retry_after: int | None) -> Response:
-    body = {"detail": message}
+    body: dict[str, object] = {"detail": message}
     headers = {}
     if retry_after is not None:
         body["retry_after"] = retry_after
@@ -45,7 +45,7 @@ def exception_handler(exc, context):
         return rate_limited_response(exc.message, exc.retry_after)
     if isinstance(exc, Throttled):
         count_rate_limit_rejection(getattr(context.get("view"), "rate_limit_kind", "api"))
-        wait = math.ceil(exc.wait) if exc.wait is not None else None
+        wait = math.ceil(exc.wait) if exc.wait is not None else None  # type: ignore[attr-defined]  # set by Throttled(), not in its stubs
         return rate_limited_response(f"Too many requests. Try again in {wait or 1} seconds.", wait)
     if is_database_unavailable(exc):
         return database_unavailable_response()

@@ -1,9 +1,9 @@
 import json
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.http.request import RawPostDataException
-from django.core.exceptions import RequestDataTooBig
 
 from jobs import conf
 

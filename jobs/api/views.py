@@ -69,7 +69,7 @@ class JobListCreateApi(APIView):
             created_before=f.get("created_before"), ordering=f.get("ordering", "-id"),
         ).defer(*JobSerializer.LIST_DEFERS)
         paginator = Pagination()
-        page = paginator.paginate_queryset(jobs, request, view=self)
+        page: list[Job] | None = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(JobSerializer(page, many=True).data)
 
     @extend_schema(
@@ -155,7 +155,7 @@ class DeadJobListApi(APIView):
     def get(self, request):
         jobs = Job.objects.for_user(request.user).dead().defer(*JobSerializer.LIST_DEFERS).order_by("-finished_at", "-id")
         paginator = Pagination()
-        page = paginator.paginate_queryset(jobs, request, view=self)
+        page: list[Job] | None = paginator.paginate_queryset(jobs, request, view=self)
         return paginator.get_paginated_response(DeadJobSerializer(page, many=True).data)
 
 

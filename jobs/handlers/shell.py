@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from typing import IO, cast
 
 from jobs.errors import JobTimeout, PermanentError
 from jobs.handlers.validators import MAX_COMMAND_SECONDS, allowed_program, command_payload
@@ -28,14 +29,14 @@ READ_SIZE = 64 * 1024
 ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
-def _read_tails(process: subprocess.Popen, *, deadline: float, stop: threading.Event) -> tuple[bytes, bytes]:
+def _read_tails(stdout: IO[bytes], stderr: IO[bytes], *, deadline: float, stop: threading.Event) -> tuple[bytes, bytes]:
     """Read the command's stdout and stderr to their end; return the last OUTPUT_LIMIT bytes of each.
 
     Raise TimeoutError past `deadline` (time.monotonic()), JobTimeout once `stop` is set.
     """
-    tails = {process.stdout.fileno(): bytearray(), process.stderr.fileno(): bytearray()}
+    tails = {stdout.fileno(): bytearray(), stderr.fileno(): bytearray()}
     with selectors.DefaultSelector() as selector:
-        for pipe in (process.stdout, process.stderr):
+        for pipe in (stdout, stderr):
             selector.register(pipe, selectors.EVENT_READ)
         while selector.get_map():
             if stop.is_set():
@@ -51,20 +52,22 @@ def _read_tails(process: subprocess.Popen, *, deadline: float, stop: threading.E
                 tail = tails[key.fd]
                 tail += chunk
                 del tail[:-OUTPUT_LIMIT]
-    return bytes(tails[process.stdout.fileno()]), bytes(tails[process.stderr.fileno()])
+    return bytes(tails[stdout.fileno()]), bytes(tails[stderr.fileno()])
 
 
 def _run(argv: list[str], *, timeout: float, stop: threading.Event) -> tuple[int, str, str]:
     """Run `argv`; return its exit status and the ends of its stdout and stderr."""
     deadline = time.monotonic() + timeout
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - no shell; run_command() checked the program against JOBS_SHELL_ALLOWED_COMMANDS
         # shell=False: argv is passed to the program as is, never parsed by a shell.
         argv, shell=False, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=ENVIRONMENT, start_new_session=True,
     )
+    # Both set: stdout=PIPE and stderr=PIPE.
+    stdout_pipe, stderr_pipe = cast(IO[bytes], process.stdout), cast(IO[bytes], process.stderr)
     finished = False
     try:
-        stdout, stderr = _read_tails(process, deadline=deadline, stop=stop)
+        stdout, stderr = _read_tails(stdout_pipe, stderr_pipe, deadline=deadline, stop=stop)
         # Both pipes are closed: the command has exited, or is about to.
         returncode = process.wait(max(deadline - time.monotonic(), 0.1))
         finished = True
@@ -78,8 +81,8 @@ def _run(argv: list[str], *, timeout: float, stop: threading.Event) -> tuple[int
             except ProcessLookupError:
                 pass
             process.wait()
-        process.stdout.close()
-        process.stderr.close()
+        stdout_pipe.close()
+        stderr_pipe.close()
     return returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
 

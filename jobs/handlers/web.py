@@ -20,6 +20,7 @@ import ipaddress
 import socket
 import sys
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import urljoin
 
 import certifi
@@ -92,7 +93,7 @@ def parse_hop(url: str) -> Url:
         target = parse_web_url(url)
     except ValueError as exc:
         raise PermanentError(f"Refusing to fetch {url!r}: {exc}") from None
-    literal = _literal_address(target.host)
+    literal = _literal_address(target.host) if target.host is not None else None  # (parse_web_url() wants one)
     if literal is not None and not conf.get("JOBS_SCRAPE_ALLOW_PRIVATE") and is_refused_address(literal):
         raise PermanentError(f"Refusing to fetch {target.url!r}: {literal} is not a public address.")
     return target
@@ -110,13 +111,15 @@ def resolve_destination(host: str, port: int) -> list[tuple[int, tuple]] | None:
         found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return None
-    destinations = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in found))
+    destinations: list[tuple[int, tuple[Any, ...]]] = list(
+        dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in found)
+    )
     if not conf.get("JOBS_SCRAPE_ALLOW_PRIVATE") and any(is_refused_address(addr[0]) for _, addr in destinations):
         return None
     return destinations or None
 
 
-class _VettedAddressesMixin:
+class _VettedAddressesMixin(HTTPConnection):
     """Connect to the addresses the host was vetted at, never to a new lookup of it."""
 
     def __init__(self, *args, destinations: list[tuple[int, tuple]], **kwargs):
@@ -168,16 +171,17 @@ def _open(target: Url, timeout: float) -> tuple[HTTPConnectionPool, BaseHTTPResp
     A proxy from the environment is never used: it would connect on our
     behalf, past every check here.
     """
-    port = target.port or (443 if target.scheme == "https" else 80)
-    destinations = resolve_destination(target.host, port)
-    if destinations is None:
+    host, port = target.host, target.port or (443 if target.scheme == "https" else 80)
+    destinations = resolve_destination(host, port) if host is not None else None
+    if host is None or destinations is None:
         return None
-    options = {"timeout": Timeout(connect=timeout, read=timeout), "maxsize": 1, "retries": False,
-               "destinations": destinations}
+    options: dict[str, Any] = {"timeout": Timeout(connect=timeout, read=timeout), "maxsize": 1, "retries": False,
+                               "destinations": destinations}
+    pool: HTTPConnectionPool
     if target.scheme == "https":
-        pool = _VettedHTTPSConnectionPool(target.host, port, cert_reqs="CERT_REQUIRED", ca_certs=_ca_certs(), **options)
+        pool = _VettedHTTPSConnectionPool(host, port, cert_reqs="CERT_REQUIRED", ca_certs=_ca_certs(), **options)
     else:
-        pool = _VettedHTTPConnectionPool(target.host, port, **options)
+        pool = _VettedHTTPConnectionPool(host, port, **options)
     try:
         response = pool.urlopen("GET", target.request_uri, headers=HEADERS, redirect=False, retries=False,
                                 preload_content=False, decode_content=True)

@@ -65,7 +65,7 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
                                               "buckets": list(BUCKETS)})
         rows = cursor.fetchall()
     rescued = [RescuedJob(*row[:7]) for row in rows]
-    due_now = {job.queue for job, row in zip(rescued, rows) if job.status == JobStatus.QUEUED or row[7] == 0}
+    due_now = {job.queue for job, row in zip(rescued, rows, strict=True) if job.status == JobStatus.QUEUED or row[7] == 0}
     if due_now:
         notify(due_now)
     for status in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.DEAD):

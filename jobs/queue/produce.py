@@ -4,8 +4,9 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -170,7 +171,7 @@ def enqueue(
         timeout=timeout, run_at=run_at, delay=delay, ttl=ttl, now=now,
     )
     trace_id = trace_id or current_trace_id() or uuid.uuid4().hex
-    keys = {"trace_id": trace_id, "unique_key": unique_key, "idempotency_key": idempotency_key,
+    keys: dict[str, Any] = {"trace_id": trace_id, "unique_key": unique_key, "idempotency_key": idempotency_key,
             "owner_max_active": owner_max_active}
     if unique_key is None:
         rows = _insert_jobs(type, [payload], options, **keys)

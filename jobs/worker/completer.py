@@ -11,6 +11,7 @@ applied twice.
 
 import logging
 import time
+import uuid
 
 import psycopg
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError
@@ -41,7 +42,7 @@ class Completer:
     def __init__(self, slots: Slots, held: dict[int, Running]):
         self.slots = slots
         self.held = held
-        self.worker_id = None
+        self.worker_id: uuid.UUID | None = None
         self.processed = 0
         self.failed = 0
         self.unwritten: list[Outcome] = []  # outcomes whose write failed; retried
@@ -53,15 +54,17 @@ class Completer:
 
     def store_starts(self, now: float) -> None:
         """Store the starts of claimed jobs that have run START_STORE_DELAY and have not finished."""
-        due, young = [], []
+        due: list[Running] = []
+        young: list[Running] = []
         while self.slots.started:
             running = self.slots.started.popleft()
             if running.finished or running.abandoned or running.job.id not in self.held:
                 continue  # its outcome stores the start, or nothing is ours to store
-            (due if now - running.started >= START_STORE_DELAY else young).append(running)
+            started = running.started if running.started is not None else now
+            (due if now - started >= START_STORE_DELAY else young).append(running)
         self.slots.started.extend(young)
         if due:
-            queue.start_jobs([(r.job, now - r.started) for r in due])
+            queue.start_jobs([(r.job, now - (r.started or now)) for r in due])
             for running in due:
                 running.start_pending = False
 

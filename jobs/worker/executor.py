@@ -78,7 +78,8 @@ def _run(running: Running) -> Outcome:
 
 
 def _ran(running: Running) -> float:
-    return time.monotonic() - running.started
+    now = time.monotonic()
+    return now - (running.started if running.started is not None else now)
 
 
 def _failed(running: Running, exc: BaseException, *, permanent=False, prefix="") -> Outcome:

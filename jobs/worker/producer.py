@@ -9,6 +9,7 @@ that earlier claims left behind.
 import logging
 import math
 import threading
+import uuid
 
 import psycopg
 from django.db import connection
@@ -68,7 +69,7 @@ class Producer:
         self.capacity = capacity
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
-        self.worker_id = None
+        self.worker_id: uuid.UUID | None = None
         self.front = ClaimFront(poll_interval)
         self.swept = False
         self.next_poll = 0.0
@@ -85,6 +86,8 @@ class Producer:
 
     def claim(self, *, held: int, starting: int, now: float) -> list[queue.ClaimedJob]:
         """Claim what there is room for; the first `starting` jobs start at once, for free slots."""
+        if self.worker_id is None:
+            raise RuntimeError("The worker claims only once it is registered.")
         self.notified.clear()
         free = self.capacity - held
         start = self.front.start(now)

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 
 from django.db import connection
@@ -76,7 +77,7 @@ class Worker:
             max_abandoned = conf.get("JOBS_MAX_ABANDONED_THREADS")
         self.install_signal_handlers = install_signal_handlers
 
-        self.worker_id = None
+        self.worker_id: uuid.UUID | None = None
         self.exit_code = 0
         self.held: dict[int, Running] = {}  # every job claimed and not yet written back
         self._wake = threading.Event()
@@ -184,6 +185,11 @@ class Worker:
         for part in (self.slots, self.producer, self.completer, self.maintainer.leadership):
             part.worker_id = worker.pk
 
+    def _registered_id(self) -> uuid.UUID:
+        if self.worker_id is None:
+            raise RuntimeError("The worker is not registered yet.")
+        return self.worker_id
+
     def _reset_connection(self) -> None:
         try:
             connection.close()
@@ -290,7 +296,7 @@ class Worker:
         # finished and waiting to be written back: nothing else is renewed.
         held = [r for r in self.held.values() if not r.abandoned]
         still_ours = queue.heartbeat(
-            self.worker_id, busy=self.slots.busy(), processed=self.processed, failed=self.failed,
+            self._registered_id(), busy=self.slots.busy(), processed=self.processed, failed=self.failed,
             held=[r.job for r in held], lease_seconds=self.lease_seconds,
         )
         for running in held:
@@ -308,13 +314,13 @@ class Worker:
         unstarted = self.slots.take_back()
         self._release(unstarted)
         # Let running jobs finish within the grace period, writing back as they do.
-        running = self._running()
-        if running and self.shutdown_timeout > 0:
-            names = ", ".join(f"{r.job.type}#{r.job.id}" for r in running[:10])
-            more = f" and {len(running) - 10} more" if len(running) > 10 else ""
+        still_running = self._running()
+        if still_running and self.shutdown_timeout > 0:
+            names = ", ".join(f"{r.job.type}#{r.job.id}" for r in still_running[:10])
+            more = f" and {len(still_running) - 10} more" if len(still_running) > 10 else ""
             logger.warning(
                 "waiting up to %gs for %d running job(s) to finish: %s%s (send the signal again to stop now)",
-                self.shutdown_timeout, len(running), names, more,
+                self.shutdown_timeout, len(still_running), names, more,
                 extra={"event": "worker_draining", "worker_id": str(self.worker_id)},
             )
         while self._running() and time.monotonic() < deadline and self.shutdown_timeout > 0:
@@ -338,7 +344,7 @@ class Worker:
         self._safely(self.completer.write_back)
         self.slots.stop()
         self._safely(self.maintainer.release)
-        self._safely(lambda: queue.stop_worker(self.worker_id, processed=self.processed, failed=self.failed))
+        self._safely(lambda: queue.stop_worker(self._registered_id(), processed=self.processed, failed=self.failed))
         logger.info("worker stopped", extra={"event": "worker_stop", "worker_id": str(self.worker_id),
                                                "processed": self.processed, "released": len(unstarted)})
 
@@ -372,4 +378,4 @@ class Worker:
 def restart_process() -> None:
     """Replace this process with a fresh run of the same command (same pid, new interpreter)."""
     logging.shutdown()
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+    os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606 - this same program again, no shell

@@ -16,6 +16,7 @@ import logging
 import queue as local_queue
 import threading
 import time
+import uuid
 from collections import deque
 
 from django.db import connection, connections
@@ -30,7 +31,7 @@ class Slots:
     def __init__(self, *, concurrency: int, max_abandoned: int, wake: threading.Event, stopping: threading.Event):
         self.concurrency = concurrency
         self.max_abandoned = max_abandoned
-        self.worker_id = None
+        self.worker_id: uuid.UUID | None = None
         self._wake = wake
         self._stopping = stopping
         self._todo: local_queue.SimpleQueue = local_queue.SimpleQueue()

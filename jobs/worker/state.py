@@ -2,9 +2,9 @@
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from jobs.queue import ClaimedJob
+from jobs.queue import ClaimedJob, RescuedJob
 from jobs.registry import JobContext
 
 logger = logging.getLogger("jobs.worker")
@@ -46,13 +46,13 @@ class Outcome:
 
 @dataclass(eq=False)
 class Slot:
-    thread: threading.Thread | None = None
+    thread: threading.Thread = field(init=False)  # set once the thread, which runs the slot, exists
     current: Running | None = None  # what its handler runs now
     # Set when its job was abandoned: the thread exits once the handler returns.
     retired: bool = False
 
 
-def log_job(level: int, event: str, job: ClaimedJob, worker_id, duration: float | None = None, error: str = "") -> None:
+def log_job(level: int, event: str, job: ClaimedJob | RescuedJob, worker_id, duration: float | None = None, error: str = "") -> None:
     """Log one event of a job's life, with the fields every such line carries."""
     if not logger.isEnabledFor(level):
         return
