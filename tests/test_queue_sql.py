@@ -8,7 +8,7 @@ from jobs.queue import sql
 
 def test_every_statement_is_found_by_its_name_without_its_comments():
     queries = sql.queries()
-    assert {"insert_job", "claim_jobs", "start_jobs", "complete_jobs", "fail_jobs", "release_jobs",
+    assert {"insert_job", "claim_jobs", "start_jobs", "record_outcomes", "release_jobs",
             "renew_leases", "rescue_jobs", "expire_jobs", "stage_due_jobs", "prune_finished"} <= set(queries)
     for name, statement in queries.items():
         assert statement.strip(), name

@@ -149,13 +149,14 @@ def test_an_outcome_the_database_keeps_refusing_is_given_up_without_holding_back
     assert Job.objects.get(pk=stuck.job.id).status == JobStatus.RUNNING  # until its lease runs out
 
 
-def test_failures_written_back_together_take_one_statement(settings):
-    """Write a tick's failures (a retry, a dead job, a timeout) in one statement, each with its own outcome."""
+def test_a_ticks_outcomes_are_written_back_in_one_statement(settings):
+    """Write a tick's outcomes (a success, a retry, a dead job, a timeout) in one statement, each with its own."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    worker, (retried, permanent, timed_out) = worker_holding(3)
+    worker, (completed, retried, permanent, timed_out) = worker_holding(4)
     worker.slots.done.extend([
+        Outcome(running=completed, ok=True, result="done", duration=0.01),
         Outcome(running=retried, ok=False, error="boom", traceback="tb", duration=0.01),
         Outcome(running=permanent, ok=False, error="bad input", permanent=True, duration=0.01),
         Outcome(running=timed_out, ok=False, error="Timed out after 1s", kind="timeout", duration=1.0),
@@ -163,8 +164,9 @@ def test_failures_written_back_together_take_one_statement(settings):
     with CaptureQueriesContext(connection) as queries:
         worker.completer.write_back()
     assert [q["sql"].lstrip().split()[0] for q in queries] == ["WITH"]
-    rows = {row.pk: row for row in Job.objects.filter(pk__in=[r.job.id for r in (retried, permanent, timed_out)])}
+    rows = {row.pk: row for row in Job.objects.filter(pk__in=[r.job.id for r in (completed, retried, permanent, timed_out)])}
+    assert (rows[completed.job.id].status, rows[completed.job.id].result) == (JobStatus.COMPLETED, "done")
     assert (rows[retried.job.id].status, rows[retried.job.id].history[-1]["traceback"]) == (JobStatus.RETRYING, "tb")
     assert rows[permanent.job.id].status == JobStatus.DEAD
     assert rows[timed_out.job.id].history[-1]["outcome"] == "timeout"
-    assert worker.failed == 3 and not worker.held
+    assert (worker.processed, worker.failed) == (4, 3) and not worker.held

@@ -52,6 +52,7 @@ from jobs.queue.outcomes import (
     complete_jobs,
     fail_job,
     fail_jobs,
+    record_outcomes,
     release_jobs,
     set_progress,
 )
@@ -63,7 +64,7 @@ __all__ = [
     "ClaimedJob", "Completion", "Failure", "RescuedJob",
     "cancel_job", "cancel_jobs", "claim_jobs", "complete_job", "complete_jobs", "dead_jobs", "enqueue",
     "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "heartbeat", "notify", "parse_priority",
-    "priority_order", "prune_finished", "prune_workers", "register_worker", "release_jobs", "requeue_dead",
+    "priority_order", "prune_finished", "prune_workers", "record_outcomes", "register_worker", "release_jobs", "requeue_dead",
     "rescue_expired_leases", "retry_job", "retry_jobs_now", "retry_now", "set_progress", "stage_due_jobs",
     "start_jobs", "stop_worker",
 ]

@@ -47,39 +47,24 @@ class Failure:
     started_ago: float = 0.0
 
 
-def complete_jobs(completions: list[Completion]) -> set[int]:
-    """Mark held jobs completed with their results, in one statement; return the ids completed."""
-    if not completions:
-        return set()
-    batch = json.dumps(
-        [{"id": c.job.id, "token": str(c.job.lease_token), "result": c.result, "run_s": c.run_seconds,
-          "ago": c.started_ago} for c in completions],
-        allow_nan=False,
-    )
-    with statement_cursor() as cursor:
-        cursor.execute(query("complete_jobs"), {"batch": batch, "buckets": _BUCKETS})
-        rows = cursor.fetchall()
-    ids = [row[0] for row in rows]
-    events.jobs_changed(ids, [row[1] for row in rows], JobStatus.COMPLETED, 100)
-    return set(ids)
+def record_outcomes(completions: list[Completion], failures: list[Failure]) -> dict[int, str]:
+    """Record the outcomes of held jobs in one statement; return each recorded job's new status.
 
-
-def complete_job(job: ClaimedJob, result: Any) -> bool:
-    """Mark one held job completed. Return False if it was no longer held."""
-    return bool(complete_jobs([Completion(job, result)]))
-
-
-def fail_jobs(failures: list[Failure]) -> dict[int, str]:
-    """Record failed attempts of held jobs, in one statement; return each recorded job's new status.
-
-    Each job goes to `retrying` after its backoff, or to `dead` (the DLQ)
-    when the failure is permanent or its retries are used up, as
-    jobs.retry.decide says.
+    A completion makes its job `completed` with its result. A failure sends
+    its job to `retrying` after its backoff, or to `dead` (the DLQ) when the
+    failure is permanent or its retries are used up, as jobs.retry.decide
+    says. A job missing from the result was no longer held (cancelled, or
+    rescued after its worker stalled) and keeps whatever state it has now.
     """
-    if not failures:
+    if not completions and not failures:
         return {}
+    # Only the keys a record needs: the statement reads a missing one as NULL.
+    rows: list[dict[str, Any]] = [
+        {"id": c.job.id, "token": str(c.job.lease_token), "status": JobStatus.COMPLETED, "result": c.result,
+         "outcome": "completed", "run_s": c.run_seconds, "ago": c.started_ago, "due": c.job.due}
+        for c in completions
+    ]
     now = timezone.now()
-    rows = []
     for failure in failures:
         job = failure.job
         job.begin()  # a job that failed before its slot's start was stored: this attempt counts
@@ -89,14 +74,29 @@ def fail_jobs(failures: list[Failure]) -> dict[int, str]:
         rows.append({"id": job.id, "token": str(job.lease_token), "status": decision.status, "delay": decision.delay,
                      "error": failure.error, "traceback": failure.traceback[-20000:], "outcome": failure.outcome,
                      "run_s": failure.run_seconds, "ago": failure.started_ago, "due": job.due})
-    with connection.cursor() as cursor:
-        cursor.execute(query("fail_jobs"), {"batch": json.dumps(rows), "buckets": _BUCKETS})
+    with statement_cursor() as cursor:
+        cursor.execute(query("record_outcomes"), {"batch": json.dumps(rows, allow_nan=False), "buckets": _BUCKETS})
         recorded = cursor.fetchall()
-    for status in (JobStatus.RETRYING, JobStatus.DEAD):
+    for status, progress in ((JobStatus.COMPLETED, 100), (JobStatus.RETRYING, None), (JobStatus.DEAD, None)):
         moved = [(job_id, owner_id) for job_id, new_status, owner_id in recorded if new_status == status]
         if moved:
-            events.jobs_changed([m[0] for m in moved], [m[1] for m in moved], status)
+            events.jobs_changed([m[0] for m in moved], [m[1] for m in moved], status, progress)
     return {job_id: status for job_id, status, _ in recorded}
+
+
+def complete_jobs(completions: list[Completion]) -> set[int]:
+    """Mark held jobs completed with their results, in one statement; return the ids completed."""
+    return set(record_outcomes(completions, []))
+
+
+def complete_job(job: ClaimedJob, result: Any) -> bool:
+    """Mark one held job completed. Return False if it was no longer held."""
+    return bool(complete_jobs([Completion(job, result)]))
+
+
+def fail_jobs(failures: list[Failure]) -> dict[int, str]:
+    """Record failed attempts of held jobs, in one statement; return each recorded job's new status."""
+    return record_outcomes([], failures)
 
 
 def fail_job(job: ClaimedJob, *, error: str, traceback: str = "", permanent: bool = False,

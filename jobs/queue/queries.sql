@@ -172,105 +172,72 @@ WHERE j.id = c.id AND j.lease_token = c.token AND (j.status = 'claimed') IS TRUE
 RETURNING j.id, j.owner_id;
 
 
--- name: complete_jobs
--- Held jobs whose handler returned, with their results: one JSON document
--- carries the batch (encoded in C by the worker and decoded here, where
--- parameter arrays cost psycopg a Python call per element). `run_s` is how
--- long the handler ran, `ago` how long since its slot started it.
-WITH done AS (
+-- name: record_outcomes
+-- The outcomes of a worker's tick, in one statement: held jobs whose
+-- handler returned (`completed`, with its result) and whose attempt failed
+-- (`retrying` after `delay` seconds, counted from this statement's clock,
+-- or `dead`, the DLQ, as jobs.retry.decide said). One JSON document
+-- carries the batch: encoded in C by the worker and decoded here, where
+-- parameter arrays cost psycopg a Python call per element, and a key a
+-- record leaves out is NULL. `outcome` is what the history records
+-- (completed, failed, timeout, interrupted), `run_s` how long the handler
+-- ran, `ago` how long since its slot started it, `due` the job's run_at
+-- when it was claimed (an epoch second): its wait is measured from then to
+-- its start, since a retry moves run_at. A completed job keeps the error
+-- of an earlier attempt, a failed one the result it never had.
+WITH recorded AS (
     UPDATE jobs_job AS j
-    SET status = 'completed', result = c.result, progress = 100, finished_at = statement_timestamp(),
+    SET status = c.status,
+        result = CASE WHEN c.status = 'completed' THEN c.result ELSE j.result END,
+        error = CASE WHEN c.status = 'completed' THEN j.error ELSE c.error END,
+        progress = CASE WHEN c.status = 'completed' THEN 100 ELSE j.progress END,
+        run_at = CASE WHEN c.status = 'retrying' THEN statement_timestamp() + make_interval(secs => c.delay)
+                      ELSE j.run_at END,
+        finished_at = CASE WHEN c.status = 'retrying' THEN NULL ELSE statement_timestamp() END,
         attempts = j.attempts + (j.started_at IS NULL)::integer,
         started_at = coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
         leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
         history = j.history || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
             'started_at', coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
-            'finished_at', statement_timestamp(), 'outcome', 'completed', 'error', '', 'traceback', ''))
-    FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, result jsonb, run_s float8, ago float8)
+            'finished_at', statement_timestamp(), 'outcome', c.outcome, 'error', coalesce(c.error, ''),
+            'traceback', coalesce(c.traceback, '')))
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, status text, result jsonb, delay float8,
+                                                   error text, traceback text, outcome text, run_s float8,
+                                                   ago float8, due float8)
     WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
     RETURNING j.id, j.owner_id, j.status, j.type, j.queue, c.run_s,
-              extract(epoch FROM j.started_at - j.run_at)::float8 AS wait_s
-), counted AS (
-    INSERT INTO jobs_jobcounter (name, type, queue, le, value)
-    SELECT 'completed', type, queue, NULL::float8, count(*) FROM done GROUP BY type, queue
-    UNION ALL
-    SELECT 'run_seconds_bucket', type, '', le, count(*) FROM (
-        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(run_s, 0)) AS le
-        FROM done WHERE run_s IS NOT NULL
-    ) AS observed GROUP BY type, le
-    UNION ALL
-    SELECT 'run_seconds_sum', type, '', NULL::float8, sum(greatest(run_s, 0)) FROM done WHERE run_s IS NOT NULL GROUP BY type
-    UNION ALL
-    SELECT 'queue_wait_seconds_bucket', type, '', le, count(*) FROM (
-        SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(wait_s, 0)) AS le
-        FROM done WHERE wait_s IS NOT NULL
-    ) AS observed GROUP BY type, le
-    UNION ALL
-    SELECT 'queue_wait_seconds_sum', type, '', NULL::float8, sum(greatest(wait_s, 0)) FROM done WHERE wait_s IS NOT NULL
-    GROUP BY type
-), finished AS (
-    INSERT INTO jobs_finishedcount (minute, owner_id, completed, dead)
-    SELECT date_bin(interval '60 seconds', statement_timestamp(), TIMESTAMPTZ '2000-01-01'), owner_id, count(*), 0
-    FROM done GROUP BY owner_id
-)
-SELECT id, owner_id FROM done;
-
-
--- name: fail_jobs
--- Held jobs whose attempt failed, each with what follows as
--- jobs.retry.decide said: `retrying` after `delay` seconds (counted from
--- this statement's clock, not the worker's), or `dead` (the DLQ). `due` is
--- the job's run_at when it was claimed (an epoch second): its wait is
--- measured from then to its start, since a retry moves run_at.
-WITH failed AS (
-    UPDATE jobs_job AS j
-    SET status = c.status, error = c.error,
-        run_at = CASE WHEN c.status = 'dead' THEN j.run_at
-                      ELSE statement_timestamp() + make_interval(secs => c.delay) END,
-        finished_at = CASE WHEN c.status = 'dead' THEN statement_timestamp() END,
-        attempts = j.attempts + (j.started_at IS NULL)::integer,
-        started_at = coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
-        leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
-        history = j.history || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
-            'started_at', coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
-            'finished_at', statement_timestamp(), 'outcome', c.outcome, 'error', c.error,
-            'traceback', c.traceback))
-    FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, status text, delay float8, error text,
-                                                   traceback text, outcome text, run_s float8, ago float8,
-                                                   due float8)
-    WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
-    RETURNING j.id, j.type, j.queue, j.status, j.owner_id, c.run_s,
               extract(epoch FROM j.started_at)::float8 - c.due AS wait_s
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, le, value)
-    SELECT 'failed', type, queue, NULL::float8, count(*) FROM failed GROUP BY type, queue
+    SELECT CASE WHEN status = 'completed' THEN 'completed' ELSE 'failed' END, type, queue, NULL::float8, count(*)
+    FROM recorded GROUP BY 1, type, queue
     UNION ALL
-    SELECT CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END, type, queue, NULL::float8, count(*) FROM failed
-    GROUP BY 1, type, queue
+    SELECT CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END, type, queue, NULL::float8, count(*)
+    FROM recorded WHERE status <> 'completed' GROUP BY 1, type, queue
     UNION ALL
     SELECT 'run_seconds_bucket', type, '', le, count(*) FROM (
         SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(run_s, 0)) AS le
-        FROM failed WHERE run_s IS NOT NULL
+        FROM recorded WHERE run_s IS NOT NULL
     ) AS observed GROUP BY type, le
     UNION ALL
-    SELECT 'run_seconds_sum', type, '', NULL::float8, sum(greatest(run_s, 0)) FROM failed WHERE run_s IS NOT NULL
+    SELECT 'run_seconds_sum', type, '', NULL::float8, sum(greatest(run_s, 0)) FROM recorded WHERE run_s IS NOT NULL
     GROUP BY type
     UNION ALL
     SELECT 'queue_wait_seconds_bucket', type, '', le, count(*) FROM (
         SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(wait_s, 0)) AS le
-        FROM failed WHERE wait_s IS NOT NULL
+        FROM recorded WHERE wait_s IS NOT NULL
     ) AS observed GROUP BY type, le
     UNION ALL
-    SELECT 'queue_wait_seconds_sum', type, '', NULL::float8, sum(greatest(wait_s, 0)) FROM failed WHERE wait_s IS NOT NULL
-    GROUP BY type
+    SELECT 'queue_wait_seconds_sum', type, '', NULL::float8, sum(greatest(wait_s, 0)) FROM recorded
+    WHERE wait_s IS NOT NULL GROUP BY type
 ), finished AS (
     INSERT INTO jobs_finishedcount (minute, owner_id, completed, dead)
-    SELECT date_bin(interval '60 seconds', statement_timestamp(), TIMESTAMPTZ '2000-01-01'), owner_id, 0, count(*)
-    FROM failed WHERE status = 'dead' GROUP BY owner_id
+    SELECT date_bin(interval '60 seconds', statement_timestamp(), TIMESTAMPTZ '2000-01-01'), owner_id,
+           count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'dead')
+    FROM recorded WHERE status IN ('completed', 'dead') GROUP BY owner_id
 )
-SELECT id, status, owner_id FROM failed;
+SELECT id, status, owner_id FROM recorded;
 
 
 -- name: release_jobs

@@ -1,7 +1,7 @@
 """The completer: writes finished attempts and stored starts back, in batches.
 
-Successes go in one statement and failures in another. A batch the
-database refuses is written one outcome at a time, so a value it cannot
+A tick's outcomes, successes and failures alike, go in one statement
+(queries.sql: record_outcomes). A batch the database refuses is written one outcome at a time, so a value it cannot
 store fails only its own job, and an outcome refused for another reason is
 tried again next round, up to MAX_WRITE_ATTEMPTS times. On a lost
 connection everything unwritten waits for the next round. Every write
@@ -84,17 +84,14 @@ class Completer:
             return False
         pending, self.unwritten = self.unwritten, []
         try:
-            for batch in ([o for o in pending if o.ok], [o for o in pending if not o.ok]):
-                if not batch:
-                    continue
-                try:
-                    self._write(batch)
-                except CONNECTION_ERRORS:
-                    raise
-                except DB_ERRORS:
-                    # One value the database refuses would fail the batch every time: write each alone.
-                    for outcome in batch:
-                        self._write_alone(outcome)
+            try:
+                self._write(pending)
+            except CONNECTION_ERRORS:
+                raise
+            except DB_ERRORS:
+                # One value the database refuses would fail the batch every time: write each alone.
+                for outcome in pending:
+                    self._write_alone(outcome)
         except CONNECTION_ERRORS:
             deferred = {id(o) for o in self.unwritten}
             self.unwritten += [o for o in pending if o.running.job.id in self.held and id(o) not in deferred]
@@ -102,21 +99,19 @@ class Completer:
         return True
 
     def _write(self, batch: list[Outcome]) -> None:
-        """Write outcomes that are all successes, or all failures, in one statement."""
+        """Write outcomes, successes and failures alike, in one statement."""
         now = time.monotonic()
-        if batch[0].ok:
-            completed = queue.complete_jobs([
-                queue.Completion(o.running.job, o.result, o.duration, now - (o.running.started or now))
-                for o in batch
-            ])
-            self._completed(batch, completed)
-        else:
-            statuses = queue.fail_jobs([
-                queue.Failure(o.running.job, o.error, o.traceback, o.permanent, o.kind, o.duration,
-                              now - (o.running.started or now))
-                for o in batch
-            ])
-            self._failed(batch, statuses)
+        successes = [o for o in batch if o.ok]
+        failures = [o for o in batch if not o.ok]
+        statuses = queue.record_outcomes(
+            [queue.Completion(o.running.job, o.result, o.duration, now - (o.running.started or now))
+             for o in successes],
+            [queue.Failure(o.running.job, o.error, o.traceback, o.permanent, o.kind, o.duration,
+                           now - (o.running.started or now))
+             for o in failures],
+        )
+        self._completed(successes, statuses)
+        self._failed(failures, statuses)
 
     def _write_alone(self, outcome: Outcome) -> None:
         try:
@@ -147,7 +142,7 @@ class Completer:
                 error=f"its outcome could not be written {outcome.write_attempts} times: {describe(exc)}")
         self.held.pop(outcome.running.job.id, None)
 
-    def _completed(self, successes: list[Outcome], completed: set[int]) -> None:
+    def _completed(self, successes: list[Outcome], completed: dict[int, str]) -> None:
         for outcome in successes:
             job = outcome.running.job
             self.held.pop(job.id, None)
