@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
 SH_BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # Commands not run, and why.
 NOT_RUN = {
-    "docker-compose": "needs a Docker engine; tests/test_deploy.py checks docker-compose.yml",
+    "docker-compose": "needs a Docker engine; tests/unit/test_deploy.py checks docker-compose.yml",
     "make bench": "the benchmarks take minutes and never run in CI",
-    "curl": "the API walkthrough; tests/test_api_live.py runs the same flow against real processes",
+    "curl": "the API walkthrough; tests/process/test_api_live.py runs the same flow against real processes",
 }
 # The variables the README exports; the test sets them to its own servers.
 EXPORTED = {"DATABASE_URL", "REDIS_URL"}

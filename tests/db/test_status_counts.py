@@ -22,8 +22,8 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from dashboard import selectors as dashboard_selectors
 from jobs import selectors
 from jobs.models import HELD_STATUSES, JobStatus, Worker
+from tests.db.test_metrics import scrape, value
 from tests.factories import JobFactory, UserFactory
-from tests.test_metrics import scrape, value
 
 pytestmark = pytest.mark.django_db
 

@@ -30,79 +30,6 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-# --- The buffer, without Redis ---------------------------------------------------------
-
-
-def chunk(ids, owners, status, progress=None, created=False) -> events.Chunk:
-    return events.Chunk(ids, owners, status, progress, created)
-
-
-def test_batch_coalesces_changes_per_job():
-    """Keep one entry per job: the latest status, and the latest progress."""
-    batch = events.Batch()
-    batch.add(chunk([1], [7], "queued", 0, created=True))
-    batch.add(chunk([1], [7], "running", 0))
-    batch.add(chunk([1], [7], None, 40))
-    batch.add(chunk([1], [7], None, 60))
-    messages = batch.messages(max_jobs=100)
-    assert messages["user.7"]["jobs"] == [[1, "running", 60]]
-    assert messages["user.7"]["created"] is True
-    assert messages["staff"]["jobs"] == [[1, "running", 60]]
-
-
-def test_batch_sends_one_message_per_owner_and_one_for_staff():
-    """Address each owner's changes to that owner's group only, and all of them to staff."""
-    batch = events.Batch()
-    batch.add(chunk([1, 3], [7, None], "completed", 100))
-    batch.add(chunk([2], [8], "dead"))
-    messages = batch.messages(max_jobs=100)
-    assert set(messages) == {"user.7", "user.8", "staff"}
-    assert messages["user.7"]["jobs"] == [[1, "completed", 100]]
-    assert messages["user.8"]["jobs"] == [[2, "dead", None]]
-    assert messages["user.7"]["created"] is False
-    assert [row[0] for row in messages["staff"]["jobs"]] == [1, 2, 3]
-
-
-def test_batch_writes_only_to_watched_groups():
-    """Build messages for the groups an open socket watches, and none for the others."""
-    batch = events.Batch()
-    batch.add(chunk([1, 2, 3], [1, 2, None], "completed", 100))
-    assert set(batch.messages(max_jobs=100, watched={"user.1", "staff"})) == {"user.1", "staff"}
-    assert set(batch.messages(max_jobs=100, watched={"user.2"})) == {"user.2"}
-    assert batch.messages(max_jobs=100, watched=set()) == {}
-
-
-def test_batch_says_resync_instead_of_listing_too_many_jobs():
-    """Replace a long list of ids with a resync hint, for the owner and for staff, and keep listing for others."""
-    batch = events.Batch()
-    batch.add(chunk(list(range(150)), [7] * 150, "queued", 0, created=True))
-    batch.add(chunk([500], [8], "queued", 0, created=True))
-    messages = batch.messages(max_jobs=100)
-    assert messages["user.7"]["resync"] is True and messages["user.7"]["jobs"] == []
-    assert messages["staff"]["resync"] is True and messages["staff"]["created"] is True
-    assert messages["user.8"] == {"type": events.MESSAGE_TYPE, "jobs": [[500, "queued", 0]], "resync": False,
-                                  "created": True, "workers": False}
-
-
-def test_batch_stays_bounded_when_it_overflows(monkeypatch):
-    """Stop keeping changes past MAX_BUFFERED_JOBS, and still tell every owner to resync."""
-    monkeypatch.setattr(events, "MAX_BUFFERED_JOBS", 10)
-    batch = events.Batch()
-    for n in range(25):
-        batch.add(chunk([n], [n % 3 + 1], "queued", 0, created=True))
-    assert batch.chunks == [] and batch.size == 0
-    messages = batch.messages(max_jobs=100)
-    assert set(messages) == {"user.1", "user.2", "user.3", "staff"}
-    assert all(m["resync"] for m in messages.values())
-
-
-def test_workers_changes_go_to_staff_only():
-    """Send worker heartbeats to the staff group alone."""
-    batch = events.Batch()
-    batch.workers = True
-    assert set(batch.messages(max_jobs=100)) == {"staff"}
-
-
 def test_changes_in_a_transaction_wait_for_the_commit(monkeypatch, db, django_capture_on_commit_callbacks):
     """Buffer a change only when its transaction commits, and never for a rollback."""
     added = []
@@ -218,41 +145,6 @@ def test_sockets_from_the_sites_own_origin_are_accepted(settings):
         assert not connected
 
     async_to_sync(scenario)()
-
-
-@pytest.mark.process
-def test_a_real_server_accepts_sockets_from_its_own_origin_only(start_server, settings):
-    """Over uvicorn, accept the page's own origin, and refuse another port, another scheme and another host."""
-    import websockets
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    cookie = cookie_for(UserFactory()).decode()
-    server = start_server().wait_until_up()
-    port = server.port
-    url = f"ws://127.0.0.1:{port}/ws/events/"
-
-    async def status(origin: str, **headers) -> int:
-        try:
-            async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": origin, **headers}):
-                return 101
-        except websockets.InvalidStatus as refused:
-            return refused.response.status_code
-
-    async def scenario():
-        return {
-            "own": await status(f"http://127.0.0.1:{port}"),
-            "other port": await status(f"http://127.0.0.1:{port + 1}"),
-            "https page": await status(f"https://127.0.0.1:{port}"),
-            "other host": await status(f"http://localhost:{port}"),
-            # uvicorn takes the scheme from a trusted proxy (FORWARDED_ALLOW_IPS: 127.0.0.1).
-            "https behind a proxy": await status(f"https://127.0.0.1:{port}", **{"X-Forwarded-Proto": "https"}),
-            "http behind an https proxy": await status(f"http://127.0.0.1:{port}", **{"X-Forwarded-Proto": "https"}),
-        }
-
-    assert asyncio.run(scenario()) == {
-        "own": 101, "other port": 403, "https page": 403, "other host": 403,
-        "https behind a proxy": 101, "http behind an https proxy": 403,
-    }
 
 
 @pytestmark_live
@@ -631,46 +523,6 @@ def test_slots_left_by_a_process_that_died_count_until_they_expire(settings):
         await layer.connection(0).delete(key)
 
     async_to_sync(scenario)()
-
-
-@pytest.mark.process
-def test_the_cap_holds_across_web_processes(start_server, settings):
-    """Count a user's sockets on every server against one cap, and free a slot on one server for a socket on another."""
-    import websockets
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    alice, bob = cookie_for(UserFactory()).decode(), cookie_for(UserFactory()).decode()
-    env = {"DASHBOARD_MAX_SOCKETS_PER_USER": "3"}
-    servers = [start_server(env) for _ in range(2)]
-    for server in servers:
-        server.wait_until_up()
-
-    async def open_on(server, cookie):
-        url = server.url.replace("http://", "ws://") + "/ws/events/"
-        try:
-            return await websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": server.url})
-        except websockets.InvalidStatus as refused:
-            assert refused.response.status_code == 403
-            return None
-
-    async def scenario():
-        first, second = servers
-        held = [await open_on(first, alice), await open_on(first, alice), await open_on(second, alice)]
-        assert None not in held
-        assert await open_on(first, alice) is None
-        assert await open_on(second, alice) is None
-        bobs = await open_on(second, bob)
-        assert bobs is not None
-        await held[0].close()
-        deadline = time.monotonic() + 5
-        while (another := await open_on(second, alice)) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        assert another is not None
-        assert await open_on(first, alice) is None
-        for socket in [*held[1:], bobs, another]:
-            await socket.close()
-
-    asyncio.run(scenario())
 
 
 async def closed_with(communicator, timeout=5.0) -> int:

@@ -2,29 +2,16 @@
 when it dies. A rescued job backs off like any failure."""
 
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
 from jobs import queue
-from jobs.leader import Leadership
 from jobs.models import Job, JobStatus, Leadership as LeadershipRow, Worker
 from jobs.retry import backoff_seconds
 from tests.conftest import wait_for
 from tests.factories import JobFactory
-
-
-def test_only_one_of_two_workers_leads_until_its_lease_expires_or_it_lets_go(db):
-    first, second = Leadership(uuid.uuid4()), Leadership(uuid.uuid4())
-    assert first.held() and not second.held()
-    assert first.held() and not second.held(), "renewed, not taken"
-    LeadershipRow.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # the leader froze
-    assert second.held()
-    assert not first.held(), "a leader that wakes up learns it no longer leads"
-    second.release()
-    assert first.held()
 
 
 @pytest.mark.django_db(transaction=True)

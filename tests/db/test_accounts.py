@@ -312,7 +312,7 @@ class CountingHasher(PBKDF2PasswordHasher):
 )
 def test_registration_answers_alike_whether_or_not_the_name_or_address_is_taken(alice, settings, body):
     """Answer a taken username or email address exactly as a new account, hashing the password in both cases."""
-    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher", *settings.PASSWORD_HASHERS]
+    settings.PASSWORD_HASHERS = ["tests.db.test_accounts.CountingHasher", *settings.PASSWORD_HASHERS]
     password = {"password": "a-long-passphrase-9"}
     CountingHasher.hashed = 0
     created = post_json("/api/auth/register/", {"username": "dave", "email": "dave@example.com", **password})
@@ -330,7 +330,7 @@ def test_registration_answers_alike_whether_or_not_the_name_or_address_is_taken(
 
 
 def test_registration_stays_throttled_per_address(alice, settings):
-    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+    settings.PASSWORD_HASHERS = ["tests.db.test_accounts.CountingHasher"]
     codes = [
         post_json("/api/auth/register/", {"username": name, "email": f"{name}@example.com", "password": "a-long-passphrase-9"}).status_code
         for name in ["alice"] * 5 + [f"new{n}" for n in range(6)]

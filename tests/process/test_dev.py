@@ -45,7 +45,7 @@ def test_run_installs_the_runtime_dependencies_with_progress_and_test_adds_the_d
     assert manage.returncode == 0, manage.stderr
     assert "Installing" not in manage.stdout and "--access-log" in manage.stdout
 
-    tests = dev_py(venv, "test", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/test_retry.py")
+    tests = dev_py(venv, "test", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/unit/test_retry.py")
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "Installing the runtime and test dependencies of pyproject.toml" in tests.stdout
     assert "Requirement already satisfied: playwright" in tests.stdout

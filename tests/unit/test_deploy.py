@@ -8,16 +8,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 
 import pytest
 import yaml
-from django.test import Client
 
-from jobs import metrics, queue
 from tests.conftest import ROOT
-from tests.factories import JobFactory
 
 COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
@@ -71,49 +66,6 @@ def test_dockerfile_is_multi_stage_non_root_and_collects_static_files():
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert "collectstatic --noinput" in dockerfile
     assert "DJANGO_SETTINGS_MODULE=queueproject.settings_production" in dockerfile
-
-
-def _web_shutdown_options() -> list[str]:
-    cmd = re.search(r"exec uvicorn ([^\"]+)", (ROOT / "Dockerfile").read_text()).group(1).split()
-    index = cmd.index("--timeout-graceful-shutdown")
-    return cmd[index:index + 2]
-
-
-def test_web_server_stops_within_docker_stops_grace_after_websockets_close(start_server, settings):
-    """Exit on SIGTERM within the Dockerfile's graceful timeout, even after dashboards' sockets came and went."""
-    import asyncio
-    import signal
-
-    import websockets
-
-    from jobs.stack import WEB_SHUTDOWN_OPTIONS
-    from tests.factories import UserFactory
-
-    options = _web_shutdown_options()
-    assert list(WEB_SHUTDOWN_OPTIONS) == options
-    grace = float(options[1])
-    assert grace < 10  # `docker stop` kills after 10 s
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    client = Client()
-    client.force_login(UserFactory(is_staff=True))
-    cookie = f"sessionid={client.cookies['sessionid'].value}"
-
-    for _ in range(3):
-        server = start_server(extra_args=options).wait_until_up()
-
-        async def come_and_go(server):
-            url = server.url.replace("http://", "ws://") + "/ws/events/"
-            headers = {"Cookie": cookie, "Origin": server.url}
-            sockets = [await websockets.connect(url, additional_headers=headers) for _ in range(4)]
-            await asyncio.sleep(0.5)
-            for socket in sockets:
-                await socket.close()
-
-        asyncio.run(come_and_go(server))
-        started = time.monotonic()
-        server.proc.send_signal(signal.SIGTERM)
-        server.proc.wait(timeout=grace + 5)
-        assert time.monotonic() - started < grace + 2
 
 
 def test_prometheus_scrapes_the_web_service_and_grafana_reads_prometheus():
@@ -176,32 +128,6 @@ def test_compose_gives_web_and_prometheus_the_same_metrics_token():
     services = yaml.safe_load(result.stdout)["services"]
     assert services["web"]["environment"]["METRICS_TOKEN"] == "shared-token"
     assert services["prometheus"]["environment"]["METRICS_TOKEN"] == "shared-token"
-
-
-@pytest.mark.django_db
-def test_dashboard_queries_only_metrics_that_exist():
-    """Query in the provisioned dashboard only metrics that /metrics exports, and cover depth, throughput, failures and wait."""
-    JobFactory(status="dead")
-    queue.enqueue("reverse_string", {"text": "a"})
-    (claimed,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
-    queue.complete_jobs([queue.Completion(claimed, "a", 0.1)])
-    queue.enqueue("reverse_string", {"text": "b"}, max_retries=0)
-    (failing,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
-    queue.fail_job(failing, error="boom", run_seconds=0.1)
-    metrics.count_rate_limit_rejection("submit")
-    Client().get("/admin/login/")
-    # Every sample's name, and every family's, so a counter that has not counted anything yet still counts.
-    exported = set(re.findall(r"^(?:# HELP )?([a-z_:]+)", Client().get("/metrics").content.decode(), re.MULTILINE))
-
-    dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
-    used = {name for expr in exprs for name in re.findall(r"\b((?:skipjack|django)_[a-z_]+)\b", expr)}
-    assert used <= exported, used - exported
-    for expr in exprs:
-        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
-    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
-    for topic in ("waiting", "jobs by status", "completed", "failed", "queue wait", "dead-letter"):
-        assert topic in titles
 
 
 def production_env(**overrides) -> dict:
@@ -275,31 +201,6 @@ def compose_environment(service: str, **env) -> dict:
     result = compose("--profile", "monitoring", "config", env=env)
     assert result.returncode == 0, result.stderr
     return {name: str(value) for name, value in yaml.safe_load(result.stdout)["services"][service]["environment"].items()}
-
-
-@needs_compose
-@pytest.mark.process
-def test_compose_does_not_trust_x_forwarded_proto_on_the_port_it_publishes(start_server):
-    """Redirect a plain-HTTP request that claims X-Forwarded-Proto: https, on a real server with compose's defaults."""
-    import requests
-
-    from tests.conftest import wait_for
-
-    env = compose_environment("web", SECRET_KEY=secrets.token_urlsafe(50))
-    for name in ("DATABASE_URL", "REDIS_URL", "WEB_CONCURRENCY"):
-        env.pop(name)  # the test's own databases, and one process
-    # In the container a client of the published port is not loopback, so
-    # uvicorn does not take the header from it either; here the test is.
-    env["FORWARDED_ALLOW_IPS"] = "192.0.2.1"
-    server = start_server({**env, "DJANGO_SETTINGS_MODULE": "queueproject.settings_production"})
-    wait_for(lambda: _answers(f"{server.url}/healthz/"), timeout=30, message="the server")
-
-    response = requests.get(f"{server.url}/accounts/login/", headers={"X-Forwarded-Proto": "https"},
-                            allow_redirects=False, timeout=10)
-    assert response.status_code == 301, response.status_code
-    assert response.headers["Location"].startswith("https://127.0.0.1")
-    assert published_on(compose("config").stdout) == "0.0.0.0"  # noqa: S104 - an address compared to, not bound
-    assert published_on(compose("config", env={"WEB_PORT": "127.0.0.1:8000"}).stdout) == "127.0.0.1"
 
 
 def published_on(config: str) -> str:

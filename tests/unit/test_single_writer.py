@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 WRITER = ROOT / "jobs" / "queue"
 PACKAGES = ("jobs", "dashboard", "accounts", "queueproject")
 

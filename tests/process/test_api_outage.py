@@ -9,8 +9,8 @@ from django.core.cache import cache
 
 from jobs.models import Job
 from tests.conftest import database_proxy_target, proxied_database_url, wait_for
+from tests.process.test_api_live import register_and_login
 from tests.tcp_proxy import TcpProxy
-from tests.test_api_live import register_and_login
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
 
