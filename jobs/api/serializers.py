@@ -59,6 +59,8 @@ class JobCreateSerializer(StrictSerializer):
     delay = serializers.FloatField(min_value=0, max_value=MAX_SECONDS, required=False)
     ttl = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
     unique_key = serializers.CharField(max_length=255, required=False)
+    # The job's spec once the input is valid: what submit_job takes.
+    spec: job_spec.JobSpec | None = None
 
     def validate(self, data):
         """Build the job's spec (`self.spec`), the one validation of its payload on the way to the worker.

@@ -93,8 +93,8 @@ class _Fields:
         """Return whether field `name` was given; flag it if it is required and missing.
 
         Null is taken as left out for a field whose default is null: a
-        validator must accept its own output, and the worker validates
-        every payload again before it runs it.
+        validator must accept its own output, and the worker checks every
+        stored payload against its schema again before it runs it.
         """
         self.seen.add(name)
         if name in self.data and not (default is None and self.data[name] is None):

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -152,7 +153,7 @@ def enqueue_many(specs: Iterable[JobSpec] | str, payloads: Iterable[Any] | None 
     first = specs[0]
     if any(spec.unique_key is not None or spec.idempotency_key is not None for spec in specs):
         raise ValueError("enqueue_many() stores no unique or idempotency keys; enqueue those jobs one by one.")
-    if any(spec.with_options(payload=None) != first.with_options(payload=None) for spec in specs):
+    if any(replace(spec, payload=None) != replace(first, payload=None) for spec in specs):
         raise ValueError("enqueue_many() stores jobs of one type with the same options in one INSERT.")
     for spec in specs:
         check_owner(spec.handler, spec.owner, spec.payload)
