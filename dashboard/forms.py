@@ -2,10 +2,11 @@
 
 The submit form shows one input per field of a job type's PayloadSchema
 (every built-in type has one), and a JSON text area for any other type.
-Which inputs are required, and what an empty one sends, follow from the
-schema; either way the payload is validated by the type's own validator
-(through jobs.submission), so the errors shown next to each input are the
-same ones the API returns.
+Which inputs are required, what an empty one sends, and each input's
+label, help and placeholder follow from the schema, the type's one
+declaration of its payload. Either way the payload is validated once, by
+jobs.spec.build (through jobs.submission), so the errors shown next to each
+input are the same ones the API returns.
 """
 
 import json
@@ -17,7 +18,7 @@ from typing import Any, cast
 from django import forms
 
 from jobs.errors import UnknownJobType
-from jobs.handlers.validators import MAX_FIBONACCI_N, Field, PayloadSchema
+from jobs.handlers.validators import Field, PayloadSchema
 from jobs.models import JobStatus, Priority
 from jobs.queue import MAX_SECONDS
 from jobs.registry import get_handler, handlers
@@ -76,61 +77,22 @@ class PayloadField:
         return f"p_{self.name}"
 
 
-@dataclass(frozen=True)
-class Look:
-    """How a payload field of a built-in type is shown; what it accepts comes from the type's PayloadSchema."""
-
-    label: str
-    # "textarea" shows a string field in a text area.
-    widget: str = ""
-    help: str = ""
-    placeholder: str = ""
-
-
-_TEXT = {"text": Look("Text", "textarea", placeholder="hello world")}
-
-LOOKS: dict[str, dict[str, Look]] = {
-    "reverse_string": _TEXT,
-    "uppercase_text": _TEXT,
-    "fibonacci_calc": {"n": Look("n", help=f"0 to {MAX_FIBONACCI_N}", placeholder="10")},
-    "sleep": {"seconds": Look("Seconds", placeholder="5")},
-    "fail": {
-        "message": Look("Error message", placeholder="Failed on purpose."),
-        "permanent": Look("Permanent: skip the retries, straight to the DLQ"),
-    },
-    "send_email": {
-        "to": Look("To", help="One address per line", placeholder="ada@example.com"),
-        "subject": Look("Subject"),
-        "body": Look("Body", "textarea"),
-    },
-    "process_video": {
-        "url": Look("Video URL", placeholder="https://example.com/video.mp4"),
-        "duration": Look("Duration (seconds)", placeholder="2"),
-        "steps": Look("Progress steps", placeholder="10"),
-    },
-    "scrape_website": {"url": Look("URL", placeholder="https://example.com")},
-    "run_command": {
-        "argv": Look("Command", help="Program and arguments, one per line; no shell"),
-        "timeout": Look("Timeout (seconds)", placeholder="60"),
-    },
-}
 # The input for each kind of payload field.
 _INPUT_KINDS = {"string": "text", "integer": "int", "number": "number", "boolean": "bool", "strings": "lines"}
 JSON_FIELD = PayloadField("payload", "Payload (JSON)", "textarea", placeholder='{"key": "value"}')
 
 
-def _payload_field(field: Field, look: Look | None) -> PayloadField:
-    look = look or Look(field.name.replace("_", " ").capitalize())
+def _payload_field(field: Field) -> PayloadField:
     kind = _INPUT_KINDS[field.kind]
-    if kind == "text" and look.widget == "textarea":
+    if kind == "text" and field.multiline:
         kind = "textarea"
     # An input left empty is "" for a string field the payload must have, and left out otherwise.
     send_empty = field.required and field.kind == "string"
     # So left empty it is refused, unless it is "" the field takes, or a checkbox, which is never empty.
     required = field.required and not (send_empty and field.blank) and field.kind != "boolean"
     return PayloadField(
-        name=field.name, label=look.label, kind=kind, required=required, help=look.help,
-        placeholder=look.placeholder, send_empty=send_empty,
+        name=field.name, label=field.label or field.name.replace("_", " ").capitalize(), kind=kind,
+        required=required, help=field.help, placeholder=field.example, send_empty=send_empty,
     )
 
 
@@ -142,8 +104,7 @@ def payload_fields(type_name: str) -> tuple[PayloadField, ...]:
         schema = None
     if not isinstance(schema, PayloadSchema):
         return (JSON_FIELD,)
-    looks = LOOKS.get(type_name, {})
-    return tuple(_payload_field(field, looks.get(field.name)) for field in schema.fields)
+    return tuple(_payload_field(field) for field in schema.fields)
 
 
 def _number(text: str, kind: str):
@@ -231,7 +192,7 @@ class SubmitJobForm(forms.Form):
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         cast(forms.ChoiceField, self.fields["type"]).choices = type_choices(user)
-        if not user.is_staff:  # high priority is for staff (jobs.submission.bound_options)
+        if not user.is_staff:  # high priority is for staff (jobs.submission.bound_spec)
             priority = cast(forms.ChoiceField, self.fields["priority"])
             priority.choices = [choice for choice in PRIORITY_CHOICES if choice[0] != "high"]
         if not self.is_bound:

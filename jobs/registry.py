@@ -238,7 +238,21 @@ def unstorable_fields(payload: Any) -> dict[str, list[str]]:
 
 def validate_payload(type_name: str, payload: Any) -> Any:
     """Return `payload` normalized for `type_name`, or raise UnknownJobType / PayloadError."""
-    handler = get_handler(type_name)
+    return normalize_payload(get_handler(type_name), payload)
+
+
+def stored_payload(handler: Handler, payload: Any) -> Any:
+    """Return a payload read back from the jobs table as `handler`'s schema has it; raise PayloadError.
+
+    Only the type's schema runs: the row came out of jsonb, so it is JSON
+    PostgreSQL can store, and the queue's size and depth limits were the
+    limits of storing it.
+    """
+    return payload if handler.validate is None else handler.validate(payload)
+
+
+def normalize_payload(handler: Handler, payload: Any) -> Any:
+    """Return `payload` normalized by `handler`'s schema within the queue's limits, or raise PayloadError."""
     max_depth = conf.get("JOBS_MAX_PAYLOAD_DEPTH")
     if json_depth(payload, max_depth) > max_depth:
         raise PayloadError(f"Payload is nested more than {max_depth} levels deep.")

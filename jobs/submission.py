@@ -14,12 +14,12 @@ from datetime import timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from jobs import conf, queue
+from jobs import conf, queue, spec as job_spec
 from jobs.errors import OwnerAtCapacity, PayloadError
 from jobs.handlers.validators import PayloadSchema
 from jobs.metrics import count_rate_limit_rejection
 from jobs.models import Job, Priority, SubmissionAllowance
-from jobs.registry import get_handler, validate_payload
+from jobs.spec import JobSpec
 
 RATE_WINDOW = timedelta(minutes=1)
 # The queues a user may name: the rule of the API and of the dashboard's Submit page.
@@ -171,8 +171,8 @@ def check_rate_limit(ahead: float) -> None:
     )
 
 
-def bound_options(user, type: str, payload: dict, options: dict) -> dict:
-    """Return `options` within what a non-staff user may choose, so that one user cannot hold the workers.
+def bound_spec(user, spec: JobSpec) -> JobSpec:
+    """Return `spec` within what a non-staff user may choose, so that one user cannot hold the workers.
 
     Such a user's job runs for at most JOBS_USER_MAX_TIMEOUT seconds an
     attempt: a longer `timeout` is refused, and a type whose own timeout is
@@ -180,49 +180,64 @@ def bound_options(user, type: str, payload: dict, options: dict) -> dict:
     (a field declared as a duration) is refused: it could only time out.
     High priority is for staff, and a `run_at` in the past, which would
     put the job ahead of every other waiting one, counts as now.
-    Raise OptionNotAllowed or PayloadError, naming the field.
+    Raise OptionNotAllowed or PayloadError, naming the field. The spec is
+    not validated again: this reads its handler and normalized payload.
     """
     if not limits_apply(user):
-        return options
-    options = dict(options)
-    handler = get_handler(type)
+        return spec
+    handler = spec.handler
     cap = conf.get("JOBS_USER_MAX_TIMEOUT")
     errors = {}
-    if queue.parse_priority(options.get("priority", Priority.NORMAL)) == Priority.HIGH:
+    if spec.priority == Priority.HIGH:
         errors["priority"] = ["Only staff may submit high-priority jobs; use normal or low."]
-    timeout = options.get("timeout")
-    if timeout is not None and timeout > cap:
+    if spec.timeout is not None and spec.timeout > cap:
         errors["timeout"] = [f"Must be at most {cap:g} seconds."]
     if errors:
         raise OptionNotAllowed(errors)
-    if timeout is None and (handler.timeout or conf.get("JOBS_DEFAULT_TIMEOUT")) > cap:
-        options["timeout"] = cap
-    if isinstance(handler.validate, PayloadSchema):
+    changes = {}
+    if spec.timeout is None and (handler.timeout or conf.get("JOBS_DEFAULT_TIMEOUT")) > cap:
+        changes["timeout"] = cap
+    if isinstance(handler.validate, PayloadSchema) and isinstance(spec.payload, dict):
         too_long = {
             field.name: [f"Must be less than {cap:g} seconds, the longest one attempt of your jobs may run."]
             for field in handler.validate.fields
-            if field.duration and isinstance(payload.get(field.name), (int, float)) and payload[field.name] >= cap
+            if field.duration and isinstance(spec.payload.get(field.name), (int, float))
+            and spec.payload[field.name] >= cap
         }
         if too_long:
             raise PayloadError(too_long)
-    run_at = options.get("run_at")
-    if run_at is not None and run_at < timezone.now():
-        del options["run_at"]  # the database's clock sets it: now, behind every job already waiting
-    return options
+    if spec.run_at is not None and spec.run_at < timezone.now():
+        changes["run_at"] = None  # the database's clock sets it: now, behind every job already waiting
+    return spec.with_options(**changes) if changes else spec
 
 
-def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, **options) -> Submission:
+def submit_job(*, user, spec: JobSpec | None = None, type: str | None = None, payload=None,
+               idempotency_key: str | None = None, **options) -> Submission:
     """Enqueue a job owned by `user` if their limits allow it.
+
+    `spec` is the job's validated spec (jobs.spec.build, with `user` as
+    its owner and the request's `idempotency_key`); without one, `type`,
+    `payload`, `idempotency_key` and the keyword options of build make it
+    here. Either way the payload is validated once.
 
     With an `idempotency_key`, a repeat of a request that already made a
     job returns that job (even if the limits are reached meanwhile); the
     same key with a different type or payload raises IdempotencyConflict.
     Raise RateLimited or TooManyActiveJobs when a limit is reached,
     OptionNotAllowed or PayloadError for what only staff may ask for
-    (bound_options), and the errors of queue.enqueue for an invalid job.
+    (bound_spec), the errors of jobs.spec.build for an invalid job and
+    those of queue.enqueue for an owner who may not have it.
     """
-    payload = validate_payload(type, {} if payload is None else payload)
-    options = bound_options(user, type, payload, options)
+    if spec is None:
+        if type is None:
+            raise TypeError("submit_job() takes a spec, or a type with its payload and options.")
+        spec = job_spec.build(type, payload, owner=user, idempotency_key=idempotency_key, **options)
+    elif type is not None or payload is not None or idempotency_key is not None or options:
+        raise TypeError("submit_job() takes a spec alone, or a type with its payload and options.")
+    elif spec.owner != user:
+        raise ValueError("The spec is of a job of another owner.")
+    idempotency_key = spec.idempotency_key
+    spec = bound_spec(user, spec)
     limited = limits_apply(user)
     with transaction.atomic():
         if idempotency_key:
@@ -230,7 +245,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
             lock_user(user)
             earlier = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
             if earlier is not None:
-                if earlier.type != type or earlier.payload != payload:
+                if earlier.type != spec.type or earlier.payload != spec.payload:
                     raise IdempotencyConflict(
                         "This Idempotency-Key was already used for a different request."
                     )
@@ -239,10 +254,7 @@ def submit_job(*, user, type: str, payload, idempotency_key: str | None = None, 
             check_rate_limit(spend_submission(user))
         try:
             # The cap is checked by the insert itself, the first statement after the lock.
-            job = queue.enqueue(
-                type, payload, owner=user, idempotency_key=idempotency_key,
-                owner_max_active=conf.get("JOBS_USER_MAX_ACTIVE") if limited else None, **options,
-            )
+            job = queue.enqueue(spec, owner_max_active=conf.get("JOBS_USER_MAX_ACTIVE") if limited else None)
         except OwnerAtCapacity:
             # Counted again for the message; one may have finished since the insert.
             limit = conf.get("JOBS_USER_MAX_ACTIVE")

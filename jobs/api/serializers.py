@@ -2,10 +2,10 @@ import copy
 
 from rest_framework import serializers
 
+from jobs import spec as job_spec
 from jobs.errors import PayloadError, UnknownJobType
 from jobs.models import JobStatus, Priority
 from jobs.queue import MAX_SECONDS
-from jobs.registry import validate_payload
 from jobs.selectors import JOB_ORDERINGS
 from jobs.submission import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 
@@ -59,17 +59,29 @@ class JobCreateSerializer(StrictSerializer):
     delay = serializers.FloatField(min_value=0, max_value=MAX_SECONDS, required=False)
     ttl = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
     unique_key = serializers.CharField(max_length=255, required=False)
+    # The job's spec once the input is valid: what submit_job takes.
+    spec: job_spec.JobSpec | None = None
 
     def validate(self, data):
+        """Build the job's spec (`self.spec`), the one validation of its payload on the way to the worker.
+
+        The spec's owner and Idempotency-Key come from the context ("owner",
+        "idempotency_key"); without them, the spec is of a job without.
+        """
         if "run_at" in data and "delay" in data:
             raise serializers.ValidationError({"delay": ["Give run_at or delay, not both."]})
+        data["priority"] = Priority.labels.index(data["priority"])
         try:
-            data["payload"] = validate_payload(data["type"], data.get("payload"))
+            self.spec = job_spec.build(
+                owner=self.context.get("owner"), idempotency_key=self.context.get("idempotency_key"), **data
+            )
         except UnknownJobType as exc:
             raise serializers.ValidationError({"type": [str(exc)]}) from exc
         except PayloadError as exc:
             raise serializers.ValidationError({"payload": exc.errors}) from exc
-        data["priority"] = Priority.labels.index(data["priority"])
+        except ValueError as exc:  # an option the fields above let through, such as text PostgreSQL cannot store
+            raise serializers.ValidationError({"non_field_errors": [str(exc)]}) from exc
+        data["payload"] = self.spec.payload
         return data
 
 

@@ -90,10 +90,10 @@ class JobListCreateApi(APIView):
             raise ValidationError({"Idempotency-Key": ["Must be 1 to 255 characters."]})
         if key and (problem := unstorable(key)):
             raise ValidationError({"Idempotency-Key": [f"Must not contain {problem}."]})
-        data = JobCreateSerializer(data=request.data)
+        data = JobCreateSerializer(data=request.data, context={"owner": request.user, "idempotency_key": key or None})
         data.is_valid(raise_exception=True)
         try:
-            submission = submit_job(user=request.user, idempotency_key=key, **data.validated_data)
+            submission = submit_job(user=request.user, spec=data.spec)
         except JobTypeNotAllowed as exc:
             raise ValidationError({"type": [str(exc)]}) from exc
         except OptionNotAllowed as exc:

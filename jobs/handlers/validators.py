@@ -3,7 +3,8 @@
 Each validator takes the payload as submitted and returns it normalized, or
 raises PayloadError mapping every bad field to its messages, so a client sees
 all of its mistakes at once. Each is a PayloadSchema: its fields are data,
-so the dashboard's Submit form asks for exactly what the validator takes.
+declared once per type with how the dashboard's Submit form shows them, so
+the form asks for exactly what the validator takes.
 """
 
 import re
@@ -55,6 +56,13 @@ class Field:
     single: bool = False
     # number: the value is how many seconds the job runs, which users' limits bound.
     duration: bool = False
+    # How the dashboard's Submit form shows it: a label (else the name,
+    # capitalized), a help text, an example value as the placeholder, and
+    # for a string, a text area instead of one line.
+    label: str = ""
+    help: str = ""
+    example: str = ""
+    multiline: bool = False
 
     @property
     def required(self) -> bool:
@@ -85,8 +93,8 @@ class _Fields:
         """Return whether field `name` was given; flag it if it is required and missing.
 
         Null is taken as left out for a field whose default is null: a
-        validator must accept its own output, and the worker validates
-        every payload again before it runs it.
+        validator must accept its own output, and the worker checks every
+        stored payload against its schema again before it runs it.
         """
         self.seen.add(name)
         if name in self.data and not (default is None and self.data[name] is None):
@@ -171,15 +179,26 @@ class PayloadSchema:
         return reader.done(**values)
 
 
-text_payload = PayloadSchema(Field("text", "string", max_length=MAX_TEXT_LENGTH), bare="text")
+text_payload = PayloadSchema(
+    Field("text", "string", max_length=MAX_TEXT_LENGTH, label="Text", multiline=True, example="hello world"),
+    bare="text",
+)
 
-fibonacci_payload = PayloadSchema(Field("n", "integer", min_value=0, max_value=MAX_FIBONACCI_N), bare="n")
+fibonacci_payload = PayloadSchema(
+    Field("n", "integer", min_value=0, max_value=MAX_FIBONACCI_N, label="n", help=f"0 to {MAX_FIBONACCI_N}",
+          example="10"),
+    bare="n",
+)
 
-sleep_payload = PayloadSchema(Field("seconds", "number", max_value=MAX_SLEEP_SECONDS, duration=True), bare="seconds")
+sleep_payload = PayloadSchema(
+    Field("seconds", "number", max_value=MAX_SLEEP_SECONDS, duration=True, label="Seconds", example="5"),
+    bare="seconds",
+)
 
 fail_payload = PayloadSchema(
-    Field("message", "string", default="Failed on purpose.", max_length=1000),
-    Field("permanent", "boolean", default=False),
+    Field("message", "string", default="Failed on purpose.", max_length=1000, label="Error message",
+          example="Failed on purpose."),
+    Field("permanent", "boolean", default=False, label="Permanent: skip the retries, straight to the DLQ"),
 )
 
 
@@ -199,16 +218,20 @@ def _check_email(values: dict[str, Any], fields: _Fields) -> None:
 
 # `to` may be one address; the normalized payload always has a list.
 email_payload = PayloadSchema(
-    Field("to", "strings", max_items=MAX_RECIPIENTS, single=True),
-    Field("subject", "string", max_length=255, blank=False),
-    Field("body", "string", max_length=50_000),
+    Field("to", "strings", max_items=MAX_RECIPIENTS, single=True, label="To", help="One address per line",
+          example="ada@example.com"),
+    Field("subject", "string", max_length=255, blank=False, label="Subject"),
+    Field("body", "string", max_length=50_000, label="Body", multiline=True),
     check=_check_email,
 )
 
 video_payload = PayloadSchema(
-    Field("url", "string", default=None, max_length=MAX_URL_LENGTH),
-    Field("duration", "number", default=2, max_value=MAX_VIDEO_SECONDS, duration=True),
-    Field("steps", "integer", default=10, min_value=1, max_value=MAX_VIDEO_STEPS),
+    Field("url", "string", default=None, max_length=MAX_URL_LENGTH, label="Video URL",
+          example="https://example.com/video.mp4"),
+    Field("duration", "number", default=2, max_value=MAX_VIDEO_SECONDS, duration=True, label="Duration (seconds)",
+          example="2"),
+    Field("steps", "integer", default=10, min_value=1, max_value=MAX_VIDEO_STEPS, label="Progress steps",
+          example="10"),
 )
 
 
@@ -254,7 +277,8 @@ def _check_url(values: dict[str, Any], fields: _Fields) -> None:
 
 # An http(s) URL with a host, normalized by parse_web_url.
 url_payload = PayloadSchema(
-    Field("url", "string", max_length=MAX_URL_LENGTH, blank=False), bare="url", check=_check_url
+    Field("url", "string", max_length=MAX_URL_LENGTH, blank=False, label="URL", example="https://example.com"),
+    bare="url", check=_check_url,
 )
 
 
@@ -276,7 +300,8 @@ def _check_command(values: dict[str, Any], fields: _Fields) -> None:
 
 
 command_payload = PayloadSchema(
-    Field("argv", "strings", max_items=MAX_ARGV_ITEMS),
-    Field("timeout", "number", default=60, max_value=MAX_COMMAND_SECONDS),
+    Field("argv", "strings", max_items=MAX_ARGV_ITEMS, label="Command",
+          help="Program and arguments, one per line; no shell"),
+    Field("timeout", "number", default=60, max_value=MAX_COMMAND_SECONDS, label="Timeout (seconds)", example="60"),
     check=_check_command,
 )
