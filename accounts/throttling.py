@@ -18,6 +18,7 @@ from django.core.cache import cache
 from rest_framework.throttling import SimpleRateThrottle
 
 from accounts.backends import username_for_login
+from jobs.registry import unstorable
 from queueproject.cache import SharedConnectionPool
 
 # One sliding window, as SimpleRateThrottle keeps it, in one step: drop the
@@ -101,6 +102,8 @@ class LoginAccountThrottle(SharedRateThrottle):
     def key_for_login(self, login: str | None) -> str | None:
         if not login:
             return None
+        if unstorable(login):  # no account's name, and PostgreSQL would refuse to look it up
+            return self.key_for("name-" + hashlib.sha256(login.lower().encode(errors="surrogatepass")).hexdigest())
         User = get_user_model()
         user_id = (
             User._default_manager.filter(**{User.USERNAME_FIELD: username_for_login(login)})

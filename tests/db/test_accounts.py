@@ -336,3 +336,14 @@ def test_registration_stays_throttled_per_address(alice, settings):
         for name in ["alice"] * 5 + [f"new{n}" for n in range(6)]
     ]
     assert codes == [202] * 10 + [429]
+
+
+@pytest.mark.parametrize("login", ["ali\x00ce", "ali\ud800ce"], ids=["nul", "lone-surrogate"])
+def test_a_login_name_postgresql_cannot_store_is_refused_not_a_500(alice, login):
+    """Answer a 400 on the field at the API (its throttle looked the name up first) and the form's error at the session logins."""
+    response = post_json("/api/auth/token/", {"username": login, "password": PASSWORD})
+    assert response.status_code == 400, response.content
+    assert list(response.json()) == ["username"]
+    if login.isascii():  # a form post carries UTF-8, which cannot hold a lone surrogate
+        for url in ("/accounts/login/", "/admin/login/"):
+            assert session_login(Client(), url, login, PASSWORD).status_code == 200
