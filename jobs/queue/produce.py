@@ -145,17 +145,23 @@ def enqueue_many(specs: Iterable[JobSpec] | str, payloads: Iterable[Any] | None 
     the insert joins the caller's transaction.
     """
     if isinstance(specs, str):
+        # build_many gives every spec the same options and no keys: nothing to compare.
         specs = build_many(specs, [] if payloads is None else payloads, **options)
-    elif payloads is not None or options:
-        raise TypeError("enqueue_many() takes JobSpecs alone, or a type with its payloads and options.")
-    specs = list(specs)
-    if not specs:
-        return []
-    first = specs[0]
-    if any(spec.unique_key is not None or spec.idempotency_key is not None for spec in specs):
-        raise ValueError("enqueue_many() stores no unique or idempotency keys; enqueue those jobs one by one.")
-    if any(replace(spec, payload=None) != replace(first, payload=None) for spec in specs):
-        raise ValueError("enqueue_many() stores jobs of one type with the same options in one INSERT.")
+        if not specs:
+            return []
+        first = specs[0]
+    else:
+        if payloads is not None or options:
+            raise TypeError("enqueue_many() takes JobSpecs alone, or a type with its payloads and options.")
+        specs = list(specs)
+        if not specs:
+            return []
+        first = specs[0]
+        if any(spec.unique_key is not None or spec.idempotency_key is not None for spec in specs):
+            raise ValueError("enqueue_many() stores no unique or idempotency keys; enqueue those jobs one by one.")
+        options_of_first = replace(first, payload=None)
+        if any(replace(spec, payload=None) != options_of_first for spec in specs):
+            raise ValueError("enqueue_many() stores jobs of one type with the same options in one INSERT.")
     for spec in specs:
         check_owner(spec.handler, spec.owner, spec.payload)
     ids = [job_id for job_id, _, _ in _insert_jobs(first, [spec.payload for spec in specs])]
