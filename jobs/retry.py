@@ -9,9 +9,13 @@ failure instead of being retried at once, over and over.
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from jobs import conf
 from jobs.models import JobStatus
+
+if TYPE_CHECKING:
+    from jobs.registry import Handler
 
 
 def backoff_seconds(attempt: int, *, base: float, cap: float, jitter: float = 0.1, rng: random.Random | None = None) -> float:
@@ -42,12 +46,15 @@ class Decision:
         return self.status == JobStatus.DEAD
 
 
-def backoff_for(type_name: str) -> tuple[float, float]:
-    """Return the (base, cap) of `type_name`'s backoff: its handler's, else the JOBS_BACKOFF_* settings."""
+def backoff_for(type_name: str, handler: "Handler | None" = None) -> tuple[float, float]:
+    """Return the (base, cap) of `type_name`'s backoff: its handler's, else the JOBS_BACKOFF_* settings.
+
+    `handler` is the type's handler if the caller resolved it already.
+    """
     from jobs.registry import get_handler  # the registry imports the handlers' modules
 
     try:
-        handler = get_handler(type_name)
+        handler = handler or get_handler(type_name)
         base, cap = handler.backoff_base, handler.backoff_cap
     except LookupError:  # an unknown type fails for good anyway
         base = cap = None
@@ -56,14 +63,15 @@ def backoff_for(type_name: str) -> tuple[float, float]:
 
 
 def decide(*, type_name: str, attempts: int, max_retries: int, now: datetime, permanent: bool = False,
-           rng: random.Random | None = None) -> Decision:
+           rng: random.Random | None = None, handler: "Handler | None" = None) -> Decision:
     """Return what follows failed attempt number `attempts` of a job that may be retried `max_retries` times.
 
     A permanent failure, or one with no retry left, makes the job dead;
-    anything else retries it after the backoff of its type.
+    anything else retries it after the backoff of its type (of `handler`,
+    if the caller resolved it already).
     """
     if permanent or attempts > max_retries:
         return Decision(JobStatus.DEAD, 0.0, None)
-    base, cap = backoff_for(type_name)
+    base, cap = backoff_for(type_name, handler)
     delay = backoff_seconds(attempts, base=base, cap=cap, jitter=conf.get("JOBS_BACKOFF_JITTER"), rng=rng)
     return Decision(JobStatus.RETRYING, delay, now + timedelta(seconds=delay))

@@ -19,6 +19,7 @@ from jobs.models import JobStatus
 from jobs.queue.claim import ClaimedJob
 from jobs.queue.produce import notify
 from jobs.queue.sql import query
+from jobs.registry import Handler
 
 _BUCKETS = list(BUCKETS)  # the histogram bounds, as the statements take them
 
@@ -45,6 +46,8 @@ class Failure:
     outcome: str = "failed"
     run_seconds: float | None = None
     started_ago: float = 0.0
+    # The job's handler, if the caller resolved it already: its backoff decides the retry.
+    handler: Handler | None = None
 
 
 def record_outcomes(completions: list[Completion], failures: list[Failure]) -> dict[int, str]:
@@ -69,7 +72,7 @@ def record_outcomes(completions: list[Completion], failures: list[Failure]) -> d
         job = failure.job
         job.begin()  # a job that failed before its slot's start was stored: this attempt counts
         decision = retry.decide(type_name=job.type, attempts=job.attempts, max_retries=job.max_retries,
-                                permanent=failure.permanent, now=now)
+                                permanent=failure.permanent, now=now, handler=failure.handler)
         # The delay, not decision.run_at: it counts from the database's clock.
         rows.append({"id": job.id, "token": str(job.lease_token), "status": decision.status, "delay": decision.delay,
                      "error": failure.error, "traceback": failure.traceback[-20000:], "outcome": failure.outcome,

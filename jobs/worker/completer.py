@@ -107,7 +107,7 @@ class Completer:
             [queue.Completion(o.running.job, o.result, o.duration, now - (o.running.started or now))
              for o in successes],
             [queue.Failure(o.running.job, o.error, o.traceback, o.permanent, o.kind, o.duration,
-                           now - (o.running.started or now))
+                           now - (o.running.started or now), o.running.handler)
              for o in failures],
         )
         self._completed(successes, statuses)

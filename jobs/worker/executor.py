@@ -53,7 +53,8 @@ def _run(running: Running) -> Outcome:
     job = running.job
     # Resolve and run.
     try:
-        handler = get_handler(job.type)
+        # Resolved when the job was claimed; looked up again only to say why an unknown type fails.
+        handler = running.handler or get_handler(job.type)
         # The one check of the worker: the stored payload against its type's
         # schema, which jobs.spec.build ran before storing it. A job built
         # that way passes unchanged (a schema accepts its own output), but

@@ -35,7 +35,7 @@ from django.db import connection
 
 from jobs import conf, db, events, queue
 from jobs.errors import UnknownJobType
-from jobs.registry import JobContext, get_handler
+from jobs.registry import Handler, JobContext, get_handler
 from jobs.worker.completer import DB_ERRORS, Completer
 from jobs.worker.maintainer import Maintainer
 from jobs.worker.producer import Producer
@@ -223,7 +223,9 @@ class Worker:
         if self.producer.wants(len(self.held), now):
             waiting = sum(1 for r in self.held.values() if r.started is None and not r.abandoned)
             for job in self.producer.claim(held=len(self.held), starting=self.slots.idle() - waiting, now=now):
-                running = Running(job=job, context=self._context(job), timeout=self._timeout(job))
+                handler = self._handler(job.type)
+                running = Running(job=job, context=self._context(job), timeout=self._timeout(job, handler),
+                                  handler=handler)
                 self.held[job.id] = running
                 self.slots.hand(running)
                 claimed = True
@@ -282,14 +284,18 @@ class Worker:
         return JobContext(job_id=job.id, type=job.type, payload=job.payload, attempt=job.attempts,
                           trace_id=job.trace_id, queue=job.queue, report_progress=report_progress)
 
-    def _timeout(self, job: queue.ClaimedJob) -> float:
+    @staticmethod
+    def _handler(type_name: str) -> Handler | None:
+        try:
+            return get_handler(type_name)
+        except UnknownJobType:  # the executor fails it for good, saying so
+            return None
+
+    @staticmethod
+    def _timeout(job: queue.ClaimedJob, handler: Handler | None) -> float:
         if job.timeout:
             return job.timeout
-        try:
-            handler_timeout = get_handler(job.type).timeout
-        except UnknownJobType:
-            handler_timeout = None
-        return handler_timeout or conf.get("JOBS_DEFAULT_TIMEOUT")
+        return (handler.timeout if handler is not None else None) or conf.get("JOBS_DEFAULT_TIMEOUT")
 
     def heartbeat(self) -> None:
         # Every held job is waiting for a slot, run by a live slot, or

@@ -5,7 +5,7 @@ import threading
 from dataclasses import dataclass, field
 
 from jobs.queue import ClaimedJob, RescuedJob
-from jobs.registry import JobContext
+from jobs.registry import Handler, JobContext
 
 logger = logging.getLogger("jobs.worker")
 
@@ -17,6 +17,8 @@ class Running:
     job: ClaimedJob
     context: JobContext
     timeout: float
+    # Resolved once, when the job is claimed; None for a type this worker does not know.
+    handler: Handler | None = None
     started: float | None = None  # time.monotonic() when a slot picked it up
     slot: "Slot | None" = None
     # Set by its slot when it started a `claimed` job: its start is not stored yet.

@@ -220,3 +220,18 @@ def test_the_worker_refuses_a_stored_payload_its_schema_does_not_take():
     outcome = execute(running("reverse_string", {"text": 42}), worker_id="w")
     assert not outcome.ok and outcome.permanent
     assert outcome.error.startswith("Invalid payload: PayloadError: text:")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_resolves_a_jobs_handler_once_for_its_timeout_its_run_and_its_backoff(calls):
+    """Look the handler up once per claimed job, in a real in-process worker: not again for the timeout or the retry."""
+    from jobs.models import Job, JobStatus
+    from jobs.worker import Worker
+
+    done = queue.enqueue("reverse_string", "hello")
+    failing = queue.enqueue("fail", {"message": "no"}, max_retries=1)
+    calls.reset()
+    Worker(burst=True, concurrency=2, poll_interval=0.1, install_signal_handlers=False).run()
+    assert Job.objects.get(pk=done.pk).status == JobStatus.COMPLETED
+    assert Job.objects.get(pk=failing.pk).status == JobStatus.RETRYING
+    assert calls.resolutions == 2, "one lookup per job"
