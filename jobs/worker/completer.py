@@ -65,8 +65,6 @@ class Completer:
         self.slots.started.extend(young)
         if due:
             queue.start_jobs([(r.job, now - (r.started or now)) for r in due])
-            for running in due:
-                running.start_pending = False
 
     def next_start_due(self) -> float | None:
         """Return when the oldest unstored start is due to be stored."""

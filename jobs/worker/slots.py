@@ -154,9 +154,8 @@ class Slots:
                     continue
                 running.slot, running.started = slot, time.monotonic()
                 slot.current = running
-                if running.job.begin():  # it was `claimed`: its attempt starts now
+                if running.job.begin():  # it was `claimed`: its attempt starts now, its start is stored next
                     running.context.attempt = running.job.attempts
-                    running.start_pending = True
                     self.started.append(running)
             outcome = executor.execute(running, self.worker_id)
             with self.lock:

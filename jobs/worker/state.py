@@ -21,8 +21,6 @@ class Running:
     handler: Handler | None = None
     started: float | None = None  # time.monotonic() when a slot picked it up
     slot: "Slot | None" = None
-    # Set by its slot when it started a `claimed` job: its start is not stored yet.
-    start_pending: bool = False
     # Set by its slot, under the slots' lock, once its outcome is handed over.
     finished: bool = False
     # Set once the worker gave up on it (timeout, lost lease, shutdown):
