@@ -35,3 +35,22 @@ class IllegalTransition(Exception):
 
 class OwnerAtCapacity(Exception):
     """An enqueue refused because the owner already has as many unfinished jobs as it allowed."""
+
+
+class SubmissionRefused(Exception):
+    """A submission the user's limits do not allow right now (jobs.submission)."""
+
+    kind = "refused"
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class RateLimited(SubmissionRefused):
+    kind = "rate"
+
+
+class TooManyActiveJobs(SubmissionRefused):
+    kind = "active"

@@ -156,8 +156,7 @@ def check_owner_at_run(job: JobContext):
     since the job was submitted, retried or requeued, so the handlers of
     restricted types call this before doing anything.
     """
-    from jobs.errors import PermanentError
-    from jobs.submission import SubmissionRefused
+    from jobs.errors import PermanentError, SubmissionRefused
 
     owner = job.owner_now()
     try:

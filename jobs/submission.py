@@ -15,7 +15,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs import conf, queue, spec as job_spec
-from jobs.errors import OwnerAtCapacity, PayloadError
+
+# The refusals live with the other errors, so the core can name them; importable from here as before.
+from jobs.errors import OwnerAtCapacity, PayloadError, RateLimited, SubmissionRefused, TooManyActiveJobs  # noqa: F401
 from jobs.handlers.validators import PayloadSchema
 from jobs.metrics import count_rate_limit_rejection
 from jobs.models import Job, Priority, SubmissionAllowance
@@ -27,25 +29,6 @@ RATE_WINDOW = timedelta(minutes=1)
 QUEUE_NAME_PATTERN = r"\A[A-Za-z0-9_.-]{1,64}\Z"
 QUEUE_NAME_MESSAGE = "Use 1 to 64 letters, digits and . - _ only."
 ALLOWANCE_TABLE = SubmissionAllowance._meta.db_table
-
-
-class SubmissionRefused(Exception):
-    """A submission the user's limits do not allow right now."""
-
-    kind = "refused"
-
-    def __init__(self, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-
-
-class RateLimited(SubmissionRefused):
-    kind = "rate"
-
-
-class TooManyActiveJobs(SubmissionRefused):
-    kind = "active"
 
 
 class IdempotencyConflict(Exception):

@@ -77,8 +77,8 @@ def check_recipients(user, payload) -> None:
     recipients are used up. Reading what is left does not take it: each
     sending attempt takes its recipients when it runs (spend_recipients).
     """
+    from jobs.errors import RateLimited
     from jobs.metrics import count_rate_limit_rejection
-    from jobs.submission import RateLimited
 
     allowed = {entry.strip().lower() for entry in conf.get("JOBS_EMAIL_USER_RECIPIENTS")}
     own = (user.email or "").strip().lower()
