@@ -89,6 +89,12 @@ class Job(models.Model):
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - NULL: no key, left out of the unique constraint
     # From the API's Idempotency-Key header: a retried request finds its job here.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - as unique_key
+    # Flow control (jobs.flow): jobs with the same key in a queue share its
+    # limits, and keys take turns. NULL: no key, and no key limit applies.
+    concurrency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL: no key
+    # The key's concurrency limit as the job's type (or the owner rule) set it;
+    # a KeyLimit row for the key overrides it, and it overrides the queue's.
+    key_limit = models.PositiveIntegerField(null=True, blank=True)
 
     # The lease of a running job. Every write a worker makes carries the
     # token, so a worker that lost its lease to a rescue changes nothing.
@@ -120,10 +126,23 @@ class Job(models.Model):
         ordering = ["-id"]
         indexes = [
             # The claim: one index range scan per priority, oldest run_at first.
+            # Jobs with a concurrency key are claimed through the next index.
             models.Index(
                 fields=["priority", "run_at", "id"],
                 name="job_claim_idx",
-                condition=Q(status__in=READY_STATUSES),
+                condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=True),
+            ),
+            # The claim of keyed jobs: a skip scan finds each key, then each
+            # key's jobs in their order. Only keyed jobs pay for these two.
+            models.Index(
+                fields=["queue", "concurrency_key", "priority", "run_at", "id"],
+                name="job_key_claim_idx",
+                condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=False),
+            ),
+            # How many jobs of each key are held now (the key's limit counts them).
+            models.Index(
+                fields=["queue", "concurrency_key"], name="job_key_held_idx",
+                condition=Q(status__in=HELD_STATUSES, concurrency_key__isnull=False),
             ),
             # The rescuer looks only at held jobs whose lease ran out.
             models.Index(
@@ -176,6 +195,79 @@ class Job(models.Model):
     @property
     def priority_label(self) -> str:
         return Priority(self.priority).label
+
+
+class QueueControl(models.Model):
+    """A queue's run-time controls: paused or not, and its limits (jobs.flow).
+
+    A queue without a row has none. Limits count held jobs (claimed or
+    running), across every worker, and are enforced by the claim itself.
+    """
+
+    name = models.CharField(primary_key=True, max_length=64)
+    paused = models.BooleanField(default=False, help_text="Workers claim none of its jobs; running ones finish.")
+    paused_at = models.DateTimeField(null=True, blank=True)
+    concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many of its jobs held by workers at once. Empty: no limit.")
+    rate_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many of its jobs started per rate period. Empty: no limit.")
+    rate_period = models.FloatField(default=60.0, help_text="Seconds.")
+    key_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Default limit of each concurrency key in this queue. Empty: no limit.")
+    key_rate_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many starts per key per key rate period. Empty: no limit.")
+    key_rate_period = models.FloatField(default=60.0, help_text="Seconds.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(rate_period__gt=0, key_rate_period__gt=0),
+                                   name="queuecontrol_period_positive"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class KeyLimit(models.Model):
+    """Limits of one concurrency key in one queue, overriding the type's and the queue's."""
+
+    queue = models.CharField(max_length=64)
+    key = models.CharField(max_length=200)
+    concurrency = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the type's or queue's limit.")
+    rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the queue's key rate.")
+    rate_period = models.FloatField(default=60.0, help_text="Seconds.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["queue", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "key"], name="keylimit_unique_queue_key"),
+            models.CheckConstraint(condition=Q(rate_period__gt=0), name="keylimit_period_positive"),
+        ]
+
+    def __str__(self):
+        return f"{self.queue}/{self.key}"
+
+
+class StartLog(models.Model):
+    """One start of a job under a rate limit: the claim counts these to stay within it.
+
+    `scope` is "q:<queue>" or "k:<queue>:<key>". Inserted by the claim that
+    starts the job, only for scopes with a rate limit; the leader drops
+    entries older than the longest rate period.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    scope = models.CharField(max_length=270)
+    started_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["scope", "started_at"], name="startlog_scope_idx")]
+
+    def __str__(self):
+        return f"{self.scope} @ {self.started_at}"
 
 
 class Worker(models.Model):

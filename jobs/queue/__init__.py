@@ -35,7 +35,15 @@ from jobs.queue.actions import (
     retry_jobs_now,
     retry_now,
 )
-from jobs.queue.claim import ClaimedJob, claim_jobs, priority_order, start_jobs
+from jobs.queue.claim import (
+    ClaimedJob,
+    FlowState,
+    claim_jobs,
+    claim_limited_jobs,
+    flow_state,
+    priority_order,
+    start_jobs,
+)
 from jobs.queue.maintenance import (
     PRUNE_BATCH,
     STAGE_BATCH,
@@ -61,9 +69,9 @@ from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_w
 
 __all__ = [
     "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES", "STAGE_BATCH",
-    "ClaimedJob", "Completion", "Failure", "RescuedJob",
-    "cancel_job", "cancel_jobs", "claim_jobs", "complete_job", "complete_jobs", "dead_jobs", "enqueue",
-    "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "heartbeat", "notify", "parse_priority",
+    "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob",
+    "cancel_job", "cancel_jobs", "claim_jobs", "claim_limited_jobs", "complete_job", "complete_jobs", "dead_jobs", "enqueue",
+    "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state", "heartbeat", "notify", "parse_priority",
     "priority_order", "prune_finished", "prune_workers", "record_outcomes", "register_worker", "release_jobs", "requeue_dead",
     "rescue_expired_leases", "retry_job", "retry_jobs_now", "retry_now", "set_progress", "stage_due_jobs",
     "start_jobs", "stop_worker",

@@ -91,12 +91,72 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
     # An UPDATE returns its rows in no set order: the claim's order is priority, then due time.
     rank = {p: n for n, p in enumerate(order)}
     claimed.sort(key=lambda job: (not job.started, rank[job.priority], job.due, job.id))
+    _announce_claimed(claimed)
+    return claimed
+
+
+def _announce_claimed(claimed: list[ClaimedJob]) -> None:
     for job in claimed:
         if isinstance(job.payload, str):  # Django registers jsonb as text for psycopg
             job.payload = json.loads(job.payload)
     for status, started in ((JobStatus.RUNNING, True), (JobStatus.CLAIMED, False)):
         jobs = [job for job in claimed if job.started is started]
         events.jobs_changed([job.id for job in jobs], [job.owner_id for job in jobs], status, 0)
+
+
+# The advisory lock limited claims take turns on (lock_limited_claims): "skipjack" in ASCII.
+LIMITED_CLAIM_LOCK = 0x736B69706A61636B
+
+
+@dataclass(frozen=True, slots=True)
+class FlowState:
+    """What flow control asks of a worker now (queries.sql: flow_state)."""
+
+    paused: frozenset[str] = frozenset()
+    # Queues with a concurrency or rate limit of their own: only the limited claim takes their jobs.
+    limited: frozenset[str] = frozenset()
+    # Whether any job with a concurrency key waits.
+    keyed_waiting: bool = False
+
+    def limited_work(self, queues: list[str] | None) -> bool:
+        """Return whether the limited claim may find jobs for a worker serving `queues` (None: all)."""
+        if self.keyed_waiting:
+            return True
+        return bool(self.limited if queues is None else self.limited.intersection(queues))
+
+
+def flow_state() -> FlowState:
+    """Read what flow control asks of workers now: one short statement."""
+    with statement_cursor() as cursor:
+        cursor.execute(query("flow_state"))
+        paused, limited, keyed = cursor.fetchone()
+    return FlowState(paused=frozenset(paused), limited=frozenset(limited), keyed_waiting=keyed)
+
+
+def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
+                       lease_seconds: float | None = None, starting: int | None = None) -> list[ClaimedJob]:
+    """Claim up to `limit` jobs that flow control applies to, within every limit, and return them.
+
+    Those are the jobs with a concurrency key and the jobs of queues with a
+    limit of their own, which claim_jobs leaves alone. Limits hold across
+    every worker: limited claims take turns on one advisory lock, and each
+    counts the held jobs and logged starts it must stay within. Jobs under
+    a rate limit are claimed only for the `starting` free slots. Returned
+    in the order to run them, started ones first.
+    """
+    if limit <= 0:
+        return []
+    params = {
+        "limit": limit, "worker": worker_id, "queues": queues or None,
+        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "start": limit if starting is None else max(0, min(starting, limit)),
+    }
+    with transaction.atomic(), statement_cursor() as cursor:
+        cursor.execute(query("lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
+        cursor.execute(query("claim_limited_jobs"), params)
+        claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
+    claimed.sort(key=lambda job: (not job.started, job.priority, job.due, job.id))
+    _announce_claimed(claimed)
     return claimed
 
 

@@ -123,11 +123,20 @@ FROM inserted ORDER BY id;
 -- sub-selects it could hash the whole table: a generic plan, which cannot
 -- know `limit`, guesses a tenth of the queue, and with a deep queue that
 -- hash spilled to disk.
-WITH p1 AS MATERIALIZED (
+--
+-- Flow control (claim_limited_jobs claims the rest): only jobs without a
+-- concurrency key, the condition of job_claim_idx, and none of a queue that
+-- is paused or has a limit of its own. `controlled` reads the few rows of
+-- jobs_queuecontrol once per statement.
+WITH controlled AS MATERIALIZED (
+    SELECT ARRAY(SELECT name FROM jobs_queuecontrol
+                 WHERE paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) AS names
+), p1 AS MATERIALIZED (
     SELECT id FROM jobs_job
     WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
       AND (expires_at IS NULL OR expires_at > statement_timestamp())
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND concurrency_key IS NULL AND queue <> ALL((SELECT names FROM controlled)::text[])
       AND priority = %(p1)s AND run_at >= to_timestamp(%(from1)s)
     ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), p2 AS MATERIALIZED (
@@ -135,6 +144,7 @@ WITH p1 AS MATERIALIZED (
     WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
       AND (expires_at IS NULL OR expires_at > statement_timestamp())
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND concurrency_key IS NULL AND queue <> ALL((SELECT names FROM controlled)::text[])
       AND priority = %(p2)s AND run_at >= to_timestamp(%(from2)s)
     ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) FOR UPDATE SKIP LOCKED
 ), p3 AS MATERIALIZED (
@@ -142,6 +152,7 @@ WITH p1 AS MATERIALIZED (
     WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
       AND (expires_at IS NULL OR expires_at > statement_timestamp())
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND concurrency_key IS NULL AND queue <> ALL((SELECT names FROM controlled)::text[])
       AND priority = %(p3)s AND run_at >= to_timestamp(%(from3)s)
     ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) - (SELECT count(*) FROM p2)
     FOR UPDATE SKIP LOCKED
@@ -159,6 +170,163 @@ SET status = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 
 WHERE j.id = ANY((SELECT ids FROM chosen)::bigint[])
 RETURNING j.id, j.type, j.payload, j.attempts, j.max_retries, j.timeout, j.trace_id, j.queue, j.lease_token,
           j.owner_id, j.priority, extract(epoch FROM j.run_at)::float8, j.status = 'running';
+
+
+-- name: lock_limited_claims
+-- Limited claims take turns, cluster-wide: each counts what is held and
+-- started, then claims within what is left, and two at once would both see
+-- the same room. Held until the claim's transaction ends. A statement of
+-- its own: under READ COMMITTED the claim that follows sees every claim
+-- committed before this lock was granted, which one statement would not.
+SELECT pg_advisory_xact_lock(%(lock)s);
+
+
+-- name: claim_limited_jobs
+-- Claim up to %(limit)s jobs that flow control applies to, for worker
+-- %(worker)s, under lock_limited_claims: jobs with a concurrency key, and
+-- the jobs of queues with a limit of their own (jobs_queuecontrol). As in
+-- claim_jobs, the first %(start)s start at once and the rest are `claimed`.
+--
+-- Limits count held jobs (claimed or running), so a job a worker holds for
+-- a slot already counts against its key and its queue. A rate counts
+-- starts, so a job under one is claimed only to start at once, and its
+-- start is logged (jobs_startlog) by this same statement.
+--
+-- Fairness: each group (a queue's key, or a limited queue's jobs without a
+-- key) offers its jobs in their own order, and the claim takes every
+-- group's first job before any group's second (`turn`), so one busy key
+-- cannot starve the others.
+WITH RECURSIVE keys AS (
+    -- Each (queue, key) with a ready job: a skip scan of job_key_claim_idx,
+    -- one index probe per key however many jobs it has. The first job's
+    -- key_limit is the limit its type gives the key.
+    (SELECT queue, concurrency_key AS key, key_limit FROM jobs_job
+     WHERE status IN ('queued', 'scheduled', 'retrying') AND concurrency_key IS NOT NULL
+       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+     ORDER BY queue, concurrency_key, priority, run_at, id LIMIT 1)
+    UNION ALL
+    SELECT n.queue, n.key, n.key_limit FROM keys AS k CROSS JOIN LATERAL (
+        SELECT queue, concurrency_key AS key, key_limit FROM jobs_job
+        WHERE status IN ('queued', 'scheduled', 'retrying') AND concurrency_key IS NOT NULL
+          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+          AND (queue, concurrency_key) > (k.queue, k.key)
+        ORDER BY queue, concurrency_key, priority, run_at, id LIMIT 1
+    ) AS n
+), queues AS MATERIALIZED (
+    -- The controlled queues, with what each holds and started within its rate period now.
+    SELECT c.name, c.paused, c.concurrency, c.rate_limit, c.key_concurrency, c.key_rate_limit, c.key_rate_period,
+           CASE WHEN c.concurrency IS NOT NULL THEN
+               (SELECT count(*) FROM jobs_job WHERE status IN ('claimed', 'running') AND queue = c.name) END AS held,
+           CASE WHEN c.rate_limit IS NOT NULL THEN
+               (SELECT count(*) FROM jobs_startlog WHERE scope = 'q:' || c.name
+                  AND started_at > statement_timestamp() - make_interval(secs => c.rate_period)) END AS started
+    FROM jobs_queuecontrol AS c
+    WHERE %(queues)s::text[] IS NULL OR c.name = ANY(%(queues)s::text[])
+), held_keys AS MATERIALIZED (
+    SELECT queue, concurrency_key AS key, count(*) AS held FROM jobs_job
+    WHERE status IN ('claimed', 'running') AND concurrency_key IS NOT NULL
+    GROUP BY queue, concurrency_key
+), key_limits AS MATERIALIZED (
+    -- Each key's limits: its KeyLimit row, else its type's (concurrency only), else its queue's.
+    SELECT k.queue, k.key, coalesce(l.concurrency, k.key_limit, q.key_concurrency) AS concurrency,
+           coalesce(l.rate_limit, q.key_rate_limit) AS rate_limit,
+           CASE WHEN l.rate_limit IS NOT NULL THEN l.rate_period ELSE q.key_rate_period END AS rate_period,
+           coalesce(h.held, 0) AS held
+    FROM keys AS k
+    LEFT JOIN queues AS q ON q.name = k.queue
+    LEFT JOIN jobs_keylimit AS l ON l.queue = k.queue AND l.key = k.key
+    LEFT JOIN held_keys AS h ON h.queue = k.queue AND h.key = k.key
+    WHERE NOT coalesce(q.paused, false)
+), groups AS MATERIALIZED (
+    -- What each group may still take (NULL: no limit of its own), and whether a rate counts its starts.
+    SELECT queue, key, rate_limit IS NOT NULL AS key_rated,
+           least(concurrency - held,
+                 CASE WHEN rate_limit IS NOT NULL THEN rate_limit - (
+                     SELECT count(*) FROM jobs_startlog WHERE scope = 'k:' || queue || ':' || key
+                       AND started_at > statement_timestamp() - make_interval(secs => rate_period)) END) AS room
+    FROM key_limits
+    UNION ALL
+    SELECT name, NULL, false, NULL FROM queues
+    WHERE NOT paused AND (concurrency IS NOT NULL OR rate_limit IS NOT NULL)
+), candidates AS MATERIALIZED (
+    SELECT c.id, g.queue, g.key, c.priority, c.run_at, g.key_rated,
+           row_number() OVER (PARTITION BY g.queue, g.key ORDER BY c.priority, c.run_at, c.id) AS turn
+    FROM groups AS g CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at FROM jobs_job AS j
+        WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.concurrency_key IS NOT NULL
+          AND j.queue = g.queue AND j.concurrency_key = g.key
+          AND j.run_at <= statement_timestamp() AND (j.expires_at IS NULL OR j.expires_at > statement_timestamp())
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT greatest(0, least(coalesce(g.room, %(limit)s), %(limit)s))
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE g.key IS NOT NULL
+    UNION ALL
+    SELECT c.id, g.queue, NULL, c.priority, c.run_at, false,
+           row_number() OVER (PARTITION BY g.queue ORDER BY c.priority, c.run_at, c.id)
+    FROM groups AS g CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at FROM jobs_job AS j
+        WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.concurrency_key IS NULL
+          AND j.queue = g.queue
+          AND j.run_at <= statement_timestamp() AND (j.expires_at IS NULL OR j.expires_at > statement_timestamp())
+        ORDER BY j.priority, j.run_at, j.id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE g.key IS NULL
+), within_queues AS (
+    -- Within each queue's own room, taking turns across its groups.
+    SELECT c.*, q.rate_limit IS NOT NULL AS queue_rated,
+           least(q.concurrency - q.held, q.rate_limit - q.started) AS queue_room,
+           row_number() OVER (PARTITION BY c.queue ORDER BY c.turn, c.priority, c.run_at, c.id) AS in_queue
+    FROM candidates AS c LEFT JOIN queues AS q ON q.name = c.queue
+), picked AS MATERIALIZED (
+    -- Rated jobs only as many as start now; they go first, so the claim starts them.
+    SELECT id, queue, key, key_rated, queue_rated, key_rated OR queue_rated AS rated, turn, priority, run_at
+    FROM (
+        SELECT w.*, count(*) FILTER (WHERE w.key_rated OR w.queue_rated)
+                        OVER (ORDER BY w.turn, w.priority, w.run_at, w.id) AS rated_so_far
+        FROM within_queues AS w
+        WHERE w.queue_room IS NULL OR w.in_queue <= w.queue_room
+    ) AS r
+    WHERE NOT (key_rated OR queue_rated) OR rated_so_far <= %(start)s
+    ORDER BY NOT (key_rated OR queue_rated), turn, priority, run_at, id
+    LIMIT %(limit)s
+), chosen AS MATERIALIZED (
+    SELECT ids, ids[1:%(start)s] AS starting
+    FROM (SELECT ARRAY(SELECT id FROM picked ORDER BY NOT rated, turn, priority, run_at, id) AS ids) AS a
+), logged AS (
+    INSERT INTO jobs_startlog (scope, started_at)
+    SELECT 'q:' || queue, statement_timestamp() FROM picked WHERE queue_rated
+    UNION ALL
+    SELECT 'k:' || queue || ':' || key, statement_timestamp() FROM picked WHERE key_rated
+)
+UPDATE jobs_job AS j
+SET status = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 'running' ELSE 'claimed' END,
+    attempts = j.attempts + CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 1 ELSE 0 END,
+    started_at = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN statement_timestamp() END,
+    leased_by = %(worker)s, lease_token = gen_random_uuid(),
+    lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s),
+    finished_at = NULL, progress = 0
+WHERE j.id = ANY((SELECT ids FROM chosen)::bigint[])
+RETURNING j.id, j.type, j.payload, j.attempts, j.max_retries, j.timeout, j.trace_id, j.queue, j.lease_token,
+          j.owner_id, j.priority, extract(epoch FROM j.run_at)::float8, j.status = 'running';
+
+
+-- name: flow_state
+-- What a worker needs to know of flow control, read once per poll: the
+-- paused queues, the queues with limits of their own, and whether any job
+-- with a concurrency key waits (one probe of job_key_claim_idx).
+SELECT coalesce(array_agg(name) FILTER (WHERE paused), '{}'),
+       coalesce(array_agg(name) FILTER (WHERE NOT paused AND (concurrency IS NOT NULL OR rate_limit IS NOT NULL)), '{}'),
+       EXISTS (SELECT 1 FROM jobs_job WHERE status IN ('queued', 'scheduled', 'retrying')
+               AND concurrency_key IS NOT NULL)
+FROM jobs_queuecontrol;
+
+
+-- name: prune_start_log
+-- Starts older than every rate period: no limit counts them any more.
+DELETE FROM jobs_startlog WHERE started_at < statement_timestamp() - make_interval(secs => %(keep)s);
 
 
 -- name: start_jobs
