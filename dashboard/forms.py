@@ -17,12 +17,13 @@ from typing import Any, cast
 
 from django import forms
 
+from jobs import flow
 from jobs.errors import UnknownJobType
+from jobs.flow import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 from jobs.handlers.validators import Field, PayloadSchema
 from jobs.models import JobStatus, Priority
 from jobs.queue import MAX_SECONDS
 from jobs.registry import get_handler, handlers
-from jobs.submission import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 
 SINCE_CHOICES = {
     "15m": ("Last 15 minutes", timedelta(minutes=15)),
@@ -209,3 +210,43 @@ class SubmitJobForm(forms.Form):
         if data.get("max_retries") is not None:
             options["max_retries"] = data["max_retries"]
         return options
+
+
+class QueueControlsForm(forms.Form):
+    """A queue's limits as the Queues page edits them: empty means no limit, rates as "100/m"."""
+
+    concurrency = forms.CharField(required=False, label="Concurrency", help_text="Held at once, across all workers.")
+    rate = forms.CharField(required=False, label="Rate", help_text="Starts per period: 100/m, 5/s, 10/30s.")
+    key_concurrency = forms.CharField(required=False, label="Per key", help_text="Each concurrency key's default limit.")
+    key_rate = forms.CharField(required=False, label="Rate per key")
+
+    @classmethod
+    def for_row(cls, row: dict) -> "QueueControlsForm":
+        control = row["control"]
+        if control is None:
+            return cls()
+        return cls(initial={
+            "concurrency": control.concurrency or "", "key_concurrency": control.key_concurrency or "",
+            "rate": flow.format_rate(control.rate_limit, control.rate_period),
+            "key_rate": flow.format_rate(control.key_rate_limit, control.key_rate_period),
+        })
+
+    def clean(self):
+        """Return the QueueControl fields to set (jobs.queue.set_queue_controls), each checked."""
+        data = super().clean() or {}
+        changes: dict[str, Any] = {}
+        for name in ("concurrency", "key_concurrency"):
+            try:
+                changes[name] = flow.check_limit(data.get(name, "").strip() or None, "The limit")
+            except ValueError as exc:
+                self.add_error(name, str(exc))
+        for name, prefix in (("rate", ""), ("key_rate", "key_")):
+            try:
+                rate = flow.parse_rate(data.get(name, "").strip())
+            except ValueError as exc:
+                self.add_error(name, str(exc))
+                continue
+            changes[f"{prefix}rate_limit"] = rate[0] if rate else None
+            if rate:
+                changes[f"{prefix}rate_period"] = rate[1]
+        return changes

@@ -20,6 +20,7 @@ from jobs import selectors as jobs_selectors
 from jobs.counters import FINISHED_BUCKET, FINISHED_TABLE
 from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
+from jobs.waiting import REASONS, waiting_by_reason
 
 JOB_TABLE = Job._meta.db_table
 
@@ -174,6 +175,7 @@ def oldest_waiting(user) -> Job | None:
 def _overview(user) -> dict:
     counts = jobs_selectors.status_counts(user, cap=COUNT_CAP)
     depth, depth_capped = queue_depth(user)
+    waiting, waiting_capped = waiting_by_reason(user)
     return {
         "counts": counts,
         "total_capped": any(n > COUNT_CAP for n in counts.values()),
@@ -186,6 +188,8 @@ def _overview(user) -> dict:
         "oldest": oldest_waiting(user),
         "workers_online": live_workers().count(),
         "dlq_size": counts[JobStatus.DEAD],
+        "waiting": [{"code": code, "label": REASONS[code], "count": n} for code, n in waiting.items()],
+        "waiting_capped": waiting_capped,
     }
 
 

@@ -15,6 +15,9 @@ urlpatterns = [
     path("dlq/requeue/", views.dlq_requeue, name="dlq-requeue"),
     path("dlq/<str:group>/", views.dlq_group, name="dlq-group"),
     path("workers/", views.workers, name="workers"),
+    path("queues/", views.queues, name="queues"),
+    path("queues/<str:name>/pause/", views.queue_pause, name="queue-pause"),
+    path("queues/<str:name>/limits/", views.queue_limits, name="queue-limits"),
     path("submit/", views.submit, name="submit"),
     path("submit/fields/", views.submit_fields, name="submit-fields"),
 ]

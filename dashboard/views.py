@@ -19,8 +19,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from dashboard import selectors
 from dashboard.charts import throughput_chart
-from dashboard.forms import JobFilterForm, SubmitJobForm, field_rows, payload_from_post
-from jobs import queue
+from dashboard.forms import JobFilterForm, QueueControlsForm, SubmitJobForm, field_rows, payload_from_post
+from jobs import queue, selectors as jobs_selectors
 from jobs.errors import IllegalTransition, JobTypeNotAllowed, PayloadError, UnknownJobType
 from jobs.models import ACTIVE_STATUSES, Job, JobStatus
 from jobs.registry import handlers
@@ -33,6 +33,7 @@ from jobs.submission import (
     retry_for_user,
     submit_job,
 )
+from jobs.waiting import reason_for
 
 LIVE_TARGET = "live"
 GROUP_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -125,6 +126,7 @@ def job_detail(request, job_id: int):
         "can_cancel": job.status in ACTIVE_STATUSES,
         "can_retry": job.status in queue.REQUEUEABLE_STATUSES,
         "can_run_now": job.status in (JobStatus.SCHEDULED, JobStatus.RETRYING),
+        "waiting": reason_for(job),
     }
     return _render(request, "dashboard/job_detail.html", "dashboard/_job_detail.html", context)
 
@@ -251,6 +253,56 @@ def workers(request):
         raise PermissionDenied("Only staff see the workers.")
     context = {"workers": list(selectors.workers_for_dashboard())}
     return _render(request, "dashboard/workers.html", "dashboard/_workers.html", context)
+
+
+# --- Queues (staff) ----------------------------------------------------------------------
+
+
+def _staff_only(request, what: str) -> None:
+    if not request.user.is_staff:
+        raise PermissionDenied(f"Only staff {what}.")
+
+
+@login_required
+@require_GET
+def queues(request):
+    _staff_only(request, "see the queues")
+    rows = jobs_selectors.queue_list()
+    context = {"queues": [{**row, "form": QueueControlsForm.for_row(row)} for row in rows]}
+    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", context)
+
+
+@login_required
+@require_POST
+def queue_pause(request, name: str):
+    _staff_only(request, "pause queues")
+    if name not in jobs_selectors.known_queues():
+        raise Http404("No such queue.")
+    paused = request.POST.get("paused") == "true"
+    (queue.pause_queue if paused else queue.resume_queue)(name)
+    messages.success(request, f"Queue {name} is {'paused: workers claim none of its jobs' if paused else 'resumed'}.")
+    return redirect("dashboard:queues")
+
+
+@login_required
+@require_POST
+def queue_limits(request, name: str):
+    _staff_only(request, "change queue limits")
+    if name not in jobs_selectors.known_queues():
+        raise Http404("No such queue.")
+    form = QueueControlsForm(request.POST)
+    if form.is_valid():
+        try:
+            queue.set_queue_controls(name, **form.cleaned_data)
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Queue {name}: limits saved; every worker follows them within a second.")
+            return redirect("dashboard:queues")
+    rows = jobs_selectors.queue_list()
+    context = {"queues": [{**row, "form": form if row["name"] == name else QueueControlsForm.for_row(row)}
+                          for row in rows]}
+    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", context, status=400)
 
 
 # --- Submit ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.paginator import Paginator
@@ -14,8 +15,10 @@ from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
-from jobs import queue, registry, selectors
-from jobs.models import Job, Worker
+from jobs import flow, queue, registry, selectors
+from jobs.models import Job, KeyLimit, QueueControl, Worker
+from jobs.queue.control import KEY_FIELDS, QUEUE_FIELDS
+from jobs.waiting import reason_for
 
 # Above this many rows (by the planner's estimate) an unfiltered changelist
 # shows the estimate: an exact count(*) would read the whole jobs table on
@@ -131,7 +134,8 @@ class JobAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
     actions = ("requeue_dead_jobs", "cancel_jobs", "retry_jobs_now")
 
     fieldsets = (
-        (None, {"fields": ("id", "type", "status", "priority", "queue", "owner", "trace_id", "unique_key")}),
+        (None, {"fields": ("id", "type", "status", "waiting_reason", "priority", "queue", "concurrency_key", "owner",
+                           "trace_id", "unique_key")}),
         ("Schedule", {"fields": (
             "attempts", "max_retries", "timeout", "run_at", "expires_at",
             "created_at", "started_at", "finished_at", "progress",
@@ -174,6 +178,11 @@ class JobAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
     def attempts_of_max(self, obj):
         """Show attempts made out of attempts allowed: the first run plus max_retries retries."""
         return f"{obj.attempts}/{obj.max_retries + 1}"
+
+    @admin.display(description="waiting because")
+    def waiting_reason(self, obj):
+        reason = reason_for(obj)
+        return self.get_empty_value_display() if reason is None else reason.message
 
     @admin.display(description="payload")
     def payload_json(self, obj):
@@ -262,3 +271,99 @@ class WorkerAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
     @admin.display(boolean=True, ordering="alive")
     def alive(self, obj):
         return obj.alive
+
+
+# --- Flow control: queues' and keys' limits, written through jobs.queue so workers hear of them at once.
+
+
+class LimitsForm(forms.ModelForm):
+    """Checks every limit as the API and the command do: whole numbers from 1, or empty for none."""
+
+    LIMITS = ("concurrency", "rate_limit", "key_concurrency", "key_rate_limit")
+    PERIODS = ("rate_period", "key_rate_period")
+
+    def clean(self):
+        data = super().clean() or {}
+        for name, value in list(data.items()):
+            try:
+                if name in self.LIMITS:
+                    data[name] = flow.check_limit(value, name.replace("_", " "))
+                elif name in self.PERIODS:
+                    data[name] = flow.check_period(value, name.replace("_", " "))
+                elif name == "name":
+                    flow.check_queue_name(value)
+                elif name == "key":
+                    flow.check_key(value)
+            except ValueError as exc:
+                self.add_error(name, str(exc))
+        return data
+
+
+@admin.register(QueueControl)
+class QueueControlAdmin(admin.ModelAdmin):
+    form = LimitsForm
+    list_display = ("name", "paused", "concurrency", "rate", "key_concurrency", "key_rate", "updated_at")
+    list_editable = ("paused",)
+    fields = ("name", "paused", "paused_at", "concurrency", "rate_limit", "rate_period", "key_concurrency",
+              "key_rate_limit", "key_rate_period", "updated_at")
+    readonly_fields = ("paused_at", "updated_at")
+    actions = ("pause", "resume")
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "name") if obj is not None else self.readonly_fields
+
+    @admin.display(description="rate")
+    def rate(self, obj):
+        return flow.format_rate(obj.rate_limit, obj.rate_period) or self.get_empty_value_display()
+
+    @admin.display(description="rate per key")
+    def key_rate(self, obj):
+        return flow.format_rate(obj.key_rate_limit, obj.key_rate_period) or self.get_empty_value_display()
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: form.cleaned_data[name] for name in QUEUE_FIELDS if name in form.cleaned_data}
+        saved = queue.set_queue_controls(obj.name, **fields)
+        obj.pk, obj.paused_at, obj.updated_at = saved.pk, saved.paused_at, saved.updated_at
+
+    @admin.action(description="Pause selected queues", permissions=["change"])
+    def pause(self, request, queryset):
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            queue.pause_queue(name)
+        self.message_user(request, f"Paused {', '.join(names)}.", messages.SUCCESS)
+
+    @admin.action(description="Resume selected queues", permissions=["change"])
+    def resume(self, request, queryset):
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            queue.resume_queue(name)
+        self.message_user(request, f"Resumed {', '.join(names)}.", messages.SUCCESS)
+
+
+@admin.register(KeyLimit)
+class KeyLimitAdmin(admin.ModelAdmin):
+    form = LimitsForm
+    list_display = ("queue", "key", "concurrency", "rate", "updated_at")
+    list_filter = ("queue",)
+    search_fields = ("=key", "key")
+    fields = ("queue", "key", "concurrency", "rate_limit", "rate_period", "updated_at")
+    readonly_fields = ("updated_at",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "queue", "key") if obj is not None else self.readonly_fields
+
+    @admin.display(description="rate")
+    def rate(self, obj):
+        return flow.format_rate(obj.rate_limit, obj.rate_period) or self.get_empty_value_display()
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: form.cleaned_data[name] for name in KEY_FIELDS if name in form.cleaned_data}
+        saved = queue.set_key_limit(obj.queue, obj.key, **fields)
+        obj.pk, obj.updated_at = saved.pk, saved.updated_at
+
+    def delete_model(self, request, obj):
+        queue.remove_key_limit(obj.queue, obj.key)
+
+    def delete_queryset(self, request, queryset):
+        for queue_name, key in queryset.values_list("queue", "key"):
+            queue.remove_key_limit(queue_name, key)

@@ -8,7 +8,7 @@ class JobsConfig(AppConfig):
     verbose_name = "Jobs"
 
     def ready(self):
-        from jobs import conf, handlers  # noqa: F401 - registers the built-in handlers
+        from jobs import checks, conf, handlers  # noqa: F401 - registers the built-in handlers and the checks
 
         for module in conf.get("JOBS_HANDLER_MODULES"):
             import_module(module)

@@ -22,6 +22,9 @@ DEFAULTS = {
     "JOBS_WORKER_STALE_AFTER": 30.0,
     "JOBS_DEFAULT_MAX_RETRIES": 3,
     "JOBS_DEFAULT_QUEUE": "default",
+    # Flow control per queue (jobs.flow): {"emails": {"rate": "100/m"}, "video": {"concurrency": 4},
+    # "api": {"key_concurrency": 2, "key_rate": "5/s"}, "reports": {"paused": True}}.
+    "JOBS_QUEUES": {},
     # Payloads above this many bytes of JSON are refused.
     "JOBS_MAX_PAYLOAD_BYTES": 64 * 1024,
     "JOBS_MAX_PAYLOAD_DEPTH": 32,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import conf
+from jobs import conf, flow
 from jobs.errors import JobTypeNotAllowed, PayloadError, UnknownJobType
 
 
@@ -40,6 +40,12 @@ class Handler:
     # PayloadError (or jobs.submission.SubmissionRefused) for what that user
     # may not ask of this type; e.g. send_email's recipients.
     check_user: Callable[[Any, Any], None] | None = None
+    # Flow control (jobs.flow): the concurrency key of each job of this type,
+    # a string or a function of the normalized payload that returns one (or
+    # None for no key), unless the job is given one at enqueue; and how many
+    # jobs with the same key may run at once (None: the queue's key limit).
+    concurrency_key: str | Callable[[Any], str | None] | None = None
+    key_concurrency: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -110,6 +116,12 @@ def job_handler(name: str, **options) -> Callable:
     def decorator(func):
         if name in _registry and _registry[name].func is not func:
             raise ValueError(f"Job type {name!r} is already registered")
+        key = options.get("concurrency_key")
+        if isinstance(key, str):
+            flow.check_key(key)
+        elif key is not None and not callable(key):
+            raise ValueError(f"Job type {name!r}: concurrency_key must be a string or a function of the payload.")
+        flow.check_limit(options.get("key_concurrency"), f"Job type {name!r}: key_concurrency")
         _registry[name] = Handler(name=name, func=func, description=(func.__doc__ or "").strip(), **options)
         return func
 

@@ -24,7 +24,17 @@ from django.db.models import (
 from django.db.models.functions import Extract, Now
 
 from jobs import conf
-from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
+from jobs.models import (
+    HELD_STATUSES,
+    READY_STATUSES,
+    Job,
+    JobCounter,
+    JobStatus,
+    KeyLimit,
+    Priority,
+    QueueControl,
+    Worker,
+)
 
 # --- Counts by status: the one read model every reader uses ---------------------
 #
@@ -185,6 +195,39 @@ def queue_overview() -> dict:
         for w in live_workers()
     ]
     return {"statuses": statuses, "total": sum(statuses.values()), "queues": queues, "workers": workers}
+
+
+# --- Queues and their flow control (staff) ----------------------------------------
+
+
+def known_queues() -> set[str]:
+    """Return the queues an operator may name: configured, controlled, ever enqueued to, or served by a live worker.
+
+    Read from small tables only (the counters keep every queue a job was
+    ever enqueued to), never from the jobs table.
+    """
+    names = {conf.get("JOBS_DEFAULT_QUEUE"), *(conf.get("JOBS_QUEUES") or {})}
+    names.update(QueueControl.objects.values_list("name", flat=True))
+    names.update(JobCounter.objects.filter(name="enqueued").values_list("queue", flat=True).distinct())
+    for served in Worker.objects.filter(worker_alive_condition()).values_list("queues", flat=True):
+        names.update(served)
+    names.discard("")
+    return names
+
+
+def queue_list() -> list[dict]:
+    """Return each known queue with its controls (None: it has none), job counts, key limits and oldest wait."""
+    counts = status_counts(per="queue")
+    controls = {control.name: control for control in QueueControl.objects.all()}
+    key_limits: dict[str, int] = {}
+    for name in KeyLimit.objects.values_list("queue", flat=True):
+        key_limits[name] = key_limits.get(name, 0) + 1
+    oldest = oldest_waiting_by_queue()
+    return [
+        {"name": name, "control": controls.get(name), "counts": counts.get(name, dict.fromkeys(JobStatus.values, 0)),
+         "key_limits": key_limits.get(name, 0), "oldest_wait_seconds": oldest.get(name)}
+        for name in sorted(known_queues() | set(counts))
+    ]
 
 
 # --- Jobs as a user sees them (API and dashboard) -------------------------------

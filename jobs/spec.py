@@ -25,7 +25,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from jobs import conf
+from jobs import conf, flow
 from jobs.models import JobStatus, Priority
 from jobs.registry import Handler, get_handler, normalize_payload, unstorable
 from jobs.tracing import current_trace_id
@@ -67,6 +67,10 @@ class JobSpec:
     trace_id: str
     unique_key: str | None = None
     idempotency_key: str | None = None
+    # Flow control: jobs with the same key in a queue share its limits (jobs.flow).
+    concurrency_key: str | None = None
+    # The key's concurrency limit its type sets; None: the queue's.
+    key_limit: int | None = None
 
     def with_options(self, **changes) -> "JobSpec":
         """Return the spec with some resolved options changed; a run_at of None makes it due now."""
@@ -81,6 +85,26 @@ def _check_storable(**options) -> None:
         problem = unstorable(value) if isinstance(value, str) else None
         if problem:
             raise ValueError(f"{name} must not contain {problem}.")
+
+
+def _concurrency_key(handler: Handler, payload: Any, given: str | None) -> tuple[str | None, int | None]:
+    """Return the job's concurrency key (the one given, else its type's) and the key's limit from its type.
+
+    Raise ValueError for a malformed key.
+    """
+    key: str | None
+    if given is not None:
+        key = flow.check_key(given)
+    elif callable(handler.concurrency_key):
+        key = handler.concurrency_key(payload)
+        if key is not None:
+            try:
+                flow.check_key(key)
+            except ValueError as exc:
+                raise ValueError(f"The concurrency key that type {handler.name!r} made of this payload: {exc}") from None
+    else:
+        key = handler.concurrency_key
+    return key, handler.key_concurrency if key is not None else None
 
 
 def _resolve_options(handler: Handler, *, owner, queue, priority, max_retries, timeout, run_at, delay, ttl,
@@ -126,6 +150,7 @@ def build(
     ttl: float | None = None,
     unique_key: str | None = None,
     idempotency_key: str | None = None,
+    concurrency_key: str | None = None,
     trace_id: str = "",
 ) -> JobSpec:
     """Return the validated spec of one job of `type`.
@@ -141,17 +166,20 @@ def build(
         handler, owner=owner, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout,
         run_at=run_at, delay=delay, ttl=ttl, trace_id=trace_id, now=timezone.now(),
     )
-    return JobSpec(payload=payload, unique_key=unique_key, idempotency_key=idempotency_key, **options)
+    key, key_limit = _concurrency_key(handler, payload, concurrency_key)
+    return JobSpec(payload=payload, unique_key=unique_key, idempotency_key=idempotency_key, concurrency_key=key,
+                   key_limit=key_limit, **options)
 
 
 def build_many(type: str, payloads: Iterable[Any], *, owner=None, queue: str | None = None,
                priority: Any = Priority.NORMAL, max_retries: int | None = None, timeout: float | None = None,
                run_at: datetime | None = None, delay: float | None = None, ttl: float | None = None,
-               trace_id: str = "") -> list[JobSpec]:
+               concurrency_key: str | None = None, trace_id: str = "") -> list[JobSpec]:
     """Return the validated specs of one job of `type` per payload, all with the same options.
 
     The handler is resolved and the options are checked once; each
-    payload is normalized. Raise as build() does.
+    payload is normalized, and given its concurrency key (`concurrency_key`
+    for all, else what the type makes of each payload). Raise as build() does.
     """
     payloads = list(payloads)
     if not payloads:
@@ -163,4 +191,8 @@ def build_many(type: str, payloads: Iterable[Any], *, owner=None, queue: str | N
         handler, owner=owner, queue=queue, priority=priority, max_retries=max_retries, timeout=timeout,
         run_at=run_at, delay=delay, ttl=ttl, trace_id=trace_id, now=timezone.now(),
     )
-    return [JobSpec(payload=payload, **options) for payload in payloads]
+    specs = []
+    for payload in payloads:
+        key, key_limit = _concurrency_key(handler, payload, concurrency_key)
+        specs.append(JobSpec(payload=payload, concurrency_key=key, key_limit=key_limit, **options))
+    return specs

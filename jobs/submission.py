@@ -24,10 +24,6 @@ from jobs.models import Job, Priority, SubmissionAllowance
 from jobs.spec import JobSpec
 
 RATE_WINDOW = timedelta(minutes=1)
-# The queues a user may name: the rule of the API and of the dashboard's Submit page.
-# \Z, not $, which would also match before a final newline.
-QUEUE_NAME_PATTERN = r"\A[A-Za-z0-9_.-]{1,64}\Z"
-QUEUE_NAME_MESSAGE = "Use 1 to 64 letters, digits and . - _ only."
 ALLOWANCE_TABLE = SubmissionAllowance._meta.db_table
 
 

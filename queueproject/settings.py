@@ -7,11 +7,13 @@ Redis is started under .data/ so a new checkout runs with nothing but Python.
 """
 
 import ipaddress
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from queueproject import embedded
 
@@ -299,6 +301,12 @@ if "JOBS_EMAIL_RECIPIENTS_PER_DAY" in os.environ:
     JOBS_EMAIL_RECIPIENTS_PER_DAY = int(os.environ["JOBS_EMAIL_RECIPIENTS_PER_DAY"])
 if "JOBS_SCRAPE_ALLOW_PRIVATE" in os.environ:
     JOBS_SCRAPE_ALLOW_PRIVATE = env_bool("JOBS_SCRAPE_ALLOW_PRIVATE", False)
+# Flow control per queue (jobs.flow), as JSON: {"emails": {"rate": "100/m"}, "video": {"concurrency": 4}}.
+if "JOBS_QUEUES" in os.environ:
+    try:
+        JOBS_QUEUES = json.loads(os.environ["JOBS_QUEUES"] or "{}")
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"JOBS_QUEUES must be JSON, e.g. {{\"emails\": {{\"rate\": \"100/m\"}}}}: {_exc}") from None
 # Live dashboard events (jobs.events); JOBS_EVENTS=0 turns publishing off.
 if "JOBS_EVENTS" in os.environ:
     JOBS_EVENTS = env_bool("JOBS_EVENTS", True)

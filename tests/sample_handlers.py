@@ -95,3 +95,11 @@ def hostile_output(job):
 def kill_own_worker(job):
     """Kill the worker process that runs it, as a segfault or the OOM killer would."""
     os.kill(os.getpid(), 9)
+
+
+@job_handler("tenant_task", concurrency_key=lambda payload: f"tenant:{payload['tenant']}" if "tenant" in payload else None,
+             key_concurrency=2)
+def tenant_task(job):
+    """A job of one tenant: at most two of a tenant's run at once, anywhere (flow control)."""
+    time.sleep(float(job.payload.get("seconds", 0)))
+    return job.payload.get("tenant")

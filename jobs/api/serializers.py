@@ -1,13 +1,15 @@
 import copy
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs import spec as job_spec
+from jobs import flow, spec as job_spec
 from jobs.errors import PayloadError, UnknownJobType
+from jobs.flow import KEY_MESSAGE, KEY_PATTERN, QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 from jobs.models import JobStatus, Priority
 from jobs.queue import MAX_SECONDS
 from jobs.selectors import JOB_ORDERINGS
-from jobs.submission import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
+from jobs.waiting import REASONS, reason_for
 
 PRIORITY_CHOICES = Priority.labels
 
@@ -59,6 +61,9 @@ class JobCreateSerializer(StrictSerializer):
     delay = serializers.FloatField(min_value=0, max_value=MAX_SECONDS, required=False)
     ttl = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
     unique_key = serializers.CharField(max_length=255, required=False)
+    # Staff only: every job with the same key in a queue shares its limits,
+    # so a user who chose one could hold back other users' jobs.
+    concurrency_key = serializers.RegexField(KEY_PATTERN, required=False, error_messages={"invalid": KEY_MESSAGE})
     # The job's spec once the input is valid: what submit_job takes.
     spec: job_spec.JobSpec | None = None
 
@@ -70,6 +75,10 @@ class JobCreateSerializer(StrictSerializer):
         """
         if "run_at" in data and "delay" in data:
             raise serializers.ValidationError({"delay": ["Give run_at or delay, not both."]})
+        owner = self.context.get("owner")
+        if "concurrency_key" in data and owner is not None and not owner.is_staff:
+            raise serializers.ValidationError({"concurrency_key": [
+                "Only staff may choose a concurrency key: every job with that key in the queue shares its limits."]})
         data["priority"] = Priority.labels.index(data["priority"])
         try:
             self.spec = job_spec.build(
@@ -114,6 +123,7 @@ class JobSerializer(LeanSerializer):
     timeout = serializers.FloatField(allow_null=True)
     expires_at = serializers.DateTimeField(allow_null=True)
     unique_key = serializers.CharField(allow_null=True)
+    concurrency_key = serializers.CharField(allow_null=True)
     error = serializers.CharField(allow_blank=True)
     progress = serializers.IntegerField()
     created_at = serializers.DateTimeField()
@@ -122,11 +132,30 @@ class JobSerializer(LeanSerializer):
     trace_id = serializers.CharField()
 
 
+class WaitReasonSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=list(REASONS))
+    label = serializers.CharField()  # type: ignore[assignment]  # a field named label: DRF's metaclass takes it out of the class
+    message = serializers.CharField()
+    until = serializers.DateTimeField(allow_null=True, help_text="When the reason ends, where that is known.")
+
+
 class JobDetailSerializer(JobSerializer):
     """A job on its own: with its whole result and every attempt."""
 
     result = serializers.JSONField(allow_null=True)
     history = AttemptSerializer(many=True)
+
+
+class JobInspectSerializer(JobDetailSerializer):
+    """A job as GET /api/jobs/{id}/ shows it: its detail, and why it waits (a few small reads, so not on writes)."""
+
+    waiting = serializers.SerializerMethodField(
+        help_text="Why a job that is not running waits (jobs.waiting); null for a held or finished job.")
+
+    @extend_schema_field(WaitReasonSerializer(allow_null=True))
+    def get_waiting(self, job) -> dict | None:
+        reason = reason_for(job)
+        return None if reason is None else WaitReasonSerializer(reason.as_dict()).data
 
 
 class DeadJobSerializer(serializers.Serializer):
@@ -225,3 +254,56 @@ def paginated(serializer_class):
 
     Page.__name__ = f"Paginated{serializer_class.__name__.removesuffix('Serializer')}List"
     return Page
+
+
+# --- Queues and flow control (staff) -----------------------------------------------
+
+
+def _limit_field(help_text: str) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=flow.MAX_LIMIT, allow_null=True, required=False,
+                                    help_text=f"{help_text} null: no limit.")
+
+
+def _period_field() -> serializers.FloatField:
+    return serializers.FloatField(min_value=0.001, max_value=flow.MAX_PERIOD, required=False, help_text="Seconds.")
+
+
+class QueueControlsSerializer(StrictSerializer):
+    """A queue's controls as they are set: every field optional, and each change all or nothing."""
+
+    paused = serializers.BooleanField(required=False, help_text="Workers claim none of its jobs; running ones finish.")
+    concurrency = _limit_field("At most this many of its jobs held by workers at once, across all of them.")
+    rate_limit = _limit_field("At most this many of its jobs started per rate_period, across all workers.")
+    rate_period = _period_field()
+    key_concurrency = _limit_field("The default limit of each concurrency key in this queue.")
+    key_rate_limit = _limit_field("At most this many starts per concurrency key per key_rate_period.")
+    key_rate_period = _period_field()
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and "paused" in data and not isinstance(data["paused"], bool):
+            # DRF's BooleanField takes "yes", 1, "on": a control takes true or false only.
+            raise serializers.ValidationError({"paused": ["Must be true or false."]})
+        return super().to_internal_value(data)
+
+
+class QueueSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    paused = serializers.BooleanField(source="control.paused", default=False)
+    paused_at = serializers.DateTimeField(source="control.paused_at", default=None, allow_null=True)
+    concurrency = serializers.IntegerField(source="control.concurrency", default=None, allow_null=True)
+    rate_limit = serializers.IntegerField(source="control.rate_limit", default=None, allow_null=True)
+    rate_period = serializers.FloatField(source="control.rate_period", default=60.0)
+    key_concurrency = serializers.IntegerField(source="control.key_concurrency", default=None, allow_null=True)
+    key_rate_limit = serializers.IntegerField(source="control.key_rate_limit", default=None, allow_null=True)
+    key_rate_period = serializers.FloatField(source="control.key_rate_period", default=60.0)
+    key_limits = serializers.IntegerField(help_text="How many concurrency keys of this queue have limits of their own.")
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Jobs per status.")
+    oldest_wait_seconds = serializers.FloatField(allow_null=True, help_text="How long its oldest due job has waited.")
+
+
+class KeyLimitSerializer(StrictSerializer):
+    key = serializers.CharField(read_only=True)
+    concurrency = _limit_field("At most this many jobs with this key held at once, across all workers.")
+    rate_limit = _limit_field("At most this many starts of jobs with this key per rate_period.")
+    rate_period = _period_field()
+    updated_at = serializers.DateTimeField(read_only=True)

@@ -11,4 +11,10 @@ urlpatterns = [
     path("dlq/", views.DeadJobListApi.as_view(), name="dlq-list"),
     path("dlq/requeue/", views.DeadJobRequeueApi.as_view(), name="dlq-requeue"),
     path("workers/", views.WorkerListApi.as_view(), name="worker-list"),
+    path("queues/", views.QueueListApi.as_view(), name="queue-list"),
+    path("queues/<str:name>/", views.QueueDetailApi.as_view(), name="queue-detail"),
+    path("queues/<str:name>/pause/", views.QueuePauseApi.as_view(), name="queue-pause"),
+    path("queues/<str:name>/resume/", views.QueueResumeApi.as_view(), name="queue-resume"),
+    path("queues/<str:name>/keys/", views.KeyLimitListApi.as_view(), name="queue-key-list"),
+    path("queues/<str:name>/keys/<path:key>/", views.KeyLimitApi.as_view(), name="queue-key-detail"),
 ]

@@ -3,20 +3,24 @@
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs import queue, selectors
+from jobs import flow, queue, selectors
 from jobs.api.serializers import (
     DeadJobSerializer,
     ErrorSerializer,
     JobCreateSerializer,
     JobDetailSerializer,
     JobFilterSerializer,
+    JobInspectSerializer,
     JobSerializer,
+    KeyLimitSerializer,
+    QueueControlsSerializer,
+    QueueSerializer,
     RateLimitSerializer,
     RequeueResultSerializer,
     RequeueSerializer,
@@ -25,7 +29,7 @@ from jobs.api.serializers import (
     paginated,
 )
 from jobs.errors import JobTypeNotAllowed, PayloadError
-from jobs.models import Job
+from jobs.models import Job, KeyLimit
 from jobs.registry import unstorable
 from jobs.submission import OptionNotAllowed, requeue_dead_for_user, retry_for_user, submit_job
 
@@ -109,9 +113,10 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer}, summary="One job", operation_id="jobs_retrieve")
+    @extend_schema(responses={200: JobInspectSerializer, 401: ErrorSerializer, 404: ErrorSerializer}, summary="One job",
+                   description="The job, with `waiting`: why a job that is not running waits.", operation_id="jobs_retrieve")
     def get(self, request, job_id: int):
-        return Response(JobDetailSerializer(owned_job(request, job_id)).data)
+        return Response(JobInspectSerializer(owned_job(request, job_id)).data)
 
 
 class JobCancelApi(APIView):
@@ -181,3 +186,130 @@ class WorkerListApi(APIView):
                    summary="Live workers (staff only)")
     def get(self, request):
         return Response(WorkerSerializer(selectors.live_workers(), many=True).data)
+
+
+# --- Queues and flow control (staff) -----------------------------------------------
+
+
+def known_queue(name: str) -> str:
+    """Return `name` if an operator may control it, else answer 404."""
+    if name not in selectors.known_queues():
+        raise NotFound(f"No queue {name!r} is configured, controlled, served or has ever had a job.")
+    return name
+
+
+def queue_row(name: str) -> dict:
+    return next(row for row in selectors.queue_list() if row["name"] == name)
+
+
+def applied(change) -> None:
+    """Run a control change; its ValueError (a bad value the fields let through) is a 400."""
+    try:
+        change()
+    except ValueError as exc:
+        raise ValidationError({"non_field_errors": [str(exc)]}) from exc
+
+
+class QueueListApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: QueueSerializer(many=True), 401: ErrorSerializer, 403: ErrorSerializer},
+                   summary="Queues with their controls and counts (staff only)")
+    def get(self, request):
+        return Response(QueueSerializer(selectors.queue_list(), many=True).data)
+
+
+class QueueDetailApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: QueueSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
+                   summary="One queue (staff only)")
+    def get(self, request, name: str):
+        return Response(QueueSerializer(queue_row(known_queue(name))).data)
+
+    @extend_schema(
+        request=QueueControlsSerializer,
+        responses={200: QueueSerializer, 400: ERRORS[400], 401: ErrorSerializer, 403: ErrorSerializer,
+                   404: ErrorSerializer},
+        summary="Change a queue's pause state and limits (staff only)",
+        description="Every field is optional; null removes a limit. The change is all or nothing and reaches "
+                    "every worker within a second. A change made here outlives the next deploy: "
+                    "`manage.py queues reset` applies JOBS_QUEUES again.",
+    )
+    def patch(self, request, name: str):
+        known_queue(name)
+        data = QueueControlsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        applied(lambda: queue.set_queue_controls(name, **data.validated_data))
+        return Response(QueueSerializer(queue_row(name)).data)
+
+
+class QueuePauseApi(APIView):
+    permission_classes = [IsAdminUser]
+    paused = True
+
+    @extend_schema(request=None,
+                   responses={200: QueueSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
+                   summary="Pause a queue: workers stop claiming its jobs within a second (staff only)")
+    def post(self, request, name: str):
+        known_queue(name)
+        (queue.pause_queue if self.paused else queue.resume_queue)(name)
+        return Response(QueueSerializer(queue_row(name)).data)
+
+
+class QueueResumeApi(QueuePauseApi):
+    paused = False
+
+    @extend_schema(request=None,
+                   responses={200: QueueSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
+                   summary="Resume a paused queue (staff only)")
+    def post(self, request, name: str):
+        return super().post(request, name)
+
+
+class KeyLimitListApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: KeyLimitSerializer(many=True), 401: ErrorSerializer, 403: ErrorSerializer,
+                              404: ErrorSerializer},
+                   summary="The concurrency keys of a queue that have limits of their own (staff only)")
+    def get(self, request, name: str):
+        return Response(KeyLimitSerializer(KeyLimit.objects.filter(queue=known_queue(name)), many=True).data)
+
+
+class KeyLimitApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    def key_limit(self, name: str, key: str) -> KeyLimit:
+        return get_object_or_404(KeyLimit, queue=known_queue(name), key=key)
+
+    @extend_schema(responses={200: KeyLimitSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
+                   summary="One key's own limits (staff only)")
+    def get(self, request, name: str, key: str):
+        return Response(KeyLimitSerializer(self.key_limit(name, key)).data)
+
+    @extend_schema(request=KeyLimitSerializer,
+                   responses={200: KeyLimitSerializer, 400: ERRORS[400], 401: ErrorSerializer, 403: ErrorSerializer,
+                              404: ErrorSerializer},
+                   summary="Set one key's own limits, overriding its type's and queue's (staff only)")
+    def put(self, request, name: str, key: str):
+        known_queue(name)
+        errors = {}
+        try:
+            flow.check_key(key)
+        except ValueError as exc:
+            errors["key"] = [str(exc)]
+        data = KeyLimitSerializer(data=request.data)
+        if not data.is_valid():
+            errors.update(data.errors)
+        if errors:
+            raise ValidationError(errors)
+        applied(lambda: queue.set_key_limit(name, key, **data.validated_data))
+        return Response(KeyLimitSerializer(self.key_limit(name, key)).data)
+
+    @extend_schema(responses={204: None, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
+                   summary="Drop one key's own limits: its type's and queue's apply again (staff only)")
+    def delete(self, request, name: str, key: str):
+        self.key_limit(name, key)
+        queue.remove_key_limit(name, key)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -21,8 +21,9 @@ through jobs.events once its transaction commits.
     scheduled/retrying --retry_now--> queued
 
 Modules, by concern: produce (enqueue), claim (claim and start), outcomes
-(what a worker writes back), actions (users and operators), maintenance
-(the leader's rounds) and workers (worker rows and leases).
+(what a worker writes back), actions (users and operators), control (flow
+control: pause, resume, limits), maintenance (the leader's rounds) and
+workers (worker rows and leases).
 """
 
 from jobs.queue.actions import (
@@ -44,12 +45,21 @@ from jobs.queue.claim import (
     priority_order,
     start_jobs,
 )
+from jobs.queue.control import (
+    apply_queue_settings,
+    pause_queue,
+    remove_key_limit,
+    resume_queue,
+    set_key_limit,
+    set_queue_controls,
+)
 from jobs.queue.maintenance import (
     PRUNE_BATCH,
     STAGE_BATCH,
     RescuedJob,
     expire_jobs,
     prune_finished,
+    prune_start_log,
     rescue_expired_leases,
     stage_due_jobs,
 )
@@ -64,15 +74,25 @@ from jobs.queue.outcomes import (
     release_jobs,
     set_progress,
 )
-from jobs.queue.produce import MAX_SECONDS, NOTIFY_CHANNEL, enqueue, enqueue_many, notify, parse_priority
+from jobs.queue.produce import (
+    FLOW_CHANGED,
+    KEYED_SUFFIX,
+    MAX_SECONDS,
+    NOTIFY_CHANNEL,
+    enqueue,
+    enqueue_many,
+    notify,
+    parse_priority,
+)
 from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_worker
 
 __all__ = [
-    "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES", "STAGE_BATCH",
-    "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob",
-    "cancel_job", "cancel_jobs", "claim_jobs", "claim_limited_jobs", "complete_job", "complete_jobs", "dead_jobs", "enqueue",
-    "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state", "heartbeat", "notify", "parse_priority",
-    "priority_order", "prune_finished", "prune_workers", "record_outcomes", "register_worker", "release_jobs", "requeue_dead",
-    "rescue_expired_leases", "retry_job", "retry_jobs_now", "retry_now", "set_progress", "stage_due_jobs",
-    "start_jobs", "stop_worker",
+    "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
+    "STAGE_BATCH", "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob",
+    "apply_queue_settings", "cancel_job", "cancel_jobs", "claim_jobs", "claim_limited_jobs", "complete_job",
+    "complete_jobs", "dead_jobs", "enqueue", "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state",
+    "heartbeat", "notify", "parse_priority", "pause_queue", "priority_order", "prune_finished", "prune_start_log",
+    "prune_workers", "record_outcomes", "register_worker", "release_jobs", "remove_key_limit", "requeue_dead",
+    "rescue_expired_leases", "resume_queue", "retry_job", "retry_jobs_now", "retry_now", "set_key_limit",
+    "set_progress", "set_queue_controls", "stage_due_jobs", "start_jobs", "stop_worker",
 ]

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from jobs import conf, events, retry
 from jobs.counters import BUCKETS
-from jobs.models import JobStatus
+from jobs.models import JobStatus, KeyLimit, QueueControl
 from jobs.queue.produce import notify
 from jobs.queue.sql import query
 
@@ -104,4 +104,14 @@ def prune_finished(older_than_seconds: float | None = None, *, limit: int = PRUN
         return 0
     with connection.cursor() as cursor:
         cursor.execute(query("prune_finished"), {"seconds": float(seconds), "limit": limit})
+        return cursor.rowcount
+
+
+def prune_start_log() -> int:
+    """Drop the logged starts that no rate limit counts any more; return how many."""
+    periods = [*QueueControl.objects.filter(rate_limit__isnull=False).values_list("rate_period", flat=True),
+               *QueueControl.objects.filter(key_rate_limit__isnull=False).values_list("key_rate_period", flat=True),
+               *KeyLimit.objects.filter(rate_limit__isnull=False).values_list("rate_period", flat=True)]
+    with connection.cursor() as cursor:
+        cursor.execute(query("prune_start_log"), {"keep": max(periods, default=0.0)})
         return cursor.rowcount

@@ -17,12 +17,16 @@ from jobs.queue.sql import query
 from jobs.registry import check_owner
 from jobs.spec import MAX_SECONDS, JobSpec, build, build_many, parse_priority
 
-__all__ = ["MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "notify", "parse_priority"]
+__all__ = ["FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "notify", "parse_priority"]
 
 logger = logging.getLogger("jobs.queue")
 
-# The channel a NOTIFY wakes the workers on; its payload is the queue's name.
+# The channel a NOTIFY wakes the workers on; its payload is the queue's name,
+# with KEYED_SUFFIX for jobs with a concurrency key, or FLOW_CHANGED when a
+# queue's controls or a key's limits changed (jobs.queue.control).
 NOTIFY_CHANNEL = "skipjack_jobs"
+KEYED_SUFFIX = ":k"
+FLOW_CHANGED = ":flow"
 
 
 def notify(queues: Iterable[str]) -> None:
@@ -32,31 +36,38 @@ def notify(queues: Iterable[str]) -> None:
             cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
 
 
-def _insert_jobs(spec: JobSpec, payloads: list, *, owner_max_active=None) -> list[tuple[int, datetime, datetime]]:
+def _insert_jobs(spec: JobSpec, payloads: list, *, keys: list[str | None] | None = None,
+                 owner_max_active=None) -> list[tuple[int, datetime, datetime]]:
     """Insert one job of `spec`'s options per payload, count them and wake the workers, in one statement.
 
-    Return (id, run_at, created_at) per job, in payload order. Outside a
+    `keys` are the jobs' concurrency keys, in payload order (None: the
+    spec's for every job). Return (id, run_at, created_at) per job, in
+    payload order. Outside a
     transaction the statement is its own commit: the insert, its count and
     the NOTIFY stand or fall together. With `owner_max_active`, insert
     nothing (and return []) if the owner's unfinished jobs and these would
     be more than that.
     """
+    if keys is None:
+        keys = [spec.concurrency_key] * len(payloads)
     params = {
         "owner": getattr(spec.owner, "pk", spec.owner), "queue": spec.queue, "type": spec.type,
         "priority": spec.priority, "status": spec.status, "max_retries": spec.max_retries,
         "run_at": spec.run_at, "timeout": spec.timeout, "expires_at": spec.expires_at,
         "unique_key": spec.unique_key, "idempotency_key": spec.idempotency_key, "trace_id": spec.trace_id,
-        "channel": NOTIFY_CHANNEL, "due": spec.status == JobStatus.QUEUED,
+        "channel": NOTIFY_CHANNEL, "due": spec.status == JobStatus.QUEUED, "key_limit": spec.handler.key_concurrency if any(keys) else None,
+        "wake": spec.queue + KEYED_SUFFIX if any(keys) else spec.queue,
     }
     if owner_max_active is not None:
         name = "insert_jobs_capped"
-        params.update(payloads=[json.dumps(p) for p in payloads], max_active=owner_max_active, adding=len(payloads))
+        params.update(payloads=[json.dumps(p) for p in payloads], max_active=owner_max_active, adding=len(payloads),
+                      keys=keys if any(keys) else None)
     elif len(payloads) == 1:
         name = "insert_job"
-        params["payload"] = json.dumps(payloads[0])
+        params.update(payload=json.dumps(payloads[0]), key=keys[0])
     else:
         name = "insert_jobs"
-        params["payloads"] = [json.dumps(p) for p in payloads]
+        params.update(payloads=[json.dumps(p) for p in payloads], keys=keys if any(keys) else None)
     # The capped insert reads the owner's jobs: planned afresh each time,
     # with its values in the text. The others read no table, and their
     # prepared plan fits any table (jobs.db.plan_every_run).
@@ -127,7 +138,8 @@ def enqueue(spec: JobSpec | str, payload: Any = None, *, owner_max_active: int |
         id=job_id, type=spec.type, payload=spec.payload, owner=spec.owner, queue=spec.queue,
         priority=spec.priority, max_retries=spec.max_retries, timeout=spec.timeout, status=spec.status,
         expires_at=spec.expires_at, run_at=run_at, created_at=created_at, unique_key=spec.unique_key,
-        idempotency_key=spec.idempotency_key, trace_id=spec.trace_id,
+        idempotency_key=spec.idempotency_key, trace_id=spec.trace_id, concurrency_key=spec.concurrency_key,
+        key_limit=spec.key_limit,
     )
     job._state.adding = False
     job.deduplicated = False
@@ -159,12 +171,14 @@ def enqueue_many(specs: Iterable[JobSpec] | str, payloads: Iterable[Any] | None 
         first = specs[0]
         if any(spec.unique_key is not None or spec.idempotency_key is not None for spec in specs):
             raise ValueError("enqueue_many() stores no unique or idempotency keys; enqueue those jobs one by one.")
-        options_of_first = replace(first, payload=None)
-        if any(replace(spec, payload=None) != options_of_first for spec in specs):
+        # Keys may differ from job to job (a type derives each from its payload).
+        options_of_first = replace(first, payload=None, concurrency_key=None, key_limit=None)
+        if any(replace(spec, payload=None, concurrency_key=None, key_limit=None) != options_of_first for spec in specs):
             raise ValueError("enqueue_many() stores jobs of one type with the same options in one INSERT.")
     for spec in specs:
         check_owner(spec.handler, spec.owner, spec.payload)
-    ids = [job_id for job_id, _, _ in _insert_jobs(first, [spec.payload for spec in specs])]
+    ids = [job_id for job_id, _, _ in _insert_jobs(first, [spec.payload for spec in specs],
+                                                   keys=[spec.concurrency_key for spec in specs])]
     _announce_enqueued(type=first.type, queue=first.queue, status=first.status, ids=ids,
                        owner_id=getattr(first.owner, "pk", first.owner), trace_id=first.trace_id)
     return ids

@@ -31,42 +31,46 @@
 
 -- name: insert_job
 -- One job, its count and the NOTIFY that wakes the workers (sent at commit,
--- only for a job due now): one statement, one round trip. It reads no
+-- only for a job due now): one statement, one round trip. The NOTIFY's
+-- payload is the queue's name, with ":k" after it for a job with a
+-- concurrency key (only the limited claim takes those). It reads no
 -- table, so its prepared generic plan fits any table (jobs.db).
 WITH inserted AS (
     INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
-                          progress)
+                          progress, concurrency_key, key_limit)
     VALUES (%(owner)s, %(queue)s, %(type)s, %(payload)s::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
             coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
-            %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0)
+            %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0, %(key)s, %(key_limit)s)
     RETURNING id, run_at, created_at
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted
 )
-SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s) FROM inserted;
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(due)s) FROM inserted;
 
 
 -- name: insert_jobs
 -- One job per payload of %(payloads)s (a text[] of JSON documents), in
 -- their order, counted, with one NOTIFY for all of them: NOTIFY takes a
--- global lock at commit.
+-- global lock at commit. %(keys)s gives each job its concurrency key, in
+-- the same order; NULL for none (unnest pads a shorter array with NULLs).
 WITH inserted AS (
     INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
-                          progress)
+                          progress, concurrency_key, key_limit)
     SELECT %(owner)s, %(queue)s, %(type)s, p::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
            coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
-           %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0
-    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS u(p, n)
+           %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0,
+           k, CASE WHEN k IS NOT NULL THEN %(key_limit)s::integer END
+    FROM unnest(%(payloads)s::text[], %(keys)s::text[]) WITH ORDINALITY AS u(p, k, n)
     ORDER BY n
     RETURNING id, run_at, created_at
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted HAVING count(*) > 0
 )
-SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(due)s)
 FROM inserted ORDER BY id;
 
 
@@ -79,11 +83,12 @@ FROM inserted ORDER BY id;
 WITH inserted AS (
     INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
-                          progress)
+                          progress, concurrency_key, key_limit)
     SELECT %(owner)s, %(queue)s, %(type)s, p::jsonb, %(priority)s, %(status)s, 0, %(max_retries)s,
            coalesce(%(run_at)s, statement_timestamp()), %(timeout)s, %(expires_at)s, %(unique_key)s,
-           %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0
-    FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS u(p, n)
+           %(idempotency_key)s, %(trace_id)s, statement_timestamp(), '', '[]'::jsonb, 0,
+           k, CASE WHEN k IS NOT NULL THEN %(key_limit)s::integer END
+    FROM unnest(%(payloads)s::text[], %(keys)s::text[]) WITH ORDINALITY AS u(p, k, n)
     WHERE (
         SELECT count(*) FROM (
             SELECT 1 FROM jobs_job
@@ -98,7 +103,7 @@ WITH inserted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted HAVING count(*) > 0
 )
-SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(queue)s) WHERE %(due)s)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(due)s)
 FROM inserted ORDER BY id;
 
 

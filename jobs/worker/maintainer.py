@@ -1,7 +1,7 @@
 """The maintainer: the queue's upkeep, run by whichever worker leads (jobs.leader).
 
 Rescue of expired leases, expiry, the relabelling of due jobs, counter
-roll-ups and pruning. Every worker asks once per poll interval; only the
+roll-ups and pruning (finished jobs, gone workers, old logged starts). Every worker asks once per poll interval; only the
 leader runs a round. When the leader dies, another takes over once its
 lease (JOBS_LEADER_LEASE_SECONDS) runs out.
 """
@@ -45,6 +45,7 @@ class Maintainer:
             more = queue.prune_finished() >= queue.PRUNE_BATCH
             self.next_prune = now if more else now + PRUNE_INTERVAL
             queue.prune_workers()
+            queue.prune_start_log()
         return bool(rescued)
 
     def release(self) -> None:

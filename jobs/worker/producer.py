@@ -4,6 +4,13 @@ It claims while there is room (capacity: the slots plus the prefetch), as
 soon as a NOTIFY says jobs arrived, and otherwise once per poll interval.
 ClaimFront keeps each claim from re-reading the part of the claim index
 that earlier claims left behind.
+
+Flow control (jobs.flow): the producer reads what it asks (queue.flow_state)
+at least once a second, and at once when an operator changes a control
+(a FLOW_CHANGED notice). While jobs with a concurrency key wait, or a queue
+it serves has limits of its own, each claim first takes what the limits
+allow (queue.claim_limited_jobs), then fills the rest of the room with the
+plain claim, which never takes such jobs.
 """
 
 import logging
@@ -62,6 +69,10 @@ class ClaimFront:
                 self.front[job.priority] = job.due
 
 
+# Seconds between reads of flow control's state, at most: a pause takes effect within this.
+FLOW_INTERVAL = 1.0
+
+
 class Producer:
     def __init__(self, *, queues: list[str] | None, capacity: int, poll_interval: float, lease_seconds: float,
                  wake: threading.Event, stopping: threading.Event):
@@ -76,6 +87,11 @@ class Producer:
         # A full claim suggests more jobs wait: claim again without waiting.
         self.more_likely = True
         self.notified = threading.Event()
+        # Flow control: its state, when to read it again, and notices that it changed or keyed jobs arrived.
+        self.flow = queue.FlowState()
+        self.next_flow = 0.0
+        self.flow_changed = threading.Event()
+        self.keyed_notified = threading.Event()
         self._wake = wake
         self._stopping = stopping
         self._listener: threading.Thread | None = None
@@ -84,19 +100,45 @@ class Producer:
         """Return whether to claim now, holding `held` jobs."""
         return held < self.capacity and (self.more_likely or self.notified.is_set() or now >= self.next_poll)
 
+    def refresh_flow(self, now: float) -> bool:
+        """Read flow control's state if it is due or changed; return True if it was read."""
+        if not self.flow_changed.is_set() and now < self.next_flow:
+            return False
+        self.flow_changed.clear()
+        self.flow = queue.flow_state()
+        self.next_flow = now + min(self.poll_interval, FLOW_INTERVAL)
+        if self.flow.limited_work(self.queues):
+            self.more_likely = True
+        return True
+
+    def limited_room(self) -> None:
+        """Note that held jobs finished: limits that held jobs back may have room now."""
+        if self.flow.limited_work(self.queues):
+            self.more_likely = True
+
     def claim(self, *, held: int, starting: int, now: float) -> list[queue.ClaimedJob]:
         """Claim what there is room for; the first `starting` jobs start at once, for free slots."""
         if self.worker_id is None:
             raise RuntimeError("The worker claims only once it is registered.")
         self.notified.clear()
         free = self.capacity - held
+        jobs: list[queue.ClaimedJob] = []
+        if self.keyed_notified.is_set() or self.flow.limited_work(self.queues):
+            self.keyed_notified.clear()
+            jobs = queue.claim_limited_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
+                                            lease_seconds=self.lease_seconds, starting=max(0, starting))
+            free -= len(jobs)
+            starting -= sum(1 for job in jobs if job.started)
+        if free <= 0:
+            self.more_likely = True
+            return jobs
         start = self.front.start(now)
-        jobs = queue.claim_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
-                                lease_seconds=self.lease_seconds, start=start, starting=starting)
+        plain = queue.claim_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
+                                 lease_seconds=self.lease_seconds, start=start, starting=max(0, starting))
         self.swept = start is None
-        self.front.claimed(jobs, swept=self.swept, now=now)
-        self.more_likely = len(jobs) == free
-        return jobs
+        self.front.claimed(plain, swept=self.swept, now=now)
+        self.more_likely = len(plain) == free
+        return jobs + plain
 
     def sweep_now(self, now: float) -> None:
         """Have the next claim read from the start (burst mode's last look before it stops)."""
@@ -113,6 +155,19 @@ class Producer:
         if self._listener is not None:
             self._listener.join(timeout=2)  # it notices the stop within a second and closes its connection
 
+    def _noticed(self, payload: str) -> None:
+        """Act on one NOTIFY: a queue's name, the name with KEYED_SUFFIX, or FLOW_CHANGED."""
+        if payload == queue.FLOW_CHANGED:
+            self.flow_changed.set()
+            self._wake.set()
+            return
+        name, _, keyed = payload.partition(":")
+        if self.queues is None or name in self.queues:
+            if keyed:
+                self.keyed_notified.set()
+            self.notified.set()
+            self._wake.set()
+
     def _listen(self) -> None:
         """Wake the main loop when a NOTIFY announces jobs; polling covers any gap."""
         params = connection.get_connection_params()
@@ -126,9 +181,7 @@ class Producer:
                     delay = 0.5
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=1.0, stop_after=1):
-                            if self.queues is None or note.payload in self.queues:
-                                self.notified.set()
-                                self._wake.set()
+                            self._noticed(note.payload)
             except psycopg.Error as exc:
                 logger.debug("listener lost its connection: %s", exc)
                 self._stopping.wait(delay)

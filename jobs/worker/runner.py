@@ -175,6 +175,8 @@ class Worker:
             try:
                 worker = queue.register_worker(hostname=socket.gethostname(), pid=os.getpid(),
                                                queues=self.queues or [], concurrency=self.concurrency)
+                # JOBS_QUEUES, for queues that have no controls yet: a change made at run time stays.
+                queue.apply_queue_settings()
                 break
             except DB_ERRORS as exc:
                 logger.warning("cannot register worker, retrying in %.1fs: %s", delay, exc)
@@ -218,6 +220,10 @@ class Worker:
             self._next_heartbeat = now + self.heartbeat_interval
         if self._too_many_abandoned():
             return False
+        if self.producer.refresh_flow(now) and self.producer.flow.paused:
+            self._withdraw(self.producer.flow.paused)
+        if wrote:
+            self.producer.limited_room()
         claimed = rescued = False
         poll_due = now >= self.producer.next_poll
         if self.producer.wants(len(self.held), now):
@@ -247,7 +253,7 @@ class Worker:
         if self.slots.done or (self.producer.more_likely and len(self.held) < self.producer.capacity):
             return
         now = time.monotonic()
-        wake_at = min(self.producer.next_poll, self._next_heartbeat, *self._deadlines())
+        wake_at = min(self.producer.next_poll, self.producer.next_flow, self._next_heartbeat, *self._deadlines())
         self._wake.wait(max(0.0, wake_at - now))
         self._wake.clear()
 
@@ -353,6 +359,10 @@ class Worker:
         self._safely(lambda: queue.stop_worker(self._registered_id(), processed=self.processed, failed=self.failed))
         logger.info("worker stopped", extra={"event": "worker_stop", "worker_id": str(self.worker_id),
                                                "processed": self.processed, "released": len(unstarted)})
+
+    def _withdraw(self, paused: frozenset[str]) -> None:
+        """Give back the held jobs of paused queues that no slot started: they wait for the resume."""
+        self._release(self.slots.withdraw(list(self.held.values()), paused))
 
     def _running(self) -> list[Running]:
         """Return the held jobs whose handler runs now."""

@@ -131,6 +131,16 @@ class Slots:
                 running.abandoned = True
         return drained
 
+    def withdraw(self, held, queues: frozenset[str]) -> list[Running]:
+        """Take back the held jobs of `queues` that no slot has started (their queue was paused)."""
+        withdrawn = []
+        with self.lock:
+            for running in held:
+                if running.started is None and not running.abandoned and running.job.queue in queues:
+                    running.abandoned = True  # a slot that takes it from the queue skips it
+                    withdrawn.append(running)
+        return withdrawn
+
     def stop(self) -> None:
         for _ in self.threads:
             self._todo.put(None)

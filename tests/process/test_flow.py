@@ -1,0 +1,162 @@
+"""Flow control with real worker processes: limits and rates hold across 4 workers of 8 slots, keys take
+turns, and a pause stops every worker's claims within a second.
+
+A sampler reads the database every 10 ms while the jobs run; the counts
+that decide are taken from the jobs' own start and end times afterwards.
+"""
+
+import threading
+import time
+from collections import defaultdict
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from jobs import queue
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus, QueueControl
+from tests.conftest import ChildProcess, database_url_for_tests, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.process]
+
+WORKERS = 4
+SLOTS = 8
+# Start and end times come from two clocks (the database's, and the worker's
+# for how long a job had run when its start was stored): allow this much.
+CLOCK_SLACK = timedelta(milliseconds=2)
+
+
+class Sampler(threading.Thread):
+    """Reads the running jobs per (queue, key) every 10 ms, keeping the most seen at once."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.most = defaultdict(int)
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        with psycopg.connect(database_url_for_tests(), autocommit=True) as conn:
+            while not self.stop.is_set():
+                per_queue = defaultdict(int)
+                rows = conn.execute("SELECT queue, concurrency_key, count(*) FROM jobs_job WHERE status = 'running' "
+                                    "GROUP BY 1, 2").fetchall()
+                for queue_name, key, n in rows:
+                    self.most[(queue_name, key)] = max(self.most[(queue_name, key)], n)
+                    per_queue[queue_name] += n
+                for queue_name, n in per_queue.items():
+                    self.most[(queue_name, "*")] = max(self.most[(queue_name, "*")], n)
+                self.samples += 1
+                time.sleep(0.01)
+
+
+def most_at_once(intervals) -> int:
+    """Return the most intervals (start, end) that overlap at any moment, by more than CLOCK_SLACK."""
+    events = sorted([(start + CLOCK_SLACK, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+                    key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def start_workers(start_worker, n=WORKERS):
+    workers = [start_worker("--concurrency", str(SLOTS)) for _ in range(n)]
+    wait_for(lambda: queue_workers() >= n, message=f"{n} workers registered")
+    return workers
+
+
+def queue_workers() -> int:
+    from jobs.selectors import live_workers
+
+    return live_workers().count()
+
+
+def test_limits_and_rates_hold_across_workers_and_every_key_makes_progress(start_worker):
+    queue.set_queue_controls("video", concurrency=3)
+    queue.set_queue_controls("emails", rate_limit=10, rate_period=1.0)
+    # One busy tenant with 60 jobs and nine with 8 each, at most 2 of a tenant's at once (the type's limit).
+    keyed = [{"tenant": 0, "seconds": 0.05}] * 60 + [{"tenant": t, "seconds": 0.05} for t in range(1, 10)
+                                                     for _ in range(8)]
+    queue.enqueue_many("tenant_task", keyed, queue="tenants")
+    queue.enqueue_many("tenant_task", [{"seconds": 0.1}] * 30, queue="video")
+    queue.enqueue_many("tenant_task", [{"seconds": 0.01}] * 30, queue="emails")
+    sampler = Sampler()
+    sampler.start()
+    start_workers(start_worker)
+    wait_for(lambda: not Job.objects.filter(status__in=ACTIVE_STATUSES).exists(), timeout=90,
+             message="every job to finish")
+    sampler.stop.set()
+    sampler.join()
+
+    assert Job.objects.filter(status=JobStatus.COMPLETED).count() == len(keyed) + 60
+    assert sampler.samples > 50
+    # The sampler's view: never more running than a limit allows.
+    for (queue_name, key), most in sampler.most.items():
+        if queue_name == "tenants" and key not in (None, "*"):
+            assert most <= 2, (key, most)
+    assert sampler.most[("video", "*")] <= 3
+
+    # The jobs' own times.
+    spans = defaultdict(list)
+    for queue_name, key, started, finished in Job.objects.values_list("queue", "concurrency_key", "started_at",
+                                                                      "finished_at"):
+        spans[(queue_name, key)].append((started, finished))
+    keys = [key for queue_name, key in spans if queue_name == "tenants"]
+    assert sorted(keys) == sorted(f"tenant:{t}" for t in range(10))
+    for key in keys:
+        assert most_at_once(spans[("tenants", key)]) <= 2, key
+    assert most_at_once(spans[("video", None)]) == 3  # the limit, reached and held
+    starts = sorted(started for started, _ in spans[("emails", None)])
+    for i, start in enumerate(starts):
+        in_window = sum(1 for other in starts[: i + 1] if other > start - timedelta(seconds=1))
+        assert in_window <= 10, f"{in_window} starts in the second up to {start}"
+    assert (starts[-1] - starts[0]).total_seconds() >= 1.9  # 30 starts at 10 a second: at least 2 s apart
+
+    # Fairness: the busy tenant's 60 jobs did not hold the others back; each had a start in the first second.
+    first = min(start for key in keys for start, _ in spans[("tenants", key)])
+    for key in keys:
+        assert min(start for start, _ in spans[("tenants", key)]) - first < timedelta(seconds=1), key
+    quiet_done = max(end for key in keys if key != "tenant:0" for _, end in spans[("tenants", key)])
+    busy_done = max(end for _, end in spans[("tenants", "tenant:0")])
+    assert quiet_done < busy_done
+
+
+def manage(*args) -> str:
+    child = ChildProcess(["manage.py", *args])
+    assert child.wait(timeout=60) == 0, child.output()
+    return child.output()
+
+
+def test_a_pause_stops_every_workers_claims_within_a_second_and_a_resume_restarts_them(start_worker):
+    # Jobs of 1.5 s, so that each worker also holds jobs it prefetched: those must not start after the pause.
+    ids = queue.enqueue_many("tenant_task", [{"seconds": 1.5}] * 200, queue="steady")
+    start_workers(start_worker)
+    wait_for(lambda: Job.objects.filter(status=JobStatus.CLAIMED).count() >= WORKERS * SLOTS // 2, timeout=30,
+             message="the workers running jobs and holding prefetched ones")
+    manage("queues", "pause", "steady")
+    paused_at = QueueControl.objects.get(name="steady").paused_at
+    running_then = set(Job.objects.filter(status=JobStatus.RUNNING, started_at__lte=paused_at)
+                       .values_list("pk", flat=True))
+    time.sleep(2.5)
+    late = Job.objects.filter(queue="steady", started_at__gt=paused_at + timedelta(seconds=1)).count()
+    assert late == 0, f"{late} jobs started more than a second after the pause"
+    # What was prefetched went back to the queue, with no attempt counted; what ran finished.
+    assert Job.objects.filter(status=JobStatus.CLAIMED).count() == 0
+    assert not Job.objects.filter(status=JobStatus.QUEUED, attempts__gt=0).exists()
+    assert set(Job.objects.filter(pk__in=running_then, status=JobStatus.COMPLETED).values_list("pk", flat=True)) \
+        == running_then
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 0
+    queued = Job.objects.filter(status=JobStatus.QUEUED).count()
+    assert queued > 0
+
+    manage("queues", "resume", "steady")
+    resumed_at = QueueControl.objects.get(name="steady").updated_at
+    wait_for(lambda: Job.objects.filter(queue="steady", started_at__gt=resumed_at).exists(), timeout=5,
+             message="a start after the resume")
+    first = Job.objects.filter(queue="steady", started_at__gt=resumed_at).order_by("started_at").first()
+    assert (first.started_at - resumed_at).total_seconds() < 1.0
+    wait_for(lambda: not Job.objects.filter(status__in=ACTIVE_STATUSES).exists(), timeout=120,
+             message="every job to finish after the resume")
+    assert Job.objects.filter(pk__in=ids, status=JobStatus.COMPLETED).count() == 200
