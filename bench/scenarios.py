@@ -328,6 +328,33 @@ def dashboard_stream(ctx: Context, system) -> dict:
     return {**figures, "cost": figures["slowdown_percent"] / 100}
 
 
+# --- flow control ------------------------------------------------------------------------
+
+FLOW_KEYS = 100
+
+
+@scenario("flow_limits", f"Drain with no limits, then with a per-key limit on {FLOW_KEYS} keys, in alternating rounds",
+          systems=("skipjack",))
+def flow_limits(ctx: Context, system) -> dict:
+    """The cost of flow control: the same drain with jobs spread over keys at 2 held each (bench_keyed)."""
+    count = ctx.drain_jobs(system)
+    plain, keyed = [], []
+    try:
+        for _ in range(ctx.mode.drain_rounds):
+            system.keys = 0
+            plain.append(_drain(ctx, system, count)["rate"])
+            system.keys = FLOW_KEYS
+            keyed.append(_drain(ctx, system, count)["rate"])
+    finally:
+        system.keys = 0
+    costs = sorted(1 - k / p for p, k in zip(plain, keyed, strict=True))
+    return {
+        "plain_rate": sorted(plain)[len(plain) // 2], "keyed_rate": sorted(keyed)[len(keyed) // 2],
+        "cost": costs[len(costs) // 2], "plain_per_round": [round(r) for r in plain],
+        "keyed_per_round": [round(r) for r in keyed], "keys": FLOW_KEYS, "key_limit": 2,
+    }
+
+
 # --- 6. stability ----------------------------------------------------------------------
 
 

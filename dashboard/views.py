@@ -148,7 +148,10 @@ def _job_action(request, job_id: int, action, success: str):
 @login_required
 @require_POST
 def job_cancel(request, job_id: int):
-    return _job_action(request, job_id, queue.cancel_job, "Cancelled job {id}.")
+    running = _visible_job(request.user, job_id).status == JobStatus.RUNNING
+    return _job_action(request, job_id, queue.cancel_job, (
+        "Asked job {id} to stop: it ends cancelled once its handler stops, within the grace period."
+        if running else "Cancelled job {id}."))
 
 
 @login_required

@@ -13,6 +13,9 @@ DEFAULTS = {
     "JOBS_LEASE_SECONDS": 30.0,
     # How often an idle worker polls when no NOTIFY arrives.
     "JOBS_POLL_INTERVAL": 1.0,
+    # Seconds a running job's handler has to stop after a cancel is asked
+    # for (it sees job.cancelled); then it is stopped as a timeout stops it.
+    "JOBS_CANCEL_GRACE": 10.0,
     # Per-job timeout when neither the job nor its handler sets one.
     "JOBS_DEFAULT_TIMEOUT": 300.0,
     # How long the maintenance leader's lease lasts without a renewal: how

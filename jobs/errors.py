@@ -1,5 +1,7 @@
 """Exceptions raised by the queue and by job handlers."""
 
+import math
+
 
 class PermanentError(Exception):
     """Raised by a handler for a failure a retry cannot fix: the job goes straight to the DLQ."""
@@ -7,6 +9,26 @@ class PermanentError(Exception):
 
 class JobTimeout(Exception):
     """Raised inside a handler thread whose job ran past its timeout."""
+
+
+class JobCancelled(Exception):
+    """Raised in a handler (by JobContext.check_cancelled or sleep) once someone asked to cancel its job."""
+
+
+class Snooze(Exception):  # noqa: N818 - what a handler says: raise Snooze(60)
+    """Raised (or returned) by a handler: put the job back to wait `seconds`, the attempt not counted.
+
+    The job is `scheduled` again for then. Its attempts stay what they were
+    before this attempt, so a snooze never uses up max_retries, which count
+    failures only; the job's history records the attempt as `snoozed`.
+    """
+
+    def __init__(self, seconds: float):
+        seconds = float(seconds)
+        if not math.isfinite(seconds) or not 0 <= seconds <= 365 * 24 * 3600:
+            raise ValueError("Snooze takes a number of seconds from 0 to a year.")
+        self.seconds = seconds
+        super().__init__(f"snoozed for {seconds:g}s")
 
 
 class UnknownJobType(LookupError):

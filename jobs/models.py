@@ -95,6 +95,9 @@ class Job(models.Model):
     # The key's concurrency limit as the job's type (or the owner rule) set it;
     # a KeyLimit row for the key overrides it, and it overrides the queue's.
     key_limit = models.PositiveIntegerField(null=True, blank=True)
+    # When someone asked to cancel the job while it ran: its handler sees
+    # job.cancelled and has JOBS_CANCEL_GRACE seconds to stop (jobs.queue.actions).
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     # The lease of a running job. Every write a worker makes carries the
     # token, so a worker that lost its lease to a rescue changes nothing.

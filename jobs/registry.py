@@ -69,6 +69,8 @@ class JobContext:
     queue: str = "default"
     # Set when the job must stop early: timeout, cancellation or shutdown.
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    # Set once someone asked to cancel the job (with stop_requested).
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
     report_progress: Callable[[int], None] | None = None
 
     def set_progress(self, percent: int) -> None:
@@ -77,11 +79,24 @@ class JobContext:
         if self.report_progress is not None:
             self.report_progress(percent)
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether someone asked to cancel this job: a long handler checks it and stops early."""
+        return self.cancel_requested.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if someone asked to cancel this job."""
+        from jobs.errors import JobCancelled
+
+        if self.cancel_requested.is_set():
+            raise JobCancelled(f"Job {self.job_id} was cancelled.")
+
     def sleep(self, seconds: float) -> None:
-        """Sleep, but wake early and raise if the job must stop."""
+        """Sleep, but wake early and raise if the job must stop (JobCancelled when it was cancelled)."""
         from jobs.errors import JobTimeout
 
         if self.stop_requested.wait(seconds):
+            self.check_cancelled()
             raise JobTimeout("job stopped while sleeping")
 
     def owner_now(self):

@@ -282,6 +282,7 @@ for _name in (
     "JOBS_DEFAULT_TIMEOUT",
     "JOBS_WORKER_STALE_AFTER",
     "JOBS_LEADER_LEASE_SECONDS",
+    "JOBS_CANCEL_GRACE",
 ):
     if _name in os.environ:
         globals()[_name] = float(os.environ[_name])

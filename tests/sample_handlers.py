@@ -103,3 +103,32 @@ def tenant_task(job):
     """A job of one tenant: at most two of a tenant's run at once, anywhere (flow control)."""
     time.sleep(float(job.payload.get("seconds", 0)))
     return job.payload.get("tenant")
+
+
+@job_handler("cooperative")
+def cooperative(job):
+    """A long handler that looks at job.cancelled between steps, as process_video does."""
+    for step in range(int(job.payload.get("steps", 6000))):
+        if job.cancelled:
+            return {"stopped_at_step": step}
+        time.sleep(0.01)
+    return "all steps"
+
+
+@job_handler("sleep_blind")
+def sleep_blind(job):
+    """Sleep in C, never looking at the job: only the worker can give up on it."""
+    time.sleep(float(job.payload.get("seconds", 30)))
+    return "slept"
+
+
+@job_handler("snooze_until")
+def snooze_until(job):
+    """Snooze (raised, or returned when asked) until a wall-clock time, then finish."""
+    from jobs.errors import Snooze
+
+    if time.time() < float(job.payload["until"]):
+        if job.payload.get("return"):
+            return Snooze(0.3)
+        raise Snooze(0.3)
+    return "awake"

@@ -22,13 +22,32 @@ django.setup()
 from bench.peers.driver import main  # noqa: E402 - after django.setup()
 from jobs import queue  # noqa: E402
 
+# With BENCH_SKIPJACK_KEYS=N, jobs are bench_keyed, spread round-robin over N concurrency keys.
+KEYS = int(os.environ.get("BENCH_SKIPJACK_KEYS", "0"))
+_next_key = 0
+
+
+def _keyed(payloads):
+    global _next_key
+    keyed = []
+    for payload in payloads:
+        keyed.append({**payload, "k": f"tenant:{_next_key % KEYS}"})
+        _next_key += 1
+    return keyed
+
 
 async def enqueue_one(payload):
-    queue.enqueue("bench_noop", payload)
+    if KEYS:
+        queue.enqueue("bench_keyed", _keyed([payload])[0])
+    else:
+        queue.enqueue("bench_noop", payload)
 
 
 async def enqueue_batch(payloads):
-    queue.enqueue_many("bench_noop", payloads)
+    if KEYS:
+        queue.enqueue_many("bench_keyed", _keyed(payloads))
+    else:
+        queue.enqueue_many("bench_noop", payloads)
 
 
 if __name__ == "__main__":

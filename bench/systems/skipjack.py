@@ -20,6 +20,8 @@ class Skipjack(System):
     def __init__(self):
         self.python = sys.executable
         self.db = Database(self.database)
+        # Concurrency keys the enqueue side spreads jobs over (0: none): the flow_limits scenario.
+        self.keys = 0
 
     def env(self) -> dict:
         env = super().env()
@@ -31,6 +33,7 @@ class Skipjack(System):
             # Per-job INFO logs are not what is measured here.
             LOG_LEVEL="WARNING",
             JOBS_HANDLER_MODULES="bench.handlers",
+            BENCH_SKIPJACK_KEYS=str(self.keys),
         )
         return env
 

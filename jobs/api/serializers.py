@@ -129,6 +129,8 @@ class JobSerializer(LeanSerializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    cancel_requested_at = serializers.DateTimeField(
+        allow_null=True, help_text="When a cancel of the job was asked for while it ran; it ends cancelled.")
     trace_id = serializers.CharField()
 
 

@@ -16,7 +16,9 @@ through jobs.events once its transaction commits.
                     --rescue--> queued               (lease expired before its start)
     scheduled/retrying --stage--> queued             (the leader, once due)
     queued/scheduled/retrying --expire--> expired
-    any unfinished --cancel--> cancelled
+    queued/scheduled/retrying/claimed --cancel--> cancelled
+    running --cancel--> running, cancel asked for --its worker--> cancelled
+    claimed/running --snooze--> scheduled              (the attempt given back)
     dead/cancelled/expired --requeue--> queued
     scheduled/retrying --retry_now--> queued
 
@@ -64,8 +66,10 @@ from jobs.queue.maintenance import (
     stage_due_jobs,
 )
 from jobs.queue.outcomes import (
+    Cancelled,
     Completion,
     Failure,
+    Snoozed,
     complete_job,
     complete_jobs,
     fail_job,
@@ -75,6 +79,7 @@ from jobs.queue.outcomes import (
     set_progress,
 )
 from jobs.queue.produce import (
+    CANCEL_REQUESTED,
     FLOW_CHANGED,
     KEYED_SUFFIX,
     MAX_SECONDS,
@@ -87,8 +92,8 @@ from jobs.queue.produce import (
 from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_worker
 
 __all__ = [
-    "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
-    "STAGE_BATCH", "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob",
+    "CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
+    "STAGE_BATCH", "Cancelled", "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob", "Snoozed",
     "apply_queue_settings", "cancel_job", "cancel_jobs", "claim_jobs", "claim_limited_jobs", "complete_job",
     "complete_jobs", "dead_jobs", "enqueue", "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state",
     "heartbeat", "notify", "parse_priority", "pause_queue", "priority_order", "prune_finished", "prune_start_log",

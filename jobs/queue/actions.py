@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from jobs import events
 from jobs.errors import IllegalTransition
-from jobs.models import ACTIVE_STATUSES, Job, JobStatus
-from jobs.queue.produce import notify
+from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus
+from jobs.queue.produce import CANCEL_REQUESTED, notify
 from jobs.registry import staff_only_types
 
 # Statuses from which a dead-letter style requeue is legal.
@@ -49,9 +49,31 @@ def _requeue_changes() -> dict:
 
 
 def cancel_job(job_id: int) -> None:
-    """Cancel a job that has not finished. A held job's worker loses its lease and stops it."""
-    _guarded(job_id, ACTIVE_STATUSES, "cancel", status=JobStatus.CANCELLED, finished_at=Now(), **NO_LEASE)
-    _announce(job_id, JobStatus.CANCELLED)
+    """Cancel a job that has not finished.
+
+    One that no handler runs yet (waiting, or claimed by a worker for a
+    slot) is `cancelled` at once; its worker, told at once, drops it. For a
+    running one the cancel is asked for: its handler sees `job.cancelled`,
+    and its worker ends it `cancelled` when the handler stops, or stops it
+    after JOBS_CANCEL_GRACE seconds as a timeout does. Cancelling a job
+    whose cancel was asked for already changes nothing.
+    """
+    with transaction.atomic():
+        held = Job.objects.filter(pk=job_id, status=JobStatus.CLAIMED).exists()
+        if Job.objects.filter(pk=job_id, status__in=(*READY_STATUSES, JobStatus.CLAIMED)).update(
+                status=JobStatus.CANCELLED, finished_at=Now(), **NO_LEASE):
+            _announce(job_id, JobStatus.CANCELLED)
+            if held:
+                notify([CANCEL_REQUESTED])
+            return
+        if Job.objects.filter(pk=job_id, status=JobStatus.RUNNING, cancel_requested_at__isnull=True).update(
+                cancel_requested_at=Now()):
+            notify([CANCEL_REQUESTED])
+            _announce(job_id, JobStatus.RUNNING)
+            return
+        if Job.objects.filter(pk=job_id, status=JobStatus.RUNNING).exists():
+            return  # asked for already
+    _guarded(job_id, ACTIVE_STATUSES, "cancel")  # raises, saying why
 
 
 def _owner_may_not_run(queryset):
@@ -84,18 +106,25 @@ def retry_now(job_id: int) -> None:
 
 
 def cancel_jobs(queryset) -> int:
-    """Cancel every unfinished job in `queryset`; return how many were cancelled."""
+    """Cancel every unfinished job in `queryset` as cancel_job does; return how many were cancelled or asked to stop."""
     with transaction.atomic():
         # Lock the unfinished rows first, so the events name exactly the jobs cancelled.
-        owners = dict(
+        rows = list(
             queryset.filter(status__in=ACTIVE_STATUSES).select_for_update(of=("self",)).order_by()
-            .values_list("pk", "owner_id")
+            .values_list("pk", "owner_id", "status")
         )
-        updated = Job.objects.filter(pk__in=list(owners), status__in=ACTIVE_STATUSES).update(
+        waiting = [(pk, owner) for pk, owner, status in rows if status != JobStatus.RUNNING]
+        running = [(pk, owner) for pk, owner, status in rows if status == JobStatus.RUNNING]
+        updated = Job.objects.filter(pk__in=[pk for pk, _ in waiting]).update(
             status=JobStatus.CANCELLED, finished_at=Now(), **NO_LEASE
         )
-        events.jobs_changed(list(owners), list(owners.values()), JobStatus.CANCELLED)
-    return updated
+        asked = Job.objects.filter(pk__in=[pk for pk, _ in running], cancel_requested_at__isnull=True).update(
+            cancel_requested_at=Now())
+        if any(status == JobStatus.CLAIMED for _, _, status in rows) or asked:
+            notify([CANCEL_REQUESTED])
+        events.jobs_changed([pk for pk, _ in waiting], [owner for _, owner in waiting], JobStatus.CANCELLED)
+        events.jobs_changed([pk for pk, _ in running], [owner for _, owner in running], JobStatus.RUNNING)
+    return updated + len(running)
 
 
 def retry_jobs_now(queryset) -> int:

@@ -42,7 +42,8 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
     off like any failed attempt (jobs.retry.decide), to `retrying` or, after
     its last attempt, to `dead`. So a job that kills its worker is not run
     again at once, over and over. A job that was only claimed never ran: it
-    is `queued` again, with nothing counted.
+    is `queued` again, with nothing counted. A job whose cancel was asked
+    for is `cancelled`.
     """
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_bitmapscan = off")  # see find_expired_leases in queries.sql
@@ -51,9 +52,13 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
         if not stale:
             return []
         now = timezone.now()
-        statuses, delays = [], []
-        for _, type_name, attempts, max_retries, started, _ in stale:
-            if started:
+        statuses: list[str] = []
+        delays: list[float] = []
+        for _, type_name, attempts, max_retries, started, _, cancelling in stale:
+            if cancelling:
+                statuses.append(JobStatus.CANCELLED)
+                delays.append(0.0)
+            elif started:
                 decision = retry.decide(type_name=type_name, attempts=attempts, max_retries=max_retries, now=now)
                 statuses.append(decision.status)
                 delays.append(decision.delay)
@@ -68,7 +73,7 @@ def rescue_expired_leases(limit: int = 1000) -> list[RescuedJob]:
     due_now = {job.queue for job, row in zip(rescued, rows, strict=True) if job.status == JobStatus.QUEUED or row[7] == 0}
     if due_now:
         notify(due_now)
-    for status in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.DEAD):
+    for status in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.DEAD, JobStatus.CANCELLED):
         moved = [job for job in rescued if job.status == status]
         events.jobs_changed([job.id for job in moved], [job.owner_id for job in moved], status)
     return rescued

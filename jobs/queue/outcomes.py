@@ -50,16 +50,43 @@ class Failure:
     handler: Handler | None = None
 
 
-def record_outcomes(completions: list[Completion], failures: list[Failure]) -> dict[int, str]:
+@dataclass(slots=True)
+class Snoozed:
+    """A held job whose handler snoozed (jobs.errors.Snooze): it waits `seconds`, its attempt given back."""
+
+    job: ClaimedJob
+    seconds: float
+    run_seconds: float | None = None
+    started_ago: float = 0.0
+
+
+@dataclass(slots=True)
+class Cancelled:
+    """A held job that stopped because a cancel was asked for: its handler gave up, or the grace ran out."""
+
+    job: ClaimedJob
+    error: str = "Cancelled."
+    # What the handler returned if it finished anyway: kept, though the job is cancelled.
+    result: Any = None
+    run_seconds: float | None = None
+    started_ago: float = 0.0
+
+
+def record_outcomes(completions: list[Completion], failures: list[Failure], snoozes: list[Snoozed] | None = None,
+                    cancels: list[Cancelled] | None = None) -> dict[int, str]:
     """Record the outcomes of held jobs in one statement; return each recorded job's new status.
 
     A completion makes its job `completed` with its result. A failure sends
     its job to `retrying` after its backoff, or to `dead` (the DLQ) when the
     failure is permanent or its retries are used up, as jobs.retry.decide
-    says. A job missing from the result was no longer held (cancelled, or
+    says. A snooze makes its job `scheduled` for later, the attempt not
+    counted; a cancel makes it `cancelled`. A job whose cancel was asked for
+    never waits again: its retry or snooze ends it `cancelled`. A job missing
+    from the result was no longer held (cancelled before it started, or
     rescued after its worker stalled) and keeps whatever state it has now.
     """
-    if not completions and not failures:
+    snoozes, cancels = snoozes or [], cancels or []
+    if not completions and not failures and not snoozes and not cancels:
         return {}
     # Only the keys a record needs: the statement reads a missing one as NULL.
     rows: list[dict[str, Any]] = [
@@ -77,10 +104,21 @@ def record_outcomes(completions: list[Completion], failures: list[Failure]) -> d
         rows.append({"id": job.id, "token": str(job.lease_token), "status": decision.status, "delay": decision.delay,
                      "error": failure.error, "traceback": failure.traceback[-20000:], "outcome": failure.outcome,
                      "run_s": failure.run_seconds, "ago": failure.started_ago, "due": job.due})
+    for snooze in snoozes:
+        snooze.job.begin()
+        rows.append({"id": snooze.job.id, "token": str(snooze.job.lease_token), "status": JobStatus.SCHEDULED,
+                     "delay": snooze.seconds, "outcome": "snoozed", "error": f"Snoozed for {snooze.seconds:g}s",
+                     "run_s": snooze.run_seconds, "ago": snooze.started_ago, "due": snooze.job.due})
+    for cancel in cancels:
+        cancel.job.begin()
+        rows.append({"id": cancel.job.id, "token": str(cancel.job.lease_token), "status": JobStatus.CANCELLED,
+                     "result": cancel.result, "outcome": "cancelled", "error": cancel.error,
+                     "run_s": cancel.run_seconds, "ago": cancel.started_ago, "due": cancel.job.due})
     with statement_cursor() as cursor:
         cursor.execute(query("record_outcomes"), {"batch": json.dumps(rows, allow_nan=False), "buckets": _BUCKETS})
         recorded = cursor.fetchall()
-    for status, progress in ((JobStatus.COMPLETED, 100), (JobStatus.RETRYING, None), (JobStatus.DEAD, None)):
+    for status, progress in ((JobStatus.COMPLETED, 100), (JobStatus.RETRYING, None), (JobStatus.DEAD, None),
+                             (JobStatus.SCHEDULED, None), (JobStatus.CANCELLED, None)):
         moved = [(job_id, owner_id) for job_id, new_status, owner_id in recorded if new_status == status]
         if moved:
             events.jobs_changed([m[0] for m in moved], [m[1] for m in moved], status, progress)

@@ -17,16 +17,19 @@ from jobs.queue.sql import query
 from jobs.registry import check_owner
 from jobs.spec import MAX_SECONDS, JobSpec, build, build_many, parse_priority
 
-__all__ = ["FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "notify", "parse_priority"]
+__all__ = ["CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "notify", "parse_priority"]
 
 logger = logging.getLogger("jobs.queue")
 
 # The channel a NOTIFY wakes the workers on; its payload is the queue's name,
-# with KEYED_SUFFIX for jobs with a concurrency key, or FLOW_CHANGED when a
-# queue's controls or a key's limits changed (jobs.queue.control).
+# with KEYED_SUFFIX for jobs with a concurrency key, FLOW_CHANGED when a
+# queue's controls or a key's limits changed (jobs.queue.control), or
+# CANCEL_REQUESTED when someone cancelled held jobs (jobs.queue.actions).
 NOTIFY_CHANNEL = "skipjack_jobs"
 KEYED_SUFFIX = ":k"
 FLOW_CHANGED = ":flow"
+# A cancel of held jobs was asked for: their workers look at once (heartbeat).
+CANCEL_REQUESTED = ":cancel"
 
 
 def notify(queues: Iterable[str]) -> None:

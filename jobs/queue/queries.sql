@@ -347,9 +347,13 @@ RETURNING j.id, j.owner_id;
 
 -- name: record_outcomes
 -- The outcomes of a worker's tick, in one statement: held jobs whose
--- handler returned (`completed`, with its result) and whose attempt failed
+-- handler returned (`completed`, with its result), whose attempt failed
 -- (`retrying` after `delay` seconds, counted from this statement's clock,
--- or `dead`, the DLQ, as jobs.retry.decide said). One JSON document
+-- or `dead`, the DLQ, as jobs.retry.decide said), that snoozed
+-- (`scheduled` after `delay`, the attempt given back: attempts as before
+-- it) or that stopped on a cancel (`cancelled`). A job whose cancel was
+-- asked for (cancel_requested_at) never waits again: a retry or snooze
+-- reported before its worker heard of the cancel ends it `cancelled`. One JSON document
 -- carries the batch: encoded in C by the worker and decoded here, where
 -- parameter arrays cost psycopg a Python call per element, and a key a
 -- record leaves out is NULL. `outcome` is what the history records
@@ -360,15 +364,19 @@ RETURNING j.id, j.owner_id;
 -- of an earlier attempt, a failed one the result it never had.
 WITH recorded AS (
     UPDATE jobs_job AS j
-    SET status = c.status,
-        result = CASE WHEN c.status = 'completed' THEN c.result ELSE j.result END,
-        error = CASE WHEN c.status = 'completed' THEN j.error ELSE c.error END,
+    SET status = CASE WHEN c.status IN ('retrying', 'scheduled') AND j.cancel_requested_at IS NOT NULL
+                      THEN 'cancelled' ELSE c.status END,
+        result = CASE WHEN c.status = 'completed' THEN c.result WHEN c.status = 'cancelled' THEN c.result
+                      ELSE j.result END,
+        error = CASE WHEN c.status IN ('completed', 'scheduled') THEN j.error ELSE c.error END,
         progress = CASE WHEN c.status = 'completed' THEN 100 ELSE j.progress END,
-        run_at = CASE WHEN c.status = 'retrying' THEN statement_timestamp() + make_interval(secs => c.delay)
-                      ELSE j.run_at END,
-        finished_at = CASE WHEN c.status = 'retrying' THEN NULL ELSE statement_timestamp() END,
-        attempts = j.attempts + (j.started_at IS NULL)::integer,
-        started_at = coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
+        run_at = CASE WHEN c.status IN ('retrying', 'scheduled') AND j.cancel_requested_at IS NULL
+                      THEN statement_timestamp() + make_interval(secs => c.delay) ELSE j.run_at END,
+        finished_at = CASE WHEN c.status IN ('retrying', 'scheduled') AND j.cancel_requested_at IS NULL THEN NULL
+                           ELSE statement_timestamp() END,
+        attempts = j.attempts + (j.started_at IS NULL)::integer - (c.status = 'scheduled')::integer,
+        started_at = CASE WHEN c.status = 'scheduled' AND j.cancel_requested_at IS NULL THEN NULL
+                          ELSE coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)) END,
         leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
         history = j.history || jsonb_build_array(jsonb_build_object(
             'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
@@ -384,10 +392,10 @@ WITH recorded AS (
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, le, value)
     SELECT CASE WHEN status = 'completed' THEN 'completed' ELSE 'failed' END, type, queue, NULL::float8, count(*)
-    FROM recorded GROUP BY 1, type, queue
+    FROM recorded WHERE status IN ('completed', 'retrying', 'dead') GROUP BY 1, type, queue
     UNION ALL
     SELECT CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END, type, queue, NULL::float8, count(*)
-    FROM recorded WHERE status <> 'completed' GROUP BY 1, type, queue
+    FROM recorded WHERE status IN ('retrying', 'dead') GROUP BY 1, type, queue
     UNION ALL
     SELECT 'run_seconds_bucket', type, '', le, count(*) FROM (
         SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(run_s, 0)) AS le
@@ -428,11 +436,12 @@ RETURNING j.id, j.queue, j.owner_id;
 
 -- name: renew_leases
 -- The heartbeat: extend the leases of the held jobs the worker names;
--- return those that are still its own.
+-- return those that are still its own, each with whether a cancel of it
+-- was asked for.
 UPDATE jobs_job AS j SET lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s)
 FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
 WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
-RETURNING j.id;
+RETURNING j.id, j.cancel_requested_at IS NOT NULL;
 
 
 -- name: set_progress
@@ -452,7 +461,7 @@ RETURNING owner_id;
 -- meets it and skips it from then on; a bitmap scan marks nothing and
 -- re-reads them all (390 ms per call after 600k jobs, with autovacuum off).
 SELECT id, type, attempts, max_retries, started_at IS NOT NULL AS started,
-       extract(epoch FROM started_at - run_at)::float8 AS wait_s
+       extract(epoch FROM started_at - run_at)::float8 AS wait_s, cancel_requested_at IS NOT NULL AS cancelling
 FROM jobs_job
 WHERE status IN ('claimed', 'running') AND lease_expires_at < statement_timestamp()
 ORDER BY lease_expires_at LIMIT %(limit)s
@@ -464,12 +473,13 @@ FOR UPDATE SKIP LOCKED;
 -- one lost its attempt: it counts, and the job is `retrying` after `delay`
 -- or `dead`, as jobs.retry.decide said, like any failed attempt. One that
 -- was only claimed never ran: it is `queued` again, in its old place, with
--- nothing counted. The old lease token is cleared, so the worker that lost
--- the job, should it wake up, can no longer write to it.
+-- nothing counted. One whose cancel was asked for is `cancelled`. The old
+-- lease token is cleared, so the worker that lost the job, should it wake
+-- up, can no longer write to it.
 WITH rescued AS (
     UPDATE jobs_job AS j
     SET status = d.status,
-        finished_at = CASE WHEN d.status = 'dead' THEN statement_timestamp() END,
+        finished_at = CASE WHEN d.status IN ('dead', 'cancelled') THEN statement_timestamp() END,
         run_at = CASE WHEN d.status = 'retrying' THEN statement_timestamp() + make_interval(secs => d.delay)
                       ELSE j.run_at END,
         error = CASE WHEN d.status = 'queued' THEN j.error
@@ -487,10 +497,11 @@ WITH rescued AS (
     RETURNING j.id, j.status, j.queue, j.owner_id, j.type, j.attempts, j.trace_id, d.delay, d.wait_s
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, le, value)
-    SELECT 'failed', type, queue, NULL::float8, count(*) FROM rescued WHERE status <> 'queued' GROUP BY type, queue
+    SELECT 'failed', type, queue, NULL::float8, count(*) FROM rescued WHERE status IN ('retrying', 'dead')
+    GROUP BY type, queue
     UNION ALL
     SELECT CASE WHEN status = 'dead' THEN 'dead' ELSE 'retried' END, type, queue, NULL::float8, count(*) FROM rescued
-    WHERE status <> 'queued' GROUP BY 1, type, queue
+    WHERE status IN ('retrying', 'dead') GROUP BY 1, type, queue
     UNION ALL
     SELECT 'queue_wait_seconds_bucket', type, '', le, count(*) FROM (
         SELECT type, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(wait_s, 0)) AS le

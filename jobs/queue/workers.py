@@ -20,22 +20,23 @@ def register_worker(*, hostname: str, pid: int, queues: list[str], concurrency: 
 
 
 def heartbeat(worker_id: uuid.UUID, *, busy: int, processed: int, failed: int,
-              held: list[ClaimedJob], lease_seconds: float | None = None) -> set[int]:
+              held: list[ClaimedJob], lease_seconds: float | None = None) -> dict[int, bool]:
     """Record that the worker is alive and renew the leases of the jobs it holds.
 
-    Return the ids of `held` jobs that are still its own; any other was
-    cancelled or rescued, and its handler should stop.
+    Return {id: whether a cancel of it was asked for} for the `held` jobs
+    that are still its own; any other was cancelled before it started or
+    rescued, and its handler should stop.
     """
     lease = lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS")
     Worker.objects.filter(pk=worker_id).update(heartbeat_at=Now(), busy=busy, processed=processed, failed=failed)
     events.workers_changed()
     if not held:
-        return set()
+        return {}
     with statement_cursor() as cursor:
         cursor.execute(query("renew_leases"), {
             "lease": lease, "ids": [j.id for j in held], "tokens": [j.lease_token for j in held],
         })
-        return {row[0] for row in cursor.fetchall()}
+        return dict(cursor.fetchall())
 
 
 def stop_worker(worker_id: uuid.UUID, *, processed: int, failed: int) -> None:

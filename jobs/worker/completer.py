@@ -100,16 +100,22 @@ class Completer:
         """Write outcomes, successes and failures alike, in one statement."""
         now = time.monotonic()
         successes = [o for o in batch if o.ok]
-        failures = [o for o in batch if not o.ok]
+        snoozes = [o for o in batch if not o.ok and o.kind == "snoozed"]
+        cancels = [o for o in batch if not o.ok and o.kind == "cancelled"]
+        failures = [o for o in batch if not o.ok and o.kind not in ("snoozed", "cancelled")]
         statuses = queue.record_outcomes(
             [queue.Completion(o.running.job, o.result, o.duration, now - (o.running.started or now))
              for o in successes],
             [queue.Failure(o.running.job, o.error, o.traceback, o.permanent, o.kind, o.duration,
                            now - (o.running.started or now), o.running.handler)
              for o in failures],
+            [queue.Snoozed(o.running.job, o.snooze, o.duration, now - (o.running.started or now)) for o in snoozes],
+            [queue.Cancelled(o.running.job, o.error, o.result, o.duration, now - (o.running.started or now))
+             for o in cancels],
         )
         self._completed(successes, statuses)
         self._failed(failures, statuses)
+        self._ended(snoozes + cancels, statuses)
 
     def _write_alone(self, outcome: Outcome) -> None:
         try:
@@ -149,6 +155,16 @@ class Completer:
                 log_job(logging.INFO, "finish", job, self.worker_id, duration=outcome.duration)
             else:
                 log_job(logging.WARNING, "lease_lost", job, self.worker_id, duration=outcome.duration)
+
+    def _ended(self, outcomes: list[Outcome], statuses: dict[int, str]) -> None:
+        """Snoozed and cancelled jobs: neither a success nor a failure."""
+        for outcome in outcomes:
+            job = outcome.running.job
+            self.held.pop(job.id, None)
+            self.processed += 1
+            status = statuses.get(job.id)
+            log_job(logging.INFO if status else logging.WARNING, outcome.kind if status else "lease_lost", job,
+                    self.worker_id, duration=outcome.duration)
 
     def _failed(self, failures: list[Outcome], statuses: dict[int, str]) -> None:
         for outcome in failures:

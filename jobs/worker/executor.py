@@ -9,7 +9,7 @@ import time
 import traceback
 
 from jobs import conf, tracing
-from jobs.errors import PayloadError, PermanentError, UnknownJobType
+from jobs.errors import PayloadError, PermanentError, Snooze, UnknownJobType
 from jobs.registry import get_handler, stored_payload
 from jobs.storable import storable_json, storable_text
 from jobs.worker.state import Outcome, Running, log_job
@@ -44,9 +44,15 @@ def execute(running: Running, worker_id) -> Outcome:
         with tracing.bound(trace_id=job.trace_id, job_id=job.id, type=job.type, queue=job.queue,
                            attempt=job.attempts, user_id=job.owner_id, worker_id=str(worker_id)):
             log_job(logging.INFO, "start", job, worker_id)
-            return _run(running)
+            outcome = _run(running)
     except BaseException as exc:  # noqa: BLE001 - nothing a job does may end its slot
-        return _failed(running, exc)
+        outcome = _failed(running, exc)
+    if running.context.cancel_requested.is_set():
+        # Asked to cancel while it ran: the job ends cancelled, whatever the handler did then.
+        outcome.kind, outcome.ok = "cancelled", False
+        outcome.error = "Cancelled while it ran" + (f"; the handler then ended with {outcome.error}" if outcome.error
+                                                     and not outcome.error.startswith("JobCancelled") else ".")
+    return outcome
 
 
 def _run(running: Running) -> Outcome:
@@ -65,6 +71,8 @@ def _run(running: Running) -> Outcome:
         # payload; a failure is permanent, "Invalid payload: ...".
         running.context.payload = stored_payload(handler, job.payload)
         result = handler.func(running.context)
+    except Snooze as exc:
+        return Outcome(running=running, ok=False, kind="snoozed", snooze=exc.seconds, duration=_ran(running))
     except UnknownJobType as exc:
         return _failed(running, exc, permanent=True)
     except PayloadError as exc:
@@ -73,6 +81,8 @@ def _run(running: Running) -> Outcome:
         return _failed(running, exc, permanent=True)
     except BaseException as exc:  # noqa: BLE001 - a handler's SystemExit must not end the worker
         return _failed(running, exc)
+    if isinstance(result, Snooze):  # returned rather than raised: the same
+        return Outcome(running=running, ok=False, kind="snoozed", snooze=result.seconds, duration=_ran(running))
     # Normalise: checked and made storable here, in the slot, so one job's
     # result cannot fail the batched write of the others.
     try:

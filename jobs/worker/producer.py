@@ -92,6 +92,8 @@ class Producer:
         self.next_flow = 0.0
         self.flow_changed = threading.Event()
         self.keyed_notified = threading.Event()
+        # Someone cancelled held jobs: the runner's heartbeat reads which, at once.
+        self.cancel_notified = threading.Event()
         self._wake = wake
         self._stopping = stopping
         self._listener: threading.Thread | None = None
@@ -156,9 +158,13 @@ class Producer:
             self._listener.join(timeout=2)  # it notices the stop within a second and closes its connection
 
     def _noticed(self, payload: str) -> None:
-        """Act on one NOTIFY: a queue's name, the name with KEYED_SUFFIX, or FLOW_CHANGED."""
+        """Act on one NOTIFY: a queue's name, the name with KEYED_SUFFIX, FLOW_CHANGED or CANCEL_REQUESTED."""
         if payload == queue.FLOW_CHANGED:
             self.flow_changed.set()
+            self._wake.set()
+            return
+        if payload == queue.CANCEL_REQUESTED:
+            self.cancel_notified.set()
             self._wake.set()
             return
         name, _, keyed = payload.partition(":")

@@ -214,7 +214,9 @@ class Worker:
                            extra={"event": "db_error", "worker_id": str(self.worker_id)})
             self._reset_connection()
             wrote = True
-        if now >= self._next_heartbeat:
+        if now >= self._next_heartbeat or self.producer.cancel_notified.is_set():
+            # Also at once when a cancel was asked for: the heartbeat reads which held jobs it names.
+            self.producer.cancel_notified.clear()
             self.slots.check()
             self.heartbeat()
             self._next_heartbeat = now + self.heartbeat_interval
@@ -259,6 +261,7 @@ class Worker:
 
     def _deadlines(self):
         yield from (r.started + r.timeout for r in self.held.values() if r.started is not None and not r.abandoned)
+        yield from (r.cancel_deadline for r in self.held.values() if r.cancel_deadline is not None and not r.abandoned)
         start_due = self.completer.next_start_due()
         if start_due is not None:
             yield start_due
@@ -311,12 +314,16 @@ class Worker:
             self._registered_id(), busy=self.slots.busy(), processed=self.processed, failed=self.failed,
             held=[r.job for r in held], lease_seconds=self.lease_seconds,
         )
+        now = time.monotonic()
         for running in held:
             if running.job.id not in still_ours:
-                # Cancelled, or rescued by another worker after we stalled.
+                # Cancelled before it started, or rescued by another worker after we stalled.
                 log_job(logging.WARNING, "lease_lost", running.job, self.worker_id)
                 self.slots.abandon(running)
                 self.held.pop(running.job.id, None)
+            elif still_ours[running.job.id] and running.cancel_deadline is None:
+                log_job(logging.INFO, "cancel_requested", running.job, self.worker_id)
+                self.slots.cancel(running, now + conf.get("JOBS_CANCEL_GRACE"))
 
     # --- shutdown -------------------------------------------------------------
 

@@ -89,11 +89,23 @@ class Slots:
             self.done.append(outcome)
 
     def enforce_timeouts(self, held, now: float) -> None:
+        """Stop handlers past their timeout, and those that did not stop within the grace of a cancel."""
         for running in list(held):
-            if running.started is None or running.abandoned or now < running.started + running.timeout:
+            if running.started is None or running.abandoned:
                 continue
-            self.give_up(running, Outcome(running=running, ok=False, error=f"Timed out after {running.timeout:g}s",
-                                          kind="timeout", duration=now - running.started))
+            if running.cancel_deadline is not None and now >= running.cancel_deadline:
+                self.give_up(running, Outcome(
+                    running=running, ok=False, kind="cancelled", duration=now - running.started,
+                    error="Cancelled: the handler did not stop within the grace period, so it was stopped."))
+            elif now >= running.started + running.timeout:
+                self.give_up(running, Outcome(running=running, ok=False, error=f"Timed out after {running.timeout:g}s",
+                                              kind="timeout", duration=now - running.started))
+
+    def cancel(self, running: Running, deadline: float) -> None:
+        """Tell a running handler its job is being cancelled: it has until `deadline` to stop."""
+        running.cancel_deadline = deadline
+        running.context.cancel_requested.set()
+        running.context.stop_requested.set()
 
     def check(self) -> None:
         """Replace a slot thread that died, and fail the job it was running."""

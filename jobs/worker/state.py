@@ -26,6 +26,8 @@ class Running:
     # Set once the worker gave up on it (timeout, lost lease, shutdown):
     # whatever the slot reports afterwards is dropped.
     abandoned: bool = False
+    # time.monotonic() by which its handler must stop, once a cancel of it was asked for.
+    cancel_deadline: float | None = None
 
 
 @dataclass(eq=False)
@@ -39,8 +41,10 @@ class Outcome:
     traceback: str = ""
     permanent: bool = False
     duration: float = 0.0
-    # How the attempt ended, as stored in the job's history.
+    # How the attempt ended, as stored in the job's history: completed, failed,
+    # timeout, interrupted, snoozed (with `snooze` seconds) or cancelled.
     kind: str = "failed"
+    snooze: float = 0.0
     write_attempts: int = 0
 
 

@@ -361,7 +361,7 @@ def test_worker_writes_are_refused_once_the_lease_is_lost():
     assert not queue.complete_job(zombie, "stale result")
     assert queue.fail_job(zombie, error="stale") is None
     assert queue.release_jobs([zombie]) == 0
-    assert queue.heartbeat(uuid.uuid4(), busy=1, processed=0, failed=0, held=[zombie]) == set()
+    assert queue.heartbeat(uuid.uuid4(), busy=1, processed=0, failed=0, held=[zombie]) == {}
     assert queue.complete_job(rescuer, "fresh result")
     row = Job.objects.get()
     assert (row.status, row.result) == (JobStatus.COMPLETED, "fresh result")
@@ -389,7 +389,7 @@ def test_heartbeat_renews_leases():
     JobFactory()
     worker = uuid.uuid4()
     (job,) = queue.claim_jobs(worker_id=worker, limit=1, lease_seconds=5)
-    assert queue.heartbeat(worker, busy=1, processed=0, failed=0, held=[job], lease_seconds=120) == {job.id}
+    assert queue.heartbeat(worker, busy=1, processed=0, failed=0, held=[job], lease_seconds=120) == {job.id: False}
     assert Job.objects.get().lease_expires_at > timezone.now() + timedelta(seconds=100)
 
 
@@ -412,9 +412,16 @@ def test_ttl_option_sets_expires_at():
 
 @pytest.mark.parametrize("status", ALL_STATUSES)
 def test_cancel_is_legal_only_for_unfinished_jobs(status):
-    """Cancel queued, scheduled, retrying and running jobs; refuse finished ones."""
+    """Cancel queued, scheduled, retrying and claimed jobs; ask a running one's worker; refuse finished ones."""
     job = JobFactory(status=status)
-    if status in ACTIVE_STATUSES:
+    if status == JobStatus.RUNNING:
+        queue.cancel_job(job.pk)
+        row = Job.objects.get(pk=job.pk)
+        assert row.status == JobStatus.RUNNING and row.lease_token == job.lease_token
+        assert row.cancel_requested_at is not None
+        queue.cancel_job(job.pk)  # asked for already: nothing changes
+        assert Job.objects.get(pk=job.pk).cancel_requested_at == row.cancel_requested_at
+    elif status in ACTIVE_STATUSES:
         queue.cancel_job(job.pk)
         row = Job.objects.get(pk=job.pk)
         assert row.status == JobStatus.CANCELLED and row.lease_token is None
@@ -457,13 +464,46 @@ def test_transitions_on_a_missing_job_raise_does_not_exist():
         queue.cancel_job(999_999)
 
 
-def test_cancelling_a_running_job_takes_its_lease():
-    """Refuse the worker's completion after the job was cancelled."""
+def test_cancelling_a_claimed_job_takes_its_lease():
+    """Refuse the worker's completion of a job cancelled before a slot started it."""
     JobFactory()
-    (job,) = claim()
+    (job,) = claim(starting=0)
     queue.cancel_job(job.id)
     assert not queue.complete_job(job, "late")
     assert status_of(job.id) == JobStatus.CANCELLED
+
+
+def test_a_running_job_asked_to_cancel_never_waits_again():
+    """A retry or snooze its worker reports before hearing of the cancel ends the job cancelled; a completion stands."""
+    JobFactory.create_batch(3)
+    failing, snoozing, finishing = claim()
+    for job in (failing, snoozing, finishing):
+        queue.cancel_job(job.id)
+    assert queue.record_outcomes([queue.Completion(finishing, "done")], [queue.Failure(failing, "boom")],
+                                 [queue.Snoozed(snoozing, 60)]) == {
+        failing.id: JobStatus.CANCELLED, snoozing.id: JobStatus.CANCELLED, finishing.id: JobStatus.COMPLETED}
+    assert Job.objects.get(pk=failing.id).finished_at is not None
+
+
+def test_a_snooze_puts_the_job_back_without_counting_the_attempt():
+    JobFactory()
+    (job,) = claim()
+    assert queue.record_outcomes([], [], [queue.Snoozed(job, 30)]) == {job.id: JobStatus.SCHEDULED}
+    row = Job.objects.get(pk=job.id)
+    assert (row.attempts, row.started_at, row.lease_token) == (0, None, None)
+    assert timezone.now() + timedelta(seconds=25) < row.run_at < timezone.now() + timedelta(seconds=35)
+    assert [entry["outcome"] for entry in row.history] == ["snoozed"]
+    assert not JobCounter.objects.filter(name__in=["failed", "retried"]).exists()
+    assert claim() == []
+
+
+def test_a_cancelled_job_whose_worker_died_is_cancelled_by_the_rescue():
+    JobFactory(stale=True, attempts=1, max_retries=3)
+    job = Job.objects.get()
+    Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
+    (rescued,) = queue.rescue_expired_leases()
+    assert rescued.status == JobStatus.CANCELLED
+    assert Job.objects.get(pk=job.pk).finished_at is not None
 
 
 def test_bulk_actions_touch_only_legal_rows():
@@ -473,7 +513,9 @@ def test_bulk_actions_touch_only_legal_rows():
     assert queue.requeue_dead(everything) == [jobs[JobStatus.DEAD].pk]
     assert status_of(jobs[JobStatus.DEAD]) == JobStatus.QUEUED
     assert queue.retry_jobs_now(everything) == 2
-    assert queue.cancel_jobs(everything) == 6  # queued x2, scheduled->queued, retrying->queued, claimed, running
+    assert queue.cancel_jobs(everything) == 6  # queued x2, scheduled->queued, retrying->queued, claimed, running (asked)
+    assert status_of(jobs[JobStatus.RUNNING]) == JobStatus.RUNNING
+    assert Job.objects.get(pk=jobs[JobStatus.RUNNING].pk).cancel_requested_at is not None
     assert status_of(jobs[JobStatus.COMPLETED]) == JobStatus.COMPLETED
 
 

@@ -160,3 +160,66 @@ def test_a_pause_stops_every_workers_claims_within_a_second_and_a_resume_restart
     wait_for(lambda: not Job.objects.filter(status__in=ACTIVE_STATUSES).exists(), timeout=120,
              message="every job to finish after the resume")
     assert Job.objects.filter(pk__in=ids, status=JobStatus.COMPLETED).count() == 200
+
+
+# --- snooze and cancel -----------------------------------------------------------
+
+
+def worker_agrees_with_rows(worker_pid: int) -> bool:
+    """Whether the worker's busy count (its last heartbeat) matches the jobs it holds running."""
+    from jobs.models import Worker
+
+    worker = Worker.objects.get(pid=worker_pid, stopped_at__isnull=True)
+    return worker.busy == Job.objects.filter(leased_by=worker.pk, status=JobStatus.RUNNING).count()
+
+
+@pytest.mark.parametrize("returned", [False, True])
+def test_a_snoozed_job_waits_without_using_its_retries_and_then_runs(start_worker, returned):
+    job = queue.enqueue("snooze_until", {"until": time.time() + 1.5, "return": returned}, max_retries=0)
+    start_worker("--concurrency", "2", "--poll-interval", "0.2")
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED, timeout=20, message="the job to wake")
+    row = Job.objects.get(pk=job.pk)
+    outcomes = [entry["outcome"] for entry in row.history]
+    assert outcomes[-1] == "completed" and set(outcomes[:-1]) == {"snoozed"} and len(outcomes) >= 3
+    assert row.attempts == 1 and row.result == "awake"  # every snooze gave its attempt back
+
+
+def test_cancel_stops_a_cooperative_handler_and_frees_its_slot_and_lease(start_worker):
+    worker = start_worker("--concurrency", "2", "--lease", "3", "--poll-interval", "0.2")
+    job = queue.enqueue("cooperative", {"steps": 100000})
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.RUNNING, message="the job to run")
+    asked = time.monotonic()
+    queue.cancel_job(job.pk)
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED, timeout=10, message="the cancel")
+    took = time.monotonic() - asked
+    row = Job.objects.get(pk=job.pk)
+    assert took < 2.0, f"the cooperative handler took {took:.1f}s to stop"
+    assert (row.leased_by, row.lease_token, row.lease_expires_at) == (None, None, None)
+    assert row.result["stopped_at_step"] > 0 and row.history[-1]["outcome"] == "cancelled"
+    wait_for(lambda: worker_agrees_with_rows(worker.pid), timeout=5, message="the busy count to agree")
+    after = queue.enqueue("reverse_string", {"text": "still works"})
+    wait_for(lambda: Job.objects.get(pk=after.pk).status == JobStatus.COMPLETED, message="the next job")
+
+
+@pytest.mark.parametrize("job_type", ["sleep_blind", "spin"])
+def test_cancel_stops_a_handler_that_ignores_it_after_the_grace_period(start_worker, job_type):
+    worker = start_worker("--concurrency", "2", "--lease", "3", "--poll-interval", "0.2",
+                          env={"JOBS_CANCEL_GRACE": "1"})
+    job = queue.enqueue(job_type, {"seconds": 60})
+    other = queue.enqueue("cooperative", {"steps": 300})  # 3 s of work in the other slot, untouched by the cancel
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.RUNNING, message="the job to run")
+    asked = time.monotonic()
+    queue.cancel_job(job.pk)
+    wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.CANCELLED, timeout=10, message="the cancel")
+    took = time.monotonic() - asked
+    assert 0.9 <= took < 3.0, f"stopped after {took:.1f}s, with a grace of 1s"
+    row = Job.objects.get(pk=job.pk)
+    assert row.lease_token is None and "grace period" in row.error
+    wait_for(lambda: Job.objects.get(pk=other.pk).status == JobStatus.COMPLETED, timeout=15,
+             message="the other job to finish")
+    # The slot was replaced at once: two more jobs run side by side although the blind handler still runs.
+    pair = queue.enqueue_many("cooperative", [{"steps": 100}] * 2)
+    wait_for(lambda: Job.objects.filter(pk__in=pair, status=JobStatus.RUNNING).count() == 2, timeout=10,
+             message="both slots to run a job")
+    wait_for(lambda: not Job.objects.filter(status__in=ACTIVE_STATUSES).exists(), timeout=15, message="the rest")
+    wait_for(lambda: worker_agrees_with_rows(worker.pid), timeout=5, message="the busy count to agree")
