@@ -122,12 +122,14 @@ def sleep_blind(job):
     return "slept"
 
 
-@job_handler("snooze_until")
-def snooze_until(job):
-    """Snooze (raised, or returned when asked) until a wall-clock time, then finish."""
+@job_handler("snooze_times")
+def snooze_times(job):
+    """Snooze (raised, or returned when asked) until the job's history holds `times` snoozes, then finish."""
     from jobs.errors import Snooze
+    from jobs.models import Job
 
-    if time.time() < float(job.payload["until"]):
+    history = Job.objects.values_list("history", flat=True).get(pk=job.job_id)
+    if sum(1 for entry in history if entry["outcome"] == "snoozed") < int(job.payload["times"]):
         if job.payload.get("return"):
             return Snooze(0.3)
         raise Snooze(0.3)

@@ -5,10 +5,11 @@ A sampler reads the database every 10 ms while the jobs run; the counts
 that decide are taken from the jobs' own start and end times afterwards.
 """
 
+import itertools
 import threading
 import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 import pytest
@@ -175,12 +176,15 @@ def worker_agrees_with_rows(worker_pid: int) -> bool:
 
 @pytest.mark.parametrize("returned", [False, True])
 def test_a_snoozed_job_waits_without_using_its_retries_and_then_runs(start_worker, returned):
-    job = queue.enqueue("snooze_until", {"until": time.time() + 1.5, "return": returned}, max_retries=0)
+    job = queue.enqueue("snooze_times", {"times": 3, "return": returned}, max_retries=0)
     start_worker("--concurrency", "2", "--poll-interval", "0.2")
     wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED, timeout=20, message="the job to wake")
     row = Job.objects.get(pk=job.pk)
     outcomes = [entry["outcome"] for entry in row.history]
-    assert outcomes[-1] == "completed" and set(outcomes[:-1]) == {"snoozed"} and len(outcomes) >= 3
+    assert outcomes == ["snoozed"] * 3 + ["completed"]
+    waits = [datetime.fromisoformat(b["started_at"]) - datetime.fromisoformat(a["finished_at"])
+             for a, b in itertools.pairwise(row.history)]
+    assert all(wait.total_seconds() >= 0.3 for wait in waits), waits
     assert row.attempts == 1 and row.result == "awake"  # every snooze gave its attempt back
 
 

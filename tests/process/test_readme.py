@@ -39,6 +39,7 @@ PRINTS = {
     "runworker": r"",
     "requeue_dlq": r"(Requeued|Would requeue) \d+ dead jobs?\b",
     "queue_status": r"Live workers: \d+",
+    "queues": r"(QUEUE|Paused|Resumed|Queue \S+:|Key \S+ of queue)",
 }
 
 
