@@ -71,6 +71,11 @@ class ClaimFront:
 
 # Seconds between reads of flow control's state, at most: a pause takes effect within this.
 FLOW_INTERVAL = 1.0
+# Seconds between limited claims of a worker that still has jobs for its free slots. A
+# limited claim costs a few milliseconds whatever it finds (it reads every waiting key),
+# and finishing jobs free a few keys at a time: spaced out, each claim takes what many
+# finished jobs freed. A worker with an idle slot and nothing for it claims at once.
+LIMITED_CLAIM_INTERVAL = 0.01
 
 
 class Producer:
@@ -94,13 +99,21 @@ class Producer:
         self.keyed_notified = threading.Event()
         # Someone cancelled held jobs: the runner's heartbeat reads which, at once.
         self.cancel_notified = threading.Event()
+        self.next_limited = 0.0
+        # A limited claim was put off (LIMITED_CLAIM_INTERVAL): due at next_limited.
+        self.limited_pending = False
         self._wake = wake
         self._stopping = stopping
         self._listener: threading.Thread | None = None
 
     def wants(self, held: int, now: float) -> bool:
         """Return whether to claim now, holding `held` jobs."""
-        return held < self.capacity and (self.more_likely or self.notified.is_set() or now >= self.next_poll)
+        return held < self.capacity and (self.more_likely or self.notified.is_set() or now >= self.next_poll
+                                         or (self.limited_pending and now >= self.next_limited))
+
+    def next_wake(self) -> float:
+        """Return when a put-off limited claim is due (infinity: none is)."""
+        return self.next_limited if self.limited_pending else math.inf
 
     def refresh_flow(self, now: float) -> bool:
         """Read flow control's state if it is due or changed; return True if it was read."""
@@ -126,11 +139,16 @@ class Producer:
         free = self.capacity - held
         jobs: list[queue.ClaimedJob] = []
         if self.keyed_notified.is_set() or self.flow.limited_work(self.queues):
-            self.keyed_notified.clear()
-            jobs = queue.claim_limited_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
-                                            lease_seconds=self.lease_seconds, starting=max(0, starting))
-            free -= len(jobs)
-            starting -= sum(1 for job in jobs if job.started)
+            if now >= self.next_limited or starting > 0:
+                self.keyed_notified.clear()
+                self.limited_pending = False
+                self.next_limited = now + LIMITED_CLAIM_INTERVAL
+                jobs = queue.claim_limited_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
+                                                lease_seconds=self.lease_seconds, starting=max(0, starting))
+                free -= len(jobs)
+                starting -= sum(1 for job in jobs if job.started)
+            else:
+                self.limited_pending = True
         if free <= 0:
             self.more_likely = True
             return jobs

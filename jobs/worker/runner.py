@@ -255,7 +255,8 @@ class Worker:
         if self.slots.done or (self.producer.more_likely and len(self.held) < self.producer.capacity):
             return
         now = time.monotonic()
-        wake_at = min(self.producer.next_poll, self.producer.next_flow, self._next_heartbeat, *self._deadlines())
+        wake_at = min(self.producer.next_poll, self.producer.next_flow, self.producer.next_wake(), self._next_heartbeat,
+                      *self._deadlines())
         self._wake.wait(max(0.0, wake_at - now))
         self._wake.clear()
 
