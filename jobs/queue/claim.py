@@ -134,7 +134,8 @@ def flow_state() -> FlowState:
 
 
 def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
-                       lease_seconds: float | None = None, starting: int | None = None) -> list[ClaimedJob]:
+                       lease_seconds: float | None = None, starting: int | None = None,
+                       wait: bool = True) -> list[ClaimedJob] | None:
     """Claim up to `limit` jobs that flow control applies to, within every limit, and return them.
 
     Those are the jobs with a concurrency key and the jobs of queues with a
@@ -142,7 +143,8 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
     every worker: limited claims take turns on one advisory lock, and each
     counts the held jobs and logged starts it must stay within. Jobs under
     a rate limit are claimed only for the `starting` free slots. Returned
-    in the order to run them, started ones first.
+    in the order to run them, started ones first. With `wait` False, return
+    None at once if another limited claim holds the turn.
     """
     if limit <= 0:
         return []
@@ -152,7 +154,9 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
         "start": limit if starting is None else max(0, min(starting, limit)),
     }
     with transaction.atomic(), statement_cursor() as cursor:
-        cursor.execute(query("lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
+        cursor.execute(query("lock_limited_claims" if wait else "try_lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
+        if not wait and not cursor.fetchone()[0]:
+            return None
         cursor.execute(query("claim_limited_jobs"), params)
         claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
     claimed.sort(key=lambda job: (not job.started, job.priority, job.due, job.id))

@@ -186,6 +186,12 @@ RETURNING j.id, j.type, j.payload, j.attempts, j.max_retries, j.timeout, j.trace
 SELECT pg_advisory_xact_lock(%(lock)s);
 
 
+-- name: try_lock_limited_claims
+-- lock_limited_claims, unless another claim holds it: then false at once,
+-- and a worker with jobs still to run tries again later instead of waiting.
+SELECT pg_try_advisory_xact_lock(%(lock)s);
+
+
 -- name: claim_limited_jobs
 -- Claim up to %(limit)s jobs that flow control applies to, for worker
 -- %(worker)s, under lock_limited_claims: jobs with a concurrency key, and

@@ -122,35 +122,46 @@ class Producer:
         self.flow_changed.clear()
         self.flow = queue.flow_state()
         self.next_flow = now + min(self.poll_interval, FLOW_INTERVAL)
-        if self.flow.limited_work(self.queues):
-            self.more_likely = True
+        self.limited_room()
         return True
 
     def limited_room(self) -> None:
-        """Note that held jobs finished: limits that held jobs back may have room now."""
+        """Note that limits may have room now (held jobs finished, or the limits changed)."""
         if self.flow.limited_work(self.queues):
-            self.more_likely = True
+            self.limited_pending = True
 
     def claim(self, *, held: int, starting: int, now: float) -> list[queue.ClaimedJob]:
-        """Claim what there is room for; the first `starting` jobs start at once, for free slots."""
+        """Claim what there is room for; the first `starting` jobs start at once, for free slots.
+
+        The limited claim runs while flow control has work for it, at most
+        every LIMITED_CLAIM_INTERVAL unless a slot idles; the plain claim
+        when jobs may wait for it (a full claim before, a NOTIFY, the poll),
+        so that finishing keyed jobs do not send it to find nothing.
+        """
         if self.worker_id is None:
             raise RuntimeError("The worker claims only once it is registered.")
+        plain_due = self.more_likely or self.notified.is_set() or now >= self.next_poll
         self.notified.clear()
         free = self.capacity - held
         jobs: list[queue.ClaimedJob] = []
         if self.keyed_notified.is_set() or self.flow.limited_work(self.queues):
+            limited = None
             if now >= self.next_limited or starting > 0:
-                self.keyed_notified.clear()
-                self.limited_pending = False
                 self.next_limited = now + LIMITED_CLAIM_INTERVAL
-                jobs = queue.claim_limited_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
-                                                lease_seconds=self.lease_seconds, starting=max(0, starting))
+                # Waits for its turn only with a slot idle and nothing for it.
+                limited = queue.claim_limited_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
+                                                   lease_seconds=self.lease_seconds, starting=max(0, starting),
+                                                   wait=starting > 0)
+            if limited is None:  # put off, or another worker's claim had the turn
+                self.limited_pending = True
+            else:
+                self.keyed_notified.clear()
+                jobs = limited
                 free -= len(jobs)
                 starting -= sum(1 for job in jobs if job.started)
-            else:
-                self.limited_pending = True
-        if free <= 0:
-            self.more_likely = True
+                # A full claim suggests more: claim again once there is room.
+                self.limited_pending = free <= 0
+        if free <= 0 or not plain_due:
             return jobs
         start = self.front.start(now)
         plain = queue.claim_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
