@@ -250,3 +250,33 @@ class QueueControlsForm(forms.Form):
             if rate:
                 changes[f"{prefix}rate_period"] = rate[1]
         return changes
+
+
+class KeyLimitForm(forms.Form):
+    """One concurrency key's own limits, as the Queues page sets them."""
+
+    key = forms.CharField(label="Key", max_length=200, help_text="e.g. tenant:42")
+    concurrency = forms.CharField(required=False, label="Concurrency")
+    rate = forms.CharField(required=False, label="Rate", help_text="e.g. 5/s")
+
+    def clean(self):
+        """Return the key and the KeyLimit fields to set (jobs.queue.set_key_limit), each checked."""
+        data = super().clean() or {}
+        changes: dict[str, Any] = {}
+        try:
+            changes["key"] = flow.check_key(data.get("key", "").strip())
+        except ValueError as exc:
+            self.add_error("key", str(exc))
+        try:
+            changes["concurrency"] = flow.check_limit(data.get("concurrency", "").strip() or None, "The limit")
+        except ValueError as exc:
+            self.add_error("concurrency", str(exc))
+        try:
+            rate = flow.parse_rate(data.get("rate", "").strip())
+        except ValueError as exc:
+            self.add_error("rate", str(exc))
+        else:
+            changes["rate_limit"] = rate[0] if rate else None
+            if rate:
+                changes["rate_period"] = rate[1]
+        return changes

@@ -18,6 +18,7 @@ urlpatterns = [
     path("queues/", views.queues, name="queues"),
     path("queues/<str:name>/pause/", views.queue_pause, name="queue-pause"),
     path("queues/<str:name>/limits/", views.queue_limits, name="queue-limits"),
+    path("queues/<str:name>/keys/", views.queue_key_limit, name="queue-key-limit"),
     path("submit/", views.submit, name="submit"),
     path("submit/fields/", views.submit_fields, name="submit-fields"),
 ]

@@ -19,10 +19,17 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from dashboard import selectors
 from dashboard.charts import throughput_chart
-from dashboard.forms import JobFilterForm, QueueControlsForm, SubmitJobForm, field_rows, payload_from_post
+from dashboard.forms import (
+    JobFilterForm,
+    KeyLimitForm,
+    QueueControlsForm,
+    SubmitJobForm,
+    field_rows,
+    payload_from_post,
+)
 from jobs import queue, selectors as jobs_selectors
 from jobs.errors import IllegalTransition, JobTypeNotAllowed, PayloadError, UnknownJobType
-from jobs.models import ACTIVE_STATUSES, Job, JobStatus
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus, KeyLimit
 from jobs.registry import handlers
 from jobs.submission import (
     IdempotencyConflict,
@@ -270,9 +277,21 @@ def _staff_only(request, what: str) -> None:
 @require_GET
 def queues(request):
     _staff_only(request, "see the queues")
-    rows = jobs_selectors.queue_list()
-    context = {"queues": [{**row, "form": QueueControlsForm.for_row(row)} for row in rows]}
-    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", context)
+    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", _queues_context())
+
+
+def _queues_context(name: str | None = None, form=None, key_form=None) -> dict:
+    """The Queues page: each queue with its limits form and key limits; `name`'s forms as posted, with errors."""
+    keys: dict[str, list] = {}
+    for limit in KeyLimit.objects.order_by("queue", "key"):
+        keys.setdefault(limit.queue, []).append(limit)
+    rows = []
+    for row in jobs_selectors.queue_list():
+        mine = row["name"] == name
+        rows.append({**row, "form": form if mine and form is not None else QueueControlsForm.for_row(row),
+                     "keys": keys.get(row["name"], []),
+                     "key_form": key_form if mine and key_form is not None else KeyLimitForm()})
+    return {"queues": rows}
 
 
 @login_required
@@ -302,10 +321,33 @@ def queue_limits(request, name: str):
         else:
             messages.success(request, f"Queue {name}: limits saved; every worker follows them within a second.")
             return redirect("dashboard:queues")
-    rows = jobs_selectors.queue_list()
-    context = {"queues": [{**row, "form": form if row["name"] == name else QueueControlsForm.for_row(row)}
-                          for row in rows]}
-    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", context, status=400)
+    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", _queues_context(name, form=form),
+                   status=400)
+
+
+@login_required
+@require_POST
+def queue_key_limit(request, name: str):
+    _staff_only(request, "change key limits")
+    if name not in jobs_selectors.known_queues():
+        raise Http404("No such queue.")
+    if request.POST.get("remove"):
+        key = request.POST.get("key", "")
+        if queue.remove_key_limit(name, key):
+            messages.success(request, f"Key {key} of queue {name}: its type's and queue's limits apply again.")
+        return redirect("dashboard:queues")
+    form = KeyLimitForm(request.POST)
+    if form.is_valid():
+        changes = {field: value for field, value in form.cleaned_data.items() if field != "key"}
+        try:
+            queue.set_key_limit(name, form.cleaned_data["key"], **changes)
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Key {form.cleaned_data['key']} of queue {name}: limits saved.")
+            return redirect("dashboard:queues")
+    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", _queues_context(name, key_form=form),
+                   status=400)
 
 
 # --- Submit ---------------------------------------------------------------------------------

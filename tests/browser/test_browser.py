@@ -272,6 +272,7 @@ def test_screenshots_of_every_page_at_desktop_and_phone_width(browser, server, s
         "job-detail": f"/dashboard/jobs/{detail.pk}/",
         "dlq": "/dashboard/dlq/",
         "workers": "/dashboard/workers/",
+        "queues": "/dashboard/queues/",
         "submit": "/dashboard/submit/",
     }
     for size_name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
@@ -346,7 +347,7 @@ def test_every_page_and_swagger_ui_work_under_the_content_security_policy(browse
     violations = csp_violations(page.context)
     detail = Job.objects.filter(status=JobStatus.RETRYING).get()
     for path in ("/dashboard/", "/dashboard/jobs/", f"/dashboard/jobs/{detail.pk}/", "/dashboard/dlq/",
-                 "/dashboard/workers/"):
+                 "/dashboard/workers/", "/dashboard/queues/"):
         response = page.goto(f"{server}{path}")
         assert response.headers["content-security-policy"] == policy
         wait_live(page)  # htmx and its WebSocket extension run

@@ -249,3 +249,19 @@ def test_the_dashboard_shows_why_a_job_waits_and_counts_reasons(staff_browser):
     assert 'data-reason="paused"' in page and "Queue default is paused" in page
     overview = browser.get("/dashboard/").content.decode()
     assert 'data-waiting-count="paused"' in overview
+
+
+def test_the_dashboard_sets_and_removes_a_keys_own_limits_and_refuses_bad_ones(staff_browser, emails_queue):
+    bad = staff_browser.post("/dashboard/queues/emails/keys/", {"key": "a b", "concurrency": "0", "rate": "x"})
+    page = bad.content.decode()
+    assert bad.status_code == 400 and "Invalid concurrency key" in page and "must be a whole number" in page
+    assert not KeyLimit.objects.exists()
+    staff_browser.post("/dashboard/queues/emails/keys/", {"key": "tenant:7", "concurrency": "3", "rate": "5/s"})
+    limit = KeyLimit.objects.get(queue="emails", key="tenant:7")
+    assert (limit.concurrency, limit.rate_limit, limit.rate_period) == (3, 5, 1.0)
+    assert 'data-key-limit="tenant:7"' in staff_browser.get("/dashboard/queues/").content.decode()
+    staff_browser.post("/dashboard/queues/emails/keys/", {"key": "tenant:7", "remove": "1"})
+    assert not KeyLimit.objects.exists()
+    user = Client()
+    user.force_login(UserFactory())
+    assert user.post("/dashboard/queues/emails/keys/", {"key": "t", "concurrency": "1"}).status_code == 403
