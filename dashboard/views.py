@@ -273,6 +273,20 @@ def _staff_only(request, what: str) -> None:
         raise PermissionDenied(f"Only staff {what}.")
 
 
+def _controlled_queue(request, name: str, what: str) -> str:
+    """Return `name` if staff may change it here: refuse other users, and answer 404 for an unknown queue."""
+    _staff_only(request, what)
+    if name not in jobs_selectors.known_queues():
+        raise Http404("No such queue.")
+    return name
+
+
+def _queues_page_refused(request, name: str, **forms):
+    """Give the Queues page back (400) with `name`'s form as posted, saying what is wrong."""
+    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", _queues_context(name, **forms),
+                   status=400)
+
+
 @login_required
 @require_GET
 def queues(request):
@@ -297,9 +311,7 @@ def _queues_context(name: str | None = None, form=None, key_form=None) -> dict:
 @login_required
 @require_POST
 def queue_pause(request, name: str):
-    _staff_only(request, "pause queues")
-    if name not in jobs_selectors.known_queues():
-        raise Http404("No such queue.")
+    _controlled_queue(request, name, "pause queues")
     paused = request.POST.get("paused") == "true"
     (queue.pause_queue if paused else queue.resume_queue)(name)
     messages.success(request, f"Queue {name} is {'paused: workers claim none of its jobs' if paused else 'resumed'}.")
@@ -309,9 +321,7 @@ def queue_pause(request, name: str):
 @login_required
 @require_POST
 def queue_limits(request, name: str):
-    _staff_only(request, "change queue limits")
-    if name not in jobs_selectors.known_queues():
-        raise Http404("No such queue.")
+    _controlled_queue(request, name, "change queue limits")
     form = QueueControlsForm(request.POST)
     if form.is_valid():
         try:
@@ -321,16 +331,13 @@ def queue_limits(request, name: str):
         else:
             messages.success(request, f"Queue {name}: limits saved; every worker follows them within a second.")
             return redirect("dashboard:queues")
-    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", _queues_context(name, form=form),
-                   status=400)
+    return _queues_page_refused(request, name, form=form)
 
 
 @login_required
 @require_POST
 def queue_key_limit(request, name: str):
-    _staff_only(request, "change key limits")
-    if name not in jobs_selectors.known_queues():
-        raise Http404("No such queue.")
+    _controlled_queue(request, name, "change key limits")
     if request.POST.get("remove"):
         key = request.POST.get("key", "")
         if queue.remove_key_limit(name, key):
@@ -346,8 +353,7 @@ def queue_key_limit(request, name: str):
         else:
             messages.success(request, f"Key {form.cleaned_data['key']} of queue {name}: limits saved.")
             return redirect("dashboard:queues")
-    return _render(request, "dashboard/queues.html", "dashboard/_queues.html", _queues_context(name, key_form=form),
-                   status=400)
+    return _queues_page_refused(request, name, key_form=form)
 
 
 # --- Submit ---------------------------------------------------------------------------------

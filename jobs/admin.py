@@ -327,17 +327,17 @@ class QueueControlAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause selected queues", permissions=["change"])
     def pause(self, request, queryset):
-        names = list(queryset.values_list("name", flat=True))
-        for name in names:
-            queue.pause_queue(name)
-        self.message_user(request, f"Paused {', '.join(names)}.", messages.SUCCESS)
+        self._each(request, queryset, queue.pause_queue, "Paused")
 
     @admin.action(description="Resume selected queues", permissions=["change"])
     def resume(self, request, queryset):
+        self._each(request, queryset, queue.resume_queue, "Resumed")
+
+    def _each(self, request, queryset, change, done: str) -> None:
         names = list(queryset.values_list("name", flat=True))
         for name in names:
-            queue.resume_queue(name)
-        self.message_user(request, f"Resumed {', '.join(names)}.", messages.SUCCESS)
+            change(name)
+        self.message_user(request, f"{done} {', '.join(names)}.", messages.SUCCESS)
 
 
 @admin.register(KeyLimit)

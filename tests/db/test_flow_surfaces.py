@@ -8,10 +8,10 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import Client
 from rest_framework.test import APIClient
-from rest_framework_simplejwt.tokens import RefreshToken
 
 from jobs import queue
 from jobs.models import Job, JobStatus, KeyLimit, QueueControl
+from tests.db.test_api import client_for
 from tests.factories import JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -20,12 +20,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def fresh_throttles():
     cache.clear()
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
-    return client
 
 
 @pytest.fixture

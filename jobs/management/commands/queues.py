@@ -86,7 +86,10 @@ class Command(BaseCommand):
         why.add_argument("job_id", type=int, metavar="JOB_ID")
 
     def handle(self, *args, action, **options):
-        getattr(self, f"handle_{action}")(**options)
+        if action in ("pause", "resume"):
+            self.handle_pause(paused=action == "pause", **options)
+        else:
+            getattr(self, f"handle_{action}")(**options)
 
     def known(self, names: list[str], create: bool = False) -> None:
         for name in names:
@@ -118,17 +121,13 @@ class Command(BaseCommand):
             self.stdout.write(f"{row['name']:<24} {state:<8} {waiting:>8} "
                               f"{counts['running'] + counts['claimed']:>8}  {limits or '-'}")
 
-    def handle_pause(self, *, names, create, **options):
+    def handle_pause(self, *, paused: bool, names, create, **options):
+        """Pause (or resume) the named queues, each in its own transaction, all names checked first."""
         self.known(names, create)
         for name in names:
-            queue.pause_queue(name)
-        self.stdout.write(f"Paused {', '.join(names)}: workers claim none of their jobs from now on.")
-
-    def handle_resume(self, *, names, create, **options):
-        self.known(names, create)
-        for name in names:
-            queue.resume_queue(name)
-        self.stdout.write(f"Resumed {', '.join(names)}.")
+            (queue.pause_queue if paused else queue.resume_queue)(name)
+        self.stdout.write(f"Paused {', '.join(names)}: workers claim none of their jobs from now on." if paused
+                          else f"Resumed {', '.join(names)}.")
 
     def handle_set(self, *, name, concurrency, rate, key_concurrency, key_rate, create, **options):
         self.known([name], create)
