@@ -41,11 +41,15 @@ def _announce(job_id: int, status: str) -> str:
     return queue
 
 
-def _requeue_changes() -> dict:
-    return {
+def _requeue_changes(concurrency: tuple[str, int] | None = None) -> dict:
+    """Return the changes of a requeue; `concurrency` is the (key, limit) the job shares from now on, if given."""
+    changes: dict[str, object] = {
         "status": JobStatus.QUEUED, "attempts": 0, "run_at": Now(), "finished_at": None,
         "started_at": None, "result": None, "progress": 0, "expires_at": None, **NO_LEASE,
     }
+    if concurrency is not None:
+        changes["concurrency_key"], changes["key_limit"] = concurrency
+    return changes
 
 
 def cancel_job(job_id: int) -> None:
@@ -86,16 +90,18 @@ def _owner_may_not_run(queryset):
     return queryset.filter(type__in=staff_only_types(), owner__is_staff=False)
 
 
-def retry_job(job_id: int) -> None:
+def retry_job(job_id: int, *, concurrency: tuple[str, int] | None = None) -> None:
     """Requeue a dead, cancelled or expired job with a fresh set of retries.
 
-    Raise IllegalTransition for a job of a staff-only type whose owner is
-    not staff, as for a job in a status that cannot be retried.
+    With `concurrency`, a (key, limit), the job runs again under that
+    concurrency key and limit. Raise IllegalTransition for a job of a
+    staff-only type whose owner is not staff, as for a job in a status
+    that cannot be retried.
     """
     refused = _owner_may_not_run(Job.objects.filter(pk=job_id)).values_list("type", flat=True).first()
     if refused is not None:
         raise IllegalTransition(f"Cannot retry job {job_id}: only staff may run {refused} jobs, and its owner is not staff.")
-    _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes())
+    _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes(concurrency))
     notify([_announce(job_id, JobStatus.QUEUED)])
 
 
@@ -155,11 +161,12 @@ def dead_jobs(*, ids: list[int] | None = None, type: str | None = None, queue: s
     return jobs
 
 
-def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
+def requeue_dead(queryset, *, limit: int | None = None, concurrency: tuple[str, int] | None = None) -> list[int]:
     """Requeue the dead jobs in `queryset` (at most `limit`); return their ids.
 
     Jobs in any other status are left alone, so a stale selection is safe,
-    and so are jobs of a staff-only type whose owner is not staff.
+    and so are jobs of a staff-only type whose owner is not staff. With
+    `concurrency`, as for retry_job, the jobs run again under that key.
     """
     candidates = (
         queryset.filter(status=JobStatus.DEAD).exclude(pk__in=_owner_may_not_run(queryset).values("pk"))
@@ -174,7 +181,7 @@ def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
             Job.objects.filter(pk__in=list(candidates), status=JobStatus.DEAD)
             .select_for_update(skip_locked=True).values_list("pk", flat=True)
         )
-        Job.objects.filter(pk__in=ids).update(**_requeue_changes())
+        Job.objects.filter(pk__in=ids).update(**_requeue_changes(concurrency))
         if ids:
             rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
             notify(queue for _, queue, _ in rows)

@@ -1,0 +1,149 @@
+"""Per-owner fairness: one user's jobs cannot take every worker slot while other users' jobs wait.
+
+Jobs are submitted through the REST API, as an attacker with free accounts
+would, and claimed the way a worker claims: the plain claim, then the
+limited claim of flow control for what is left of its capacity.
+"""
+
+import json
+import threading
+import uuid
+from collections import Counter
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from jobs import queue
+from jobs.models import Job
+from tests.factories import JobFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def room_to_submit(settings):
+    """Limits high enough that only the running limit is in play; throttles from zero."""
+    settings.JOBS_USER_MAX_ACTIVE = 100
+    settings.JOBS_USER_SUBMISSIONS_PER_MINUTE = 1000
+    settings.JOBS_USER_MAX_RUNNING = 2
+    cache.clear()
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    return client
+
+
+def submit(user, count: int, text: str = "x") -> list[int]:
+    """Submit `count` jobs as `user` through the API; return their ids in submission order."""
+    client = client_for(user)
+    ids = []
+    for n in range(count):
+        response = client.post("/api/jobs/", json.dumps({"type": "reverse_string", "payload": f"{text}{n}"}),
+                               content_type="application/json")
+        assert response.status_code == 201, response.content
+        ids.append(response.json()["id"])
+    return ids
+
+
+def claim_round(worker: uuid.UUID, capacity: int) -> list[queue.ClaimedJob]:
+    """Claim what one worker with `capacity` free slots claims: plain jobs first, then limited ones."""
+    claimed = queue.claim_jobs(worker_id=worker, limit=capacity)
+    return claimed + queue.claim_limited_jobs(worker_id=worker, limit=capacity - len(claimed))
+
+
+def held_per_owner() -> Counter:
+    return Counter(Job.objects.filter(status__in=["claimed", "running"]).values_list("owner__username", flat=True))
+
+
+@pytest.mark.django_db
+def test_one_owners_jobs_hold_at_most_their_limit_while_another_owners_job_waits():
+    """With 5 slots on two workers, a user with 6 jobs holds 2 of them, and a later user's job gets a slot."""
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    submit(alice, 6)
+    (bobs_job,) = submit(bob, 1)
+    claimed = claim_round(uuid.uuid4(), 2) + claim_round(uuid.uuid4(), 3)
+    assert held_per_owner() == {"alice": 2, "bob": 1}
+    assert bobs_job in {job.id for job in claimed}
+    # One of alice's jobs finishes: the next claim gives her one more, never a third.
+    alices = next(job for job in claimed if job.owner_id == alice.pk)
+    assert queue.complete_job(alices, "done")
+    claim_round(uuid.uuid4(), 10)
+    assert held_per_owner() == {"alice": 2, "bob": 1}
+
+
+@pytest.mark.django_db
+def test_waiting_owners_take_turns_instead_of_the_oldest_jobs_going_first():
+    """A claim of 3 slots takes one job of each of three users, though one user's jobs are all older."""
+    alice, bob, carol = (UserFactory(username=name) for name in ("alice", "bob", "carol"))
+    submit(alice, 5)
+    submit(bob, 1)
+    submit(carol, 1)
+    claim_round(uuid.uuid4(), 3)
+    assert held_per_owner() == {"alice": 1, "bob": 1, "carol": 1}
+
+
+@pytest.mark.django_db
+def test_jobs_brought_back_by_a_retry_or_a_requeue_share_the_limit():
+    """Dead jobs from before the limit was set, retried or requeued through the API, are held 2 at a time."""
+    alice = UserFactory(username="alice")
+    dead = [JobFactory(owner=alice, status="dead", attempts=4).pk for _ in range(4)]
+    client = client_for(alice)
+    assert client.post(f"/api/jobs/{dead[0]}/retry/").status_code == 200
+    response = client.post("/api/dlq/requeue/", json.dumps({"job_ids": dead[1:]}), content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert sorted(response.json()["job_ids"]) == dead[1:]
+    claim_round(uuid.uuid4(), 4)
+    assert held_per_owner() == {"alice": 2}
+
+
+@pytest.mark.django_db
+def test_staff_jobs_are_not_held_to_the_limit():
+    """Every job of a staff member is claimed at once when the slots are free."""
+    staff = UserFactory(username="staff", is_staff=True)
+    submit(staff, 5)
+    claim_round(uuid.uuid4(), 5)
+    assert held_per_owner() == {"staff": 5}
+
+
+@pytest.mark.django_db
+def test_without_a_running_limit_an_owner_may_fill_the_slots(settings):
+    """The limit is the operator's choice: unset, one user's jobs take every free slot."""
+    settings.JOBS_USER_MAX_RUNNING = None
+    alice = UserFactory(username="alice")
+    submit(alice, 5)
+    claim_round(uuid.uuid4(), 5)
+    assert held_per_owner() == {"alice": 5}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_claiming_at_once_never_hold_more_than_the_owners_limit(settings):
+    """Four workers claiming in parallel, each on its own connection, together hold at most 3 of one user's jobs."""
+    settings.JOBS_USER_MAX_RUNNING = 3
+    alice = UserFactory(username="alice")
+    submit(alice, 20)
+    start = threading.Barrier(4)
+    seen = []
+    errors = []
+
+    def worker():
+        try:
+            start.wait(timeout=10)
+            for _ in range(5):
+                claim_round(uuid.uuid4(), 4)
+                seen.append(sum(held_per_owner().values()))
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert held_per_owner() == {"alice": 3}
+    assert max(seen) == 3
