@@ -191,7 +191,7 @@ def bound_spec(user, spec: JobSpec) -> JobSpec:
     if spec.run_at is not None and spec.run_at < timezone.now():
         changes["run_at"] = None  # the database's clock sets it: now, behind every job already waiting
     concurrency = owner_concurrency(user)
-    if concurrency is not None:
+    if concurrency is not None and spec.concurrency_key is None:
         changes["concurrency_key"], changes["key_limit"] = concurrency
     return spec.with_options(**changes) if changes else spec
 
@@ -201,12 +201,15 @@ def owner_concurrency(user) -> tuple[str, int] | None:
 
     With JOBS_USER_MAX_RUNNING set, every job of a non-staff user carries
     the key "owner:<id>" with that limit, from its submission, retry or
-    requeue on, so the claim holds at most that many of them at once.
+    requeue on, so the claim holds at most that many of them at once. A
+    job whose type gives it a key of its own keeps that key and its limits:
+    a job has one key, and an operator's limit on a type's keys (which
+    spares the service behind them) is not for a user's job to escape.
     """
     limit = conf.get("JOBS_USER_MAX_RUNNING")
     if limit is None or not limits_apply(user):
         return None
-    return f"owner:{user.pk}", limit
+    return f"{queue.OWNER_KEY_PREFIX}{user.pk}", limit
 
 
 def submit_job(*, user, spec: JobSpec | None = None, type: str | None = None, payload=None,

@@ -7,6 +7,7 @@ start from, and treats zero updated rows as "not allowed".
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -20,6 +21,8 @@ from jobs.registry import staff_only_types
 REQUEUEABLE_STATUSES = (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
 # Statuses whose wait "run now" cuts short.
 WAITING_STATUSES = (JobStatus.SCHEDULED, JobStatus.RETRYING)
+# The concurrency keys of the owner rule (jobs.submission.owner_concurrency): "owner:<id>".
+OWNER_KEY_PREFIX = "owner:"
 # A job no worker holds any more: its worker, if it still runs it, can no longer write to it.
 NO_LEASE = {"leased_by": None, "lease_token": None, "lease_expires_at": None}
 
@@ -48,7 +51,12 @@ def _requeue_changes(concurrency: tuple[str, int] | None = None) -> dict:
         "started_at": None, "result": None, "progress": 0, "expires_at": None, **NO_LEASE,
     }
     if concurrency is not None:
-        changes["concurrency_key"], changes["key_limit"] = concurrency
+        key, limit = concurrency
+        # A job with a key of its type's keeps it; one with none, or an
+        # owner's, takes this one.
+        of_its_own = Q(concurrency_key__isnull=False) & ~Q(concurrency_key__startswith=OWNER_KEY_PREFIX)
+        changes["concurrency_key"] = Case(When(of_its_own, then=F("concurrency_key")), default=Value(key))
+        changes["key_limit"] = Case(When(of_its_own, then=F("key_limit")), default=Value(limit))
     return changes
 
 

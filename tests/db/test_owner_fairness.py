@@ -1,8 +1,8 @@
 """Per-owner fairness: one user's jobs cannot take every worker slot while other users' jobs wait.
 
 Jobs are submitted through the REST API, as an attacker with free accounts
-would, and claimed the way a worker claims: the plain claim, then the
-limited claim of flow control for what is left of its capacity.
+would, and claimed the way a worker's producer claims: the limited claim of
+flow control, then the plain claim for what is left of its capacity.
 """
 
 import json
@@ -49,9 +49,11 @@ def submit(user, count: int, text: str = "x") -> list[int]:
 
 
 def claim_round(worker: uuid.UUID, capacity: int) -> list[queue.ClaimedJob]:
-    """Claim what one worker with `capacity` free slots claims: plain jobs first, then limited ones."""
-    claimed = queue.claim_jobs(worker_id=worker, limit=capacity)
-    return claimed + queue.claim_limited_jobs(worker_id=worker, limit=capacity - len(claimed))
+    """Claim what one worker with `capacity` free slots claims (its Producer): limited jobs first, then plain ones."""
+    claimed = queue.claim_limited_jobs(worker_id=worker, limit=capacity)
+    if len(claimed) < capacity:
+        claimed += queue.claim_jobs(worker_id=worker, limit=capacity - len(claimed))
+    return claimed
 
 
 def held_per_owner() -> Counter:
@@ -96,6 +98,24 @@ def test_jobs_brought_back_by_a_retry_or_a_requeue_share_the_limit():
     assert response.status_code == 200, response.content
     assert sorted(response.json()["job_ids"]) == dead[1:]
     claim_round(uuid.uuid4(), 4)
+    assert held_per_owner() == {"alice": 2}
+
+
+@pytest.mark.django_db
+def test_a_job_whose_type_gives_it_a_key_keeps_that_key_and_its_limit(settings):
+    """A type's key limit, which spares the service behind the key, holds for a user's jobs too; a retry keeps it."""
+    settings.JOBS_USER_MAX_RUNNING = 5
+    alice = UserFactory(username="alice")
+    client = client_for(alice)
+    for n in range(4):
+        response = client.post("/api/jobs/", json.dumps({"type": "tenant_task", "payload": {"tenant": "acme", "n": n}}),
+                               content_type="application/json")
+        assert response.status_code == 201, response.content
+    dead = JobFactory(owner=alice, type="tenant_task", payload={"tenant": "acme"}, status="dead",
+                      concurrency_key="tenant:acme", key_limit=2)
+    assert client.post(f"/api/jobs/{dead.pk}/retry/").status_code == 200
+    assert set(Job.objects.values_list("concurrency_key", "key_limit")) == {("tenant:acme", 2)}
+    claim_round(uuid.uuid4(), 10)
     assert held_per_owner() == {"alice": 2}
 
 
