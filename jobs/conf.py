@@ -63,8 +63,8 @@ DEFAULTS = {
     # Jobs of one non-staff owner that workers may hold (claimed or running)
     # at once, across every worker, so that one owner cannot take every slot
     # while others wait. Enforced by the claim, as the limit of the job's
-    # concurrency key "owner:<id>". None: no such limit.
-    "JOBS_USER_MAX_RUNNING": None,
+    # concurrency key "owner:<id>". None (JOBS_USER_MAX_RUNNING=0): no such limit.
+    "JOBS_USER_MAX_RUNNING": 2,
     # Weights of the priority a claim serves first: high, normal, low.
     "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
     # Live events (jobs.events): on/off, the coalescing window in seconds,

@@ -16,9 +16,9 @@ def settings_with(value: str) -> subprocess.CompletedProcess:
                           text=True, env={**os.environ, "JOBS_USER_MAX_RUNNING": value}, timeout=120)
 
 
-@pytest.mark.parametrize(("value", "read"), [("3", "3"), ("0", "None")])
+@pytest.mark.parametrize(("value", "read"), [("3", "3"), ("0", "None"), ("", "2")])
 def test_the_running_limit_is_a_whole_number_or_none(value, read):
-    """Read a positive number as the limit, and 0 or nothing as no limit."""
+    """Read a positive number as the limit, 0 as no limit, and nothing as the default."""
     result = settings_with(value)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == read
