@@ -18,6 +18,7 @@ from jobs import conf, queue, spec as job_spec
 
 # The refusals live with the other errors, so the core can name them; importable from here as before.
 from jobs.errors import OwnerAtCapacity, PayloadError, RateLimited, SubmissionRefused, TooManyActiveJobs  # noqa: F401
+from jobs.flow import OWNER_KEY_PREFIX
 from jobs.handlers.validators import PayloadSchema
 from jobs.metrics import count_rate_limit_rejection
 from jobs.models import Job, Priority, SubmissionAllowance
@@ -209,7 +210,7 @@ def owner_concurrency(user) -> tuple[str, int] | None:
     limit = conf.get("JOBS_USER_MAX_RUNNING")
     if limit is None or not limits_apply(user):
         return None
-    return f"{queue.OWNER_KEY_PREFIX}{user.pk}", limit
+    return f"{OWNER_KEY_PREFIX}{user.pk}", limit
 
 
 def submit_job(*, user, spec: JobSpec | None = None, type: str | None = None, payload=None,

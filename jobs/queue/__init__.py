@@ -29,7 +29,6 @@ workers (worker rows and leases).
 """
 
 from jobs.queue.actions import (
-    OWNER_KEY_PREFIX,
     REQUEUEABLE_STATUSES,
     cancel_job,
     cancel_jobs,
@@ -93,7 +92,7 @@ from jobs.queue.produce import (
 from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_worker
 
 __all__ = [
-    "CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "OWNER_KEY_PREFIX", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
+    "CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
     "STAGE_BATCH", "Cancelled", "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob", "Snoozed",
     "apply_queue_settings", "cancel_job", "cancel_jobs", "claim_jobs", "claim_limited_jobs", "complete_job",
     "complete_jobs", "dead_jobs", "enqueue", "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state",

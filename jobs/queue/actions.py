@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from jobs import events
 from jobs.errors import IllegalTransition
+from jobs.flow import OWNER_KEY_PREFIX
 from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus
 from jobs.queue.produce import CANCEL_REQUESTED, notify
 from jobs.registry import staff_only_types
@@ -21,8 +22,6 @@ from jobs.registry import staff_only_types
 REQUEUEABLE_STATUSES = (JobStatus.DEAD, JobStatus.CANCELLED, JobStatus.EXPIRED)
 # Statuses whose wait "run now" cuts short.
 WAITING_STATUSES = (JobStatus.SCHEDULED, JobStatus.RETRYING)
-# The concurrency keys of the owner rule (jobs.submission.owner_concurrency): "owner:<id>".
-OWNER_KEY_PREFIX = "owner:"
 # A job no worker holds any more: its worker, if it still runs it, can no longer write to it.
 NO_LEASE = {"leased_by": None, "lease_token": None, "lease_expires_at": None}
 

@@ -36,13 +36,15 @@ def client_for(user) -> APIClient:
     return client
 
 
-def submit(user, count: int, text: str = "x") -> list[int]:
+def submit(user, count: int, text: str = "x", queue_name: str | None = None) -> list[int]:
     """Submit `count` jobs as `user` through the API; return their ids in submission order."""
     client = client_for(user)
     ids = []
     for n in range(count):
-        response = client.post("/api/jobs/", json.dumps({"type": "reverse_string", "payload": f"{text}{n}"}),
-                               content_type="application/json")
+        body = {"type": "reverse_string", "payload": f"{text}{n}"}
+        if queue_name is not None:
+            body["queue"] = queue_name
+        response = client.post("/api/jobs/", json.dumps(body), content_type="application/json")
         assert response.status_code == 201, response.content
         ids.append(response.json()["id"])
     return ids
@@ -74,6 +76,27 @@ def test_one_owners_jobs_hold_at_most_their_limit_while_another_owners_job_waits
     assert queue.complete_job(alices, "done")
     claim_round(uuid.uuid4(), 10)
     assert held_per_owner() == {"alice": 2, "bob": 1}
+
+
+@pytest.mark.django_db
+def test_an_owners_jobs_spread_over_several_queues_hold_the_limit_in_all_of_them_together():
+    """A user who names three queues still holds 2 jobs at once, not 2 in each; workers of one queue count the rest."""
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    for name in ("q1", "q2", "q3"):
+        submit(alice, 2, queue_name=name)
+    submit(bob, 1, queue_name="q3")
+    claim_round(uuid.uuid4(), 10)
+    assert held_per_owner() == {"alice": 2, "bob": 1}
+    # A worker of q3 alone finds alice's jobs in q1 and q2 held already.
+    assert queue.claim_limited_jobs(worker_id=uuid.uuid4(), limit=10, queues=["q3"]) == []
+    # And her waiting jobs say so, in whichever queue they wait.
+    queue.register_worker(hostname="h", pid=1, queues=[], concurrency=10)
+    waiting = Job.objects.filter(owner=alice, status="queued")
+    assert waiting.count() == 4
+    for job_id in waiting.values_list("pk", flat=True):
+        reason = client_for(alice).get(f"/api/jobs/{job_id}/").json()["waiting"]
+        assert reason["code"] == "key_limit"
+        assert reason["message"] == f"Concurrency key owner:{alice.pk} is at its limit: 2 of 2 running."
 
 
 @pytest.mark.django_db
