@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections import Counter
 
+import psycopg
 import pytest
 from django.core.cache import cache
 from django.db import connection
@@ -190,3 +191,21 @@ def test_workers_claiming_at_once_never_hold_more_than_the_owners_limit(settings
     assert not errors
     assert held_per_owner() == {"alice": 3}
     assert max(seen) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_or_requeue_of_keyed_jobs_wakes_the_workers_for_the_limited_claim():
+    """The NOTIFY of a job brought back names its queue with ":k", as an enqueue does, so no worker waits a poll."""
+    alice = UserFactory(username="alice")
+    retried, requeued = (JobFactory(owner=alice, status="dead", attempts=4, queue=name).pk for name in ("r", "q"))
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as listener:
+        listener.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+        client = client_for(alice)
+        assert client.post(f"/api/jobs/{retried}/retry/").status_code == 200
+        response = client.post("/api/dlq/requeue/", json.dumps({"job_ids": [requeued]}), content_type="application/json")
+        assert response.status_code == 200, response.content
+        notices = [note.payload for note in listener.notifies(timeout=1.0, stop_after=2)]
+    assert notices == ["r" + queue.KEYED_SUFFIX, "q" + queue.KEYED_SUFFIX]
