@@ -192,7 +192,10 @@ def bound_spec(user, spec: JobSpec) -> JobSpec:
     if spec.run_at is not None and spec.run_at < timezone.now():
         changes["run_at"] = None  # the database's clock sets it: now, behind every job already waiting
     concurrency = owner_concurrency(user)
-    if concurrency is not None and spec.concurrency_key is None:
+    # A key that its type made of the payload may name an owner's key, maybe
+    # another user's, whose slots are not this user's to take: theirs instead.
+    owners = spec.concurrency_key is not None and spec.concurrency_key.startswith(OWNER_KEY_PREFIX)
+    if concurrency is not None and (spec.concurrency_key is None or owners):
         changes["concurrency_key"], changes["key_limit"] = concurrency
     return spec.with_options(**changes) if changes else spec
 

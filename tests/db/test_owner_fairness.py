@@ -19,6 +19,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from jobs import queue
 from jobs.models import Job
+from jobs.registry import job_handler
 from tests.factories import JobFactory, UserFactory
 
 
@@ -209,3 +210,23 @@ def test_a_retry_or_requeue_of_keyed_jobs_wakes_the_workers_for_the_limited_clai
         assert response.status_code == 200, response.content
         notices = [note.payload for note in listener.notifies(timeout=1.0, stop_after=2)]
     assert notices == ["r" + queue.KEYED_SUFFIX, "q" + queue.KEYED_SUFFIX]
+
+
+@job_handler("keyed_by_payload", concurrency_key=lambda payload: payload.get("key"), key_concurrency=10)
+def keyed_by_payload(job):
+    """A type that takes its concurrency key from the payload as it is: a key its submitter chose."""
+    return job.payload.get("key")
+
+
+@pytest.mark.django_db
+def test_a_key_made_of_the_payload_cannot_take_another_users_slots():
+    """A user whose job's type makes "owner:<bob>" of the payload gets their own owner key, not a share of bob's."""
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    submit(bob, 2)
+    response = client_for(alice).post("/api/jobs/", content_type="application/json", data=json.dumps(
+        {"type": "keyed_by_payload", "payload": {"key": f"owner:{bob.pk}"}}))
+    assert response.status_code == 201, response.content
+    job = Job.objects.get(pk=response.json()["id"])
+    assert (job.concurrency_key, job.key_limit) == (f"owner:{alice.pk}", 2)
+    claim_round(uuid.uuid4(), 10)
+    assert held_per_owner() == {"alice": 1, "bob": 2}
