@@ -60,6 +60,11 @@ DEFAULTS = {
     # Seconds one attempt of a non-staff user's job may run: its timeout, and
     # the bound of what its payload asks to run for (sleep's seconds, ...).
     "JOBS_USER_MAX_TIMEOUT": 300.0,
+    # Jobs of one non-staff owner that workers may hold (claimed or running)
+    # at once, across every worker, so that one owner cannot take every slot
+    # while others wait. Enforced by the claim, as the limit of the job's
+    # concurrency key "owner:<id>". None (JOBS_USER_MAX_RUNNING=0): no such limit.
+    "JOBS_USER_MAX_RUNNING": 2,
     # Weights of the priority a claim serves first: high, normal, low.
     "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
     # Live events (jobs.events): on/off, the coalescing window in seconds,

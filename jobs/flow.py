@@ -33,6 +33,9 @@ QUEUE_NAME_MESSAGE = "Use 1 to 64 letters, digits and . - _ only."
 # A concurrency key: "tenant:42", "customer:acme.com", "owner:7".
 KEY_PATTERN = r"\A[A-Za-z0-9_.:@/+=#-]{1,200}\Z"
 KEY_MESSAGE = "Use 1 to 200 letters, digits and _ . : @ / + = # - only."
+# The key of one user's jobs ("owner:<id>", jobs.submission.owner_concurrency),
+# whose limit holds in every queue together; the claim names it too (queries.sql).
+OWNER_KEY_PREFIX = "owner:"
 # Per-key and per-queue limits at most this: beyond it a limit means nothing.
 MAX_LIMIT = 1_000_000
 # The longest rate period, a day: the start log is kept that long at most.

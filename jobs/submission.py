@@ -18,6 +18,7 @@ from jobs import conf, queue, spec as job_spec
 
 # The refusals live with the other errors, so the core can name them; importable from here as before.
 from jobs.errors import OwnerAtCapacity, PayloadError, RateLimited, SubmissionRefused, TooManyActiveJobs  # noqa: F401
+from jobs.flow import OWNER_KEY_PREFIX
 from jobs.handlers.validators import PayloadSchema
 from jobs.metrics import count_rate_limit_rejection
 from jobs.models import Job, Priority, SubmissionAllowance
@@ -158,7 +159,10 @@ def bound_spec(user, spec: JobSpec) -> JobSpec:
     longer gets that one. A payload that asks to run that long or longer
     (a field declared as a duration) is refused: it could only time out.
     High priority is for staff, and a `run_at` in the past, which would
-    put the job ahead of every other waiting one, counts as now.
+    put the job ahead of every other waiting one, counts as now. With
+    JOBS_USER_MAX_RUNNING set, the job's concurrency key is its owner's
+    (owner_key), so workers hold at most that many of the owner's jobs at
+    once and the owners waiting take turns.
     Raise OptionNotAllowed or PayloadError, naming the field. The spec is
     not validated again: this reads its handler and normalized payload.
     """
@@ -187,7 +191,29 @@ def bound_spec(user, spec: JobSpec) -> JobSpec:
             raise PayloadError(too_long)
     if spec.run_at is not None and spec.run_at < timezone.now():
         changes["run_at"] = None  # the database's clock sets it: now, behind every job already waiting
+    concurrency = owner_concurrency(user)
+    # A key that its type made of the payload may name an owner's key, maybe
+    # another user's, whose slots are not this user's to take: theirs instead.
+    owners = spec.concurrency_key is not None and spec.concurrency_key.startswith(OWNER_KEY_PREFIX)
+    if concurrency is not None and (spec.concurrency_key is None or owners):
+        changes["concurrency_key"], changes["key_limit"] = concurrency
     return spec.with_options(**changes) if changes else spec
+
+
+def owner_concurrency(user) -> tuple[str, int] | None:
+    """Return the concurrency key and limit the jobs of `user` share, or None if no running limit applies.
+
+    With JOBS_USER_MAX_RUNNING set, every job of a non-staff user carries
+    the key "owner:<id>" with that limit, from its submission, retry or
+    requeue on, so the claim holds at most that many of them at once. A
+    job whose type gives it a key of its own keeps that key and its limits:
+    a job has one key, and an operator's limit on a type's keys (which
+    spares the service behind them) is not for a user's job to escape.
+    """
+    limit = conf.get("JOBS_USER_MAX_RUNNING")
+    if limit is None or not limits_apply(user):
+        return None
+    return f"{OWNER_KEY_PREFIX}{user.pk}", limit
 
 
 def submit_job(*, user, spec: JobSpec | None = None, type: str | None = None, payload=None,
@@ -245,11 +271,12 @@ def retry_for_user(user, job_id: int) -> None:
     """Requeue one of the user's dead, cancelled or expired jobs, within their limits.
 
     A requeued job runs again as a new one would, so it spends the same
-    allowance as a submission, and counts toward the active-job cap.
+    allowance as a submission, counts toward the active-job cap and shares
+    its owner's running limit (owner_concurrency).
     """
     with transaction.atomic():
         lock_user(user)
-        queue.retry_job(job_id)
+        queue.retry_job(job_id, concurrency=owner_concurrency(user))
         if limits_apply(user):
             # After the retry, which a refusal rolls back, so that a job that
             # may not be retried (409) spends nothing. It is active now: the
@@ -278,7 +305,7 @@ def requeue_dead_for_user(user, *, job_ids: list[int] | None = None, max_jobs: i
             check_active_limit(active)
             check_rate_limit(spend_submission(user))  # spends past the allowance, so it raises
         max_jobs = max(0, min(room, left) if max_jobs is None else min(max_jobs, room, left))
-        ids = queue.requeue_dead(dead, limit=max_jobs)
+        ids = queue.requeue_dead(dead, limit=max_jobs, concurrency=owner_concurrency(user))
         if ids:
             check_rate_limit(spend_submission(user, len(ids)))
         return ids

@@ -27,6 +27,7 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
+from jobs.flow import OWNER_KEY_PREFIX
 from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, KeyLimit, QueueControl, StartLog, Worker
 from jobs.selectors import worker_alive_condition
 
@@ -112,7 +113,10 @@ class _Facts:
                 limit = key_limit
             if limit is None and control is not None:
                 limit = control.key_concurrency
-            held = self.held_per_key.get((queue, key), 0)
+            if key.startswith(OWNER_KEY_PREFIX):  # one user's jobs, counted in every queue, as the claim counts them
+                held = sum(n for (_, k), n in self.held_per_key.items() if k == key)
+            else:
+                held = self.held_per_key.get((queue, key), 0)
             if limit is not None and held >= limit:
                 return WaitReason("key_limit", f"Concurrency key {key} is at its limit: {held} of {limit} running.")
         if control is not None and control.concurrency is not None:

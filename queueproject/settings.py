@@ -290,6 +290,12 @@ for _name in ("JOBS_USER_SUBMISSIONS_PER_MINUTE", "JOBS_USER_MAX_ACTIVE", "JOBS_
               "JOBS_MAX_ABANDONED_THREADS"):
     if _name in os.environ:
         globals()[_name] = int(os.environ[_name])
+# How many of one user's jobs workers hold at once (default 2); 0: no limit.
+if os.environ.get("JOBS_USER_MAX_RUNNING", "").strip():
+    _value = os.environ["JOBS_USER_MAX_RUNNING"].strip()
+    if not _value.isdigit():
+        raise RuntimeError(f"JOBS_USER_MAX_RUNNING must be a whole number of jobs, or 0 for no limit, not {_value!r}")
+    JOBS_USER_MAX_RUNNING = int(_value) or None
 if "JOBS_HANDLER_MODULES" in os.environ:
     JOBS_HANDLER_MODULES = env_list("JOBS_HANDLER_MODULES", "")
 if "JOBS_ENABLE_SHELL_COMMANDS" in os.environ:

@@ -7,13 +7,15 @@ start from, and treats zero updated rows as "not allowed".
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from jobs import events
 from jobs.errors import IllegalTransition
+from jobs.flow import OWNER_KEY_PREFIX
 from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus
-from jobs.queue.produce import CANCEL_REQUESTED, notify
+from jobs.queue.produce import CANCEL_REQUESTED, KEYED_SUFFIX, notify
 from jobs.registry import staff_only_types
 
 # Statuses from which a dead-letter style requeue is legal.
@@ -34,18 +36,32 @@ def _guarded(job_id: int, allowed: tuple[str, ...], action: str, **changes) -> N
         raise IllegalTransition(f"Cannot {action} job {job_id}: it is {current}.")
 
 
+def _wake_name(queue: str, key: str | None) -> str:
+    """Return what a NOTIFY names to wake the workers for a job of `queue` with concurrency key `key`."""
+    return queue + KEYED_SUFFIX if key is not None else queue  # keyed: for the limited claim (jobs.worker.producer)
+
+
 def _announce(job_id: int, status: str) -> str:
-    """Publish the change of one job after commit; return its queue."""
-    queue, owner_id = Job.objects.values_list("queue", "owner_id").get(pk=job_id)
+    """Publish the change of one job after commit; return the name that wakes the workers for it (_wake_name)."""
+    queue, key, owner_id = Job.objects.values_list("queue", "concurrency_key", "owner_id").get(pk=job_id)
     events.jobs_changed([job_id], [owner_id], status)
-    return queue
+    return _wake_name(queue, key)
 
 
-def _requeue_changes() -> dict:
-    return {
+def _requeue_changes(concurrency: tuple[str, int] | None = None) -> dict:
+    """Return the changes of a requeue; `concurrency` is the (key, limit) the job shares from now on, if given."""
+    changes: dict[str, object] = {
         "status": JobStatus.QUEUED, "attempts": 0, "run_at": Now(), "finished_at": None,
         "started_at": None, "result": None, "progress": 0, "expires_at": None, **NO_LEASE,
     }
+    if concurrency is not None:
+        key, limit = concurrency
+        # A job with a key of its type's keeps it; one with none, or an
+        # owner's, takes this one.
+        of_its_own = Q(concurrency_key__isnull=False) & ~Q(concurrency_key__startswith=OWNER_KEY_PREFIX)
+        changes["concurrency_key"] = Case(When(of_its_own, then=F("concurrency_key")), default=Value(key))
+        changes["key_limit"] = Case(When(of_its_own, then=F("key_limit")), default=Value(limit))
+    return changes
 
 
 def cancel_job(job_id: int) -> None:
@@ -86,16 +102,18 @@ def _owner_may_not_run(queryset):
     return queryset.filter(type__in=staff_only_types(), owner__is_staff=False)
 
 
-def retry_job(job_id: int) -> None:
+def retry_job(job_id: int, *, concurrency: tuple[str, int] | None = None) -> None:
     """Requeue a dead, cancelled or expired job with a fresh set of retries.
 
-    Raise IllegalTransition for a job of a staff-only type whose owner is
-    not staff, as for a job in a status that cannot be retried.
+    With `concurrency`, a (key, limit), the job runs again under that
+    concurrency key and limit. Raise IllegalTransition for a job of a
+    staff-only type whose owner is not staff, as for a job in a status
+    that cannot be retried.
     """
     refused = _owner_may_not_run(Job.objects.filter(pk=job_id)).values_list("type", flat=True).first()
     if refused is not None:
         raise IllegalTransition(f"Cannot retry job {job_id}: only staff may run {refused} jobs, and its owner is not staff.")
-    _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes())
+    _guarded(job_id, REQUEUEABLE_STATUSES, "retry", **_requeue_changes(concurrency))
     notify([_announce(job_id, JobStatus.QUEUED)])
 
 
@@ -132,8 +150,8 @@ def retry_jobs_now(queryset) -> int:
     ids = list(queryset.filter(status__in=WAITING_STATUSES).values_list("pk", flat=True))
     updated = Job.objects.filter(pk__in=ids, status__in=WAITING_STATUSES).update(status=JobStatus.QUEUED, run_at=Now())
     if updated:
-        rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
-        notify(queue for _, queue, _ in rows)
+        rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id", "concurrency_key"))
+        notify(_wake_name(queue, key) for _, queue, _, key in rows)
         events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED)
     return updated
 
@@ -155,11 +173,12 @@ def dead_jobs(*, ids: list[int] | None = None, type: str | None = None, queue: s
     return jobs
 
 
-def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
+def requeue_dead(queryset, *, limit: int | None = None, concurrency: tuple[str, int] | None = None) -> list[int]:
     """Requeue the dead jobs in `queryset` (at most `limit`); return their ids.
 
     Jobs in any other status are left alone, so a stale selection is safe,
-    and so are jobs of a staff-only type whose owner is not staff.
+    and so are jobs of a staff-only type whose owner is not staff. With
+    `concurrency`, as for retry_job, the jobs run again under that key.
     """
     candidates = (
         queryset.filter(status=JobStatus.DEAD).exclude(pk__in=_owner_may_not_run(queryset).values("pk"))
@@ -174,9 +193,9 @@ def requeue_dead(queryset, *, limit: int | None = None) -> list[int]:
             Job.objects.filter(pk__in=list(candidates), status=JobStatus.DEAD)
             .select_for_update(skip_locked=True).values_list("pk", flat=True)
         )
-        Job.objects.filter(pk__in=ids).update(**_requeue_changes())
+        Job.objects.filter(pk__in=ids).update(**_requeue_changes(concurrency))
         if ids:
-            rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id"))
-            notify(queue for _, queue, _ in rows)
+            rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id", "concurrency_key"))
+            notify(_wake_name(queue, key) for _, queue, _, key in rows)
             events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED, 0)
     return sorted(ids)

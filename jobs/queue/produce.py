@@ -53,12 +53,15 @@ def _insert_jobs(spec: JobSpec, payloads: list, *, keys: list[str | None] | None
     """
     if keys is None:
         keys = [spec.concurrency_key] * len(payloads)
+    # The keys' limit: the spec's own when it has a key (its type's, or its
+    # owner's running limit: jobs.submission), else its type's.
+    key_limit = (spec.key_limit if spec.concurrency_key is not None else spec.handler.key_concurrency) if any(keys) else None
     params = {
         "owner": getattr(spec.owner, "pk", spec.owner), "queue": spec.queue, "type": spec.type,
         "priority": spec.priority, "status": spec.status, "max_retries": spec.max_retries,
         "run_at": spec.run_at, "timeout": spec.timeout, "expires_at": spec.expires_at,
         "unique_key": spec.unique_key, "idempotency_key": spec.idempotency_key, "trace_id": spec.trace_id,
-        "channel": NOTIFY_CHANNEL, "due": spec.status == JobStatus.QUEUED, "key_limit": spec.handler.key_concurrency if any(keys) else None,
+        "channel": NOTIFY_CHANNEL, "due": spec.status == JobStatus.QUEUED, "key_limit": key_limit,
         "wake": spec.queue + KEYED_SUFFIX if any(keys) else spec.queue,
     }
     if owner_max_active is not None:

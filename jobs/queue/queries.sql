@@ -207,6 +207,11 @@ SELECT pg_try_advisory_xact_lock(%(lock)s);
 -- key) offers its jobs in their own order, and the claim takes every
 -- group's first job before any group's second (`turn`), so one busy key
 -- cannot starve the others.
+--
+-- An owner's key ('owner:<id>', jobs.submission.owner_concurrency) limits
+-- one user's jobs in every queue together, or a user who named several
+-- queues would hold the limit in each: its held jobs are counted across
+-- queues, and its groups share one room (`in_key`).
 WITH RECURSIVE keys AS (
     -- Each (queue, key) with a ready job: a skip scan of job_key_claim_idx,
     -- one index probe per key however many jobs it has. The first job's
@@ -242,7 +247,9 @@ WITH RECURSIVE keys AS (
     SELECT k.queue, k.key, coalesce(l.concurrency, k.key_limit, q.key_concurrency) AS concurrency,
            coalesce(l.rate_limit, q.key_rate_limit) AS rate_limit,
            CASE WHEN l.rate_limit IS NOT NULL THEN l.rate_period ELSE q.key_rate_period END AS rate_period,
-           coalesce(h.held, 0) AS held
+           coalesce(CASE WHEN k.key LIKE 'owner:%%'
+                         THEN (SELECT sum(o.held)::bigint FROM held_keys AS o WHERE o.key = k.key)
+                         ELSE h.held END, 0) AS held
     FROM keys AS k
     LEFT JOIN queues AS q ON q.name = k.queue
     LEFT JOIN jobs_keylimit AS l ON l.queue = k.queue AND l.key = k.key
@@ -260,7 +267,7 @@ WITH RECURSIVE keys AS (
     SELECT name, NULL, false, NULL FROM queues
     WHERE NOT paused AND (concurrency IS NOT NULL OR rate_limit IS NOT NULL)
 ), candidates AS MATERIALIZED (
-    SELECT c.id, g.queue, g.key, c.priority, c.run_at, g.key_rated,
+    SELECT c.id, g.queue, g.key, c.priority, c.run_at, g.key_rated, g.room AS key_room,
            row_number() OVER (PARTITION BY g.queue, g.key ORDER BY c.priority, c.run_at, c.id) AS turn
     FROM groups AS g CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM jobs_job AS j
@@ -273,7 +280,7 @@ WITH RECURSIVE keys AS (
     ) AS c
     WHERE g.key IS NOT NULL
     UNION ALL
-    SELECT c.id, g.queue, NULL, c.priority, c.run_at, false,
+    SELECT c.id, g.queue, NULL, c.priority, c.run_at, false, NULL,
            row_number() OVER (PARTITION BY g.queue ORDER BY c.priority, c.run_at, c.id)
     FROM groups AS g CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM jobs_job AS j
@@ -289,7 +296,9 @@ WITH RECURSIVE keys AS (
     -- Within each queue's own room, taking turns across its groups.
     SELECT c.*, q.rate_limit IS NOT NULL AS queue_rated,
            least(q.concurrency - q.held, q.rate_limit - q.started) AS queue_room,
-           row_number() OVER (PARTITION BY c.queue ORDER BY c.turn, c.priority, c.run_at, c.id) AS in_queue
+           row_number() OVER (PARTITION BY c.queue ORDER BY c.turn, c.priority, c.run_at, c.id) AS in_queue,
+           CASE WHEN c.key LIKE 'owner:%%' THEN
+               row_number() OVER (PARTITION BY c.key ORDER BY c.turn, c.priority, c.run_at, c.id) END AS in_key
     FROM candidates AS c LEFT JOIN queues AS q ON q.name = c.queue
 ), picked AS MATERIALIZED (
     -- Rated jobs only as many as start now; they go first, so the claim starts them.
@@ -298,7 +307,7 @@ WITH RECURSIVE keys AS (
         SELECT w.*, count(*) FILTER (WHERE w.key_rated OR w.queue_rated)
                         OVER (ORDER BY w.turn, w.priority, w.run_at, w.id) AS rated_so_far
         FROM within_queues AS w
-        WHERE w.queue_room IS NULL OR w.in_queue <= w.queue_room
+        WHERE (w.queue_room IS NULL OR w.in_queue <= w.queue_room) AND (w.in_key IS NULL OR w.key_room IS NULL OR w.in_key <= w.key_room)
     ) AS r
     WHERE NOT (key_rated OR queue_rated) OR rated_so_far <= %(start)s
     ORDER BY NOT (key_rated OR queue_rated), turn, priority, run_at, id
