@@ -1,16 +1,19 @@
 """Flow control as operators reach it: the REST API, `manage.py queues`, the admin and the dashboard."""
 
 import json
+import uuid
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import Client
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from jobs import queue
-from jobs.models import Job, JobStatus, KeyLimit, QueueControl
+from jobs.models import Job, JobStatus, KeyLimit, QueueControl, StartLog
 from tests.db.test_api import client_for
 from tests.factories import JobFactory, UserFactory
 
@@ -259,3 +262,44 @@ def test_the_dashboard_sets_and_removes_a_keys_own_limits_and_refuses_bad_ones(s
     user = Client()
     user.force_login(UserFactory())
     assert user.post("/dashboard/queues/emails/keys/", {"key": "t", "concurrency": "1"}).status_code == 403
+
+
+def situation(reason: str, owner):
+    """Make a job of `owner` wait for `reason`; return it."""
+    if reason != "no_worker":
+        queue.register_worker(hostname="h", pid=1, queues=[], concurrency=4)
+    if reason == "scheduled":
+        return queue.enqueue("reverse_string", {"text": "a"}, owner=owner, delay=3600)
+    if reason == "backoff":
+        job = queue.enqueue("reverse_string", {"text": "a"}, owner=owner)
+        (claimed,) = queue.claim_jobs(worker_id=uuid.uuid4(), limit=1)
+        queue.fail_job(claimed, error="boom")
+        return job
+    if reason == "paused":
+        queue.pause_queue("default")
+    if reason == "key_limit":
+        queue.set_queue_controls("default", key_concurrency=1)
+        JobFactory(concurrency_key="tenant:1", status=JobStatus.RUNNING)
+        return queue.enqueue("reverse_string", {"text": "a"}, owner=owner, concurrency_key="tenant:1")
+    if reason == "queue_limit":
+        queue.set_queue_controls("default", concurrency=1)
+        JobFactory(status=JobStatus.RUNNING)
+    if reason == "rate_limit":
+        queue.set_queue_controls("default", rate_limit=1, rate_period=60)
+        StartLog.objects.create(scope="q:default", started_at=timezone.now() - timedelta(seconds=5))
+    return queue.enqueue("reverse_string", {"text": "a"}, owner=owner)
+
+
+@pytest.mark.parametrize("reason", ["scheduled", "backoff", "paused", "no_worker", "key_limit", "queue_limit",
+                                    "rate_limit", "next_in_line"])
+def test_each_waiting_reason_shows_in_the_api_and_on_the_dashboard(settings, reason):
+    settings.JOBS_USER_MAX_RUNNING = 0  # the owner's own key would be the reason otherwise
+    owner = UserFactory(is_staff=True)
+    job = situation(reason, owner)
+    api = client_for(owner).get(f"/api/jobs/{job.pk}/").json()
+    assert api["waiting"]["code"] == reason, api["waiting"]
+    browser = Client()
+    browser.force_login(owner)
+    page = browser.get(f"/dashboard/jobs/{job.pk}/").content.decode()
+    assert f'data-reason="{reason}"' in page
+    assert api["waiting"]["message"].split(":")[0][:20] in page
