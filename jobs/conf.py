@@ -74,6 +74,14 @@ DEFAULTS = {
     "JOBS_EVENTS_FLUSH_INTERVAL": 0.25,
     "JOBS_EVENTS_MAX_JOBS": 100,
     "JOBS_EVENTS_BUSY_FLUSH_INTERVAL": 1.0,
+    # Schedules declared in settings, synced to the database at start-up
+    # (jobs.schedules): {name: {"cron" or "interval_seconds", "type", ...}}.
+    "JOBS_SCHEDULES": {},
+    # A tick the leader fires later than this many seconds after its time
+    # was missed (no scheduler ran): the schedule's misfire policy decides.
+    "JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS": 30.0,
+    # Ticks are recorded for this many seconds (0 keeps them).
+    "JOBS_SCHEDULE_TICK_RETENTION_SECONDS": 7 * 24 * 3600.0,
 }
 
 

@@ -398,3 +398,150 @@ class EmailAllowance(models.Model):
 
     def __str__(self):
         return f"{self.user_id}: {self.recipients} recipients on {self.day}"
+
+
+class Misfire(models.TextChoices):
+    """What a schedule does with ticks missed while no scheduler ran (later than JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS)."""
+
+    # Each missed tick enqueues nothing; it is recorded as missed.
+    SKIP = "skip"
+    # The missed ticks enqueue one job between them, for the latest; none if a tick on time fires in the same round.
+    ONCE = "once"
+    # The latest `catch_up_limit` missed ticks each enqueue a job, oldest first; older ones are recorded as missed.
+    CATCH_UP = "catch_up"
+
+
+class Overlap(models.TextChoices):
+    """What a tick does while the job of the schedule's previous tick has not finished."""
+
+    # Enqueue anyway.
+    ALLOW = "allow"
+    # Enqueue nothing; the tick is recorded as skipped.
+    SKIP = "skip"
+    # Cancel the previous job, then enqueue.
+    REPLACE = "replace"
+
+
+class ScheduleSource(models.TextChoices):
+    # Declared with @job_handler(..., schedule=...).
+    CODE = "code"
+    # Declared in the JOBS_SCHEDULES setting.
+    SETTINGS = "settings"
+    # Added at run time: the admin, the API, the dashboard or `manage.py schedules add`.
+    RUNTIME = "runtime"
+
+
+class TickOutcome(models.TextChoices):
+    # The tick's job was enqueued.
+    ENQUEUED = "enqueued"
+    # Later than the misfire grace, and the misfire policy enqueued nothing for it.
+    MISSED = "missed"
+    # The overlap policy enqueued nothing: the previous job had not finished, or a later tick replaced it.
+    SKIPPED = "skipped"
+    # The schedule was paused, by someone or because its job could no longer be built.
+    PAUSED = "paused"
+
+
+class Schedule(models.Model):
+    """A cron expression or an interval that enqueues a job at each tick (jobs.schedules, jobs.queue.schedules).
+
+    The leader fires due ticks. A tick is a ScheduleTick row, unique per
+    (schedule, tick time) and inserted in the transaction that enqueues its
+    job, so no tick ever has two jobs.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    # Exactly one of cron (5 fields, or 6 with seconds first) and interval_seconds.
+    cron = models.CharField(max_length=200, blank=True, default="")
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # The IANA zone the cron expression reads its wall clock in.
+    timezone = models.CharField(max_length=64, default="UTC")
+
+    # The job each tick enqueues.
+    type = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=64, blank=True, default="", help_text="Empty: JOBS_DEFAULT_QUEUE.")
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    max_retries = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the type's.")
+    timeout = models.FloatField(null=True, blank=True, help_text="Seconds per attempt. Empty: the type's.")
+    ttl = models.FloatField(null=True, blank=True, help_text="Seconds the job may wait to start before it expires.")
+
+    enabled = models.BooleanField(default=True)
+    # Why the scheduler paused it (its type is gone, its payload no longer
+    # valid); empty when paused by someone, or not paused.
+    paused_reason = models.TextField(blank=True, default="")
+    misfire = models.CharField(max_length=16, choices=Misfire.choices, default=Misfire.ONCE)
+    catch_up_limit = models.PositiveIntegerField(default=10, help_text="Missed ticks a catch_up misfire fires, at most.")
+    overlap = models.CharField(max_length=16, choices=Overlap.choices, default=Overlap.ALLOW)
+    jitter_seconds = models.FloatField(default=0.0, help_text="Each job runs up to this many seconds after its tick.")
+
+    # The first tick not handled yet: the leader fires the schedule once this has passed.
+    next_fire_at = models.DateTimeField(null=True, blank=True)
+    last_fire_at = models.DateTimeField(null=True, blank=True)
+    last_job_id = models.BigIntegerField(null=True, blank=True)  # no foreign key: jobs are pruned on their own
+    # Interval ticks fall at anchor_at + k * interval_seconds.
+    anchor_at = models.DateTimeField(db_default=Now())
+
+    source = models.CharField(max_length=16, choices=ScheduleSource.choices, default=ScheduleSource.RUNTIME)
+    # A declared schedule's declaration as the last start-up synced it.
+    declaration = models.JSONField(null=True, blank=True)
+    # Set by any run-time change of a declared schedule: from then on the
+    # start-up sync leaves it as it is (jobs.queue.schedules.sync_declared).
+    edited_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            # The leader's round reads the due schedules, soonest first.
+            models.Index(fields=["next_fire_at"], name="schedule_due_idx", condition=Q(next_fire_at__isnull=False)),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(cron="") & Q(interval_seconds__gte=1)) | (~Q(cron="") & Q(interval_seconds__isnull=True)),
+                name="schedule_cron_xor_interval",
+            ),
+            models.CheckConstraint(condition=Q(jitter_seconds__gte=0), name="schedule_jitter_non_negative"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def when(self) -> str:
+        """Return the schedule's cadence as written: its cron expression, or "every N s"."""
+        return self.cron or f"every {self.interval_seconds} s"
+
+
+class ScheduleTick(models.Model):
+    """One tick of a schedule and what it did: the job it enqueued, or why none.
+
+    Unique per (schedule, tick_at): the guarantee that a tick enqueues at
+    most one job, whatever runs the scheduler, twice or at once. Kept for
+    JOBS_SCHEDULE_TICK_RETENTION_SECONDS.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks", db_index=False)
+    tick_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=TickOutcome.choices)
+    job_id = models.BigIntegerField(null=True, blank=True)  # no foreign key: jobs are pruned on their own
+    detail = models.TextField(blank=True, default="")
+    # Run now: a tick of its own, at the moment someone asked.
+    manual = models.BooleanField(default=False)
+    recorded_at = models.DateTimeField(db_default=Now())
+
+    # Set by jobs.selectors.schedule_ticks: the status of the tick's job now ("pruned" once it is gone).
+    job_status: str
+
+    class Meta:
+        ordering = ["-tick_at"]
+        indexes = [models.Index(fields=["recorded_at"], name="scheduletick_recorded_idx")]
+        constraints = [
+            # Leads with schedule_id: also the index of a schedule's history, newest first.
+            models.UniqueConstraint(fields=["schedule", "tick_at"], name="scheduletick_once_per_tick"),
+        ]
+
+    def __str__(self):
+        return f"{self.schedule_id} @ {self.tick_at:%Y-%m-%d %H:%M:%S}: {self.outcome}"

@@ -46,6 +46,9 @@ class Handler:
     # jobs with the same key may run at once (None: the queue's key limit).
     concurrency_key: str | Callable[[Any], str | None] | None = None
     key_concurrency: int | None = None
+    # A schedule that enqueues this type: a cron expression, or a dict of a
+    # schedule's fields (jobs.schedules), synced to the database at start-up.
+    schedule: str | dict | None = None
 
     @property
     def enabled(self) -> bool:

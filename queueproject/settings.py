@@ -283,6 +283,8 @@ for _name in (
     "JOBS_WORKER_STALE_AFTER",
     "JOBS_LEADER_LEASE_SECONDS",
     "JOBS_CANCEL_GRACE",
+    "JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS",
+    "JOBS_SCHEDULE_TICK_RETENTION_SECONDS",
 ):
     if _name in os.environ:
         globals()[_name] = float(os.environ[_name])
