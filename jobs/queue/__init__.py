@@ -24,8 +24,9 @@ through jobs.events once its transaction commits.
 
 Modules, by concern: produce (enqueue), claim (claim and start), outcomes
 (what a worker writes back), actions (users and operators), control (flow
-control: pause, resume, limits), maintenance (the leader's rounds) and
-workers (worker rows and leases).
+control: pause, resume, limits), maintenance (the leader's rounds),
+workers (worker rows and leases) and schedules (the scheduler's rounds and
+every write of a schedule and its ticks).
 """
 
 from jobs.queue.actions import (
@@ -86,8 +87,24 @@ from jobs.queue.produce import (
     NOTIFY_CHANNEL,
     enqueue,
     enqueue_many,
+    enqueue_specs,
     notify,
     parse_priority,
+)
+from jobs.queue.schedules import (
+    RoundResult,
+    ScheduleInvalid,
+    SyncReport,
+    create_schedule,
+    delete_schedule,
+    fire_due_schedules,
+    pause_schedule,
+    prune_ticks,
+    resume_schedule,
+    run_schedule_now,
+    seconds_to_next_tick,
+    sync_declared,
+    update_schedule,
 )
 from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_worker
 
@@ -100,4 +117,8 @@ __all__ = [
     "prune_workers", "record_outcomes", "register_worker", "release_jobs", "remove_key_limit", "requeue_dead",
     "rescue_expired_leases", "resume_queue", "retry_job", "retry_jobs_now", "retry_now", "set_key_limit",
     "set_progress", "set_queue_controls", "stage_due_jobs", "start_jobs", "stop_worker",
+    # Schedules
+    "RoundResult", "ScheduleInvalid", "SyncReport", "create_schedule", "delete_schedule", "enqueue_specs",
+    "fire_due_schedules", "pause_schedule", "prune_ticks", "resume_schedule", "run_schedule_now",
+    "seconds_to_next_tick", "sync_declared", "update_schedule",
 ]

@@ -17,7 +17,7 @@ from jobs.queue.sql import query
 from jobs.registry import check_owner
 from jobs.spec import MAX_SECONDS, JobSpec, build, build_many, parse_priority
 
-__all__ = ["CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "notify", "parse_priority"]
+__all__ = ["CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "enqueue_specs", "notify", "parse_priority"]
 
 logger = logging.getLogger("jobs.queue")
 
@@ -187,4 +187,35 @@ def enqueue_many(specs: Iterable[JobSpec] | str, payloads: Iterable[Any] | None 
                                                    keys=[spec.concurrency_key for spec in specs])]
     _announce_enqueued(type=first.type, queue=first.queue, status=first.status, ids=ids,
                        owner_id=getattr(first.owner, "pk", first.owner), trace_id=first.trace_id)
+    return ids
+
+
+def enqueue_specs(specs: list[JobSpec]) -> list[int]:
+    """Store one job per spec, each with options of its own, in one INSERT; return their ids in order.
+
+    For many jobs of different types and options at once, as a scheduler's
+    round enqueues them. Like enqueue(), the insert joins the caller's
+    transaction; unique and idempotency keys are not stored here.
+    """
+    if not specs:
+        return []
+    if any(spec.unique_key is not None or spec.idempotency_key is not None for spec in specs):
+        raise ValueError("enqueue_specs() stores no unique or idempotency keys; enqueue those jobs one by one.")
+    for spec in specs:
+        check_owner(spec.handler, spec.owner, spec.payload)
+    batch = [
+        {"n": n, "owner": getattr(spec.owner, "pk", spec.owner), "queue": spec.queue, "type": spec.type,
+         "payload": spec.payload, "priority": spec.priority, "status": spec.status, "max_retries": spec.max_retries,
+         "run_at": spec.run_at.isoformat() if spec.run_at else None, "timeout": spec.timeout,
+         "expires_at": spec.expires_at.isoformat() if spec.expires_at else None, "trace_id": spec.trace_id}
+        for n, spec in enumerate(specs)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(query("insert_job_specs"), {"batch": json.dumps(batch), "channel": NOTIFY_CHANNEL})
+        ids = [row[0] for row in cursor.fetchall()]
+    groups: dict[tuple, list[int]] = {}
+    for spec, job_id in zip(specs, ids, strict=True):
+        groups.setdefault((spec.type, spec.queue, spec.status, getattr(spec.owner, "pk", spec.owner)), []).append(job_id)
+    for (type_name, queue, status, owner_id), group in groups.items():
+        _announce_enqueued(type=type_name, queue=queue, status=status, ids=group, owner_id=owner_id, trace_id="")
     return ids

@@ -10,12 +10,13 @@ import functools
 import re
 from pathlib import Path
 
-from jobs.models import FinishedCount, Job, JobCounter, KeyLimit, QueueControl, StartLog
+from jobs.models import FinishedCount, Job, JobCounter, KeyLimit, QueueControl, Schedule, ScheduleTick, StartLog
 
 QUERIES_FILE = Path(__file__).with_name("queries.sql")
 # The tables the statements name, as the models know them.
 TABLES = {"jobs_job": Job, "jobs_jobcounter": JobCounter, "jobs_finishedcount": FinishedCount,
-          "jobs_queuecontrol": QueueControl, "jobs_keylimit": KeyLimit, "jobs_startlog": StartLog}
+          "jobs_queuecontrol": QueueControl, "jobs_keylimit": KeyLimit, "jobs_startlog": StartLog,
+          "jobs_schedule": Schedule, "jobs_scheduletick": ScheduleTick}
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 

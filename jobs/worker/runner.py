@@ -4,7 +4,7 @@
     slots       `concurrency` threads that run handlers, and give up on jobs
     executor    one attempt: resolve the handler -> run -> normalise -> outcome
     completer   writes outcomes and starts back, in batches
-    maintainer  rescue, expiry, staging, roll-ups and pruning, on the leader only
+    maintainer  rescue, expiry, staging, the scheduler, roll-ups and pruning, on the leader only
 
 The main thread runs the loop: each tick it enforces timeouts, writes back
 what finished, stores starts, renews the leases of the jobs it holds with
@@ -110,6 +110,7 @@ class Worker:
         # Before the first claim: claims and completions must not get a generic plan.
         db.plan_every_run_in_this_process()
         self.register()
+        self._sync_schedules()
         # The first flush of job events would otherwise import the channel
         # layer (a tenth of a second, holding the GIL) while jobs run.
         events.prepare()
@@ -187,6 +188,15 @@ class Worker:
         for part in (self.slots, self.producer, self.completer, self.maintainer.leadership):
             part.worker_id = worker.pk
 
+    def _sync_schedules(self) -> None:
+        """Bring the schedules that code and settings declare into the database (jobs.queue.sync_declared)."""
+        try:
+            queue.sync_declared()
+        except DB_ERRORS as exc:
+            # The schedules already stored fire all the same; the next worker to start syncs.
+            logger.warning("could not sync the declared schedules: %s", exc, extra={"event": "db_error"})
+            self._reset_connection()
+
     def _registered_id(self) -> uuid.UUID:
         if self.worker_id is None:
             raise RuntimeError("The worker is not registered yet.")
@@ -226,7 +236,7 @@ class Worker:
             self._withdraw(self.producer.flow.paused)
         if wrote:
             self.producer.limited_room()
-        claimed = rescued = False
+        claimed = rescued = maintained = False
         poll_due = now >= self.producer.next_poll
         if self.producer.wants(len(self.held), now):
             waiting = sum(1 for r in self.held.values() if r.started is None and not r.abandoned)
@@ -242,8 +252,13 @@ class Worker:
                 # counters roll-up) never delays the pickup of a waiting job.
                 # What a rescue makes ready again is claimed next round.
                 rescued = self.maintainer.run(now)
+                maintained = True
                 self.producer.more_likely = self.producer.more_likely or rescued
                 self.producer.next_poll = now + self.producer.poll_interval
+        if not maintained and now >= self.maintainer.schedules_due_at:
+            # A schedule's tick is due between rounds: fired at its time, not at the next poll.
+            rescued = self.maintainer.fire_schedules(now)
+            self.producer.more_likely = self.producer.more_likely or rescued
         idle = not claimed and not rescued and not wrote and not self.held and not self.completer.pending()
         if idle and self.burst and not self.producer.swept:
             # Burst mode stops on an empty queue: make sure with a claim from the start.
@@ -256,7 +271,7 @@ class Worker:
             return
         now = time.monotonic()
         wake_at = min(self.producer.next_poll, self.producer.next_flow, self.producer.next_wake(), self._next_heartbeat,
-                      *self._deadlines())
+                      self.maintainer.schedules_due_at, *self._deadlines())
         self._wake.wait(max(0.0, wake_at - now))
         self._wake.clear()
 

@@ -1,0 +1,446 @@
+"""Every write of a schedule and its ticks: the leader's rounds, the start-up sync, and what people do.
+
+A tick and its job are inserted in one transaction, and the tick is unique
+per (schedule, tick time) (ScheduleTick's scheduletick_once_per_tick), so
+a tick enqueues one job at most, whatever runs the scheduler: two leaders
+overlapping during a failover, a maintainer started by hand, a leader
+killed in the middle of a round (its transaction rolls back, tick and job
+alike, and the next leader does the round again). What jobs.schedules
+decides is applied here; see it for when ticks fall and what the policies
+mean.
+"""
+
+import json
+import logging
+import random
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, connection, transaction
+
+from jobs import conf
+from jobs.counters import BUCKETS
+from jobs.errors import PayloadError, UnknownJobType
+from jobs.models import Job, JobStatus, Overlap, Schedule, ScheduleSource, TickOutcome
+from jobs.queue.actions import cancel_jobs
+from jobs.queue.produce import enqueue_specs
+from jobs.queue.sql import query
+from jobs.schedules import (
+    FIELDS,
+    Cadence,
+    Declaration,
+    ScheduleInvalid,
+    cadence_of,
+    clean,
+    declared,
+    definition_of,
+    jitter,
+    job_spec,
+    plan_round,
+)
+
+logger = logging.getLogger("jobs.schedules")
+
+# Most schedules one transaction of a round takes; a round goes on batch by
+# batch while schedules are due.
+SCHEDULE_BATCH = 500
+# Most batches in one round: a round ends even if schedules keep coming due.
+MAX_BATCHES = 100
+TICK_PRUNE_BATCH = 5000
+# Key of the advisory lock the start-up sync holds: workers starting at once sync one at a time.
+SYNC_LOCK = 0x736B6A6B_0002
+# The fields whose change moves a schedule's next tick.
+CADENCE_FIELDS = ("cron", "interval_seconds", "timezone")
+
+
+@dataclass(slots=True)
+class RoundResult:
+    """What one round of the scheduler did, by tick outcome."""
+
+    schedules: int = 0
+    enqueued: int = 0
+    skipped: int = 0
+    missed: int = 0
+    paused: int = 0
+    # Ticks another scheduler had recorded first: nothing was done for them here.
+    duplicates: int = 0
+
+    def add(self, other: "RoundResult") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+# --- the leader's round ----------------------------------------------------------------
+
+
+def fire_due_schedules(*, now: datetime | None = None, limit: int = SCHEDULE_BATCH,
+                       rng: random.Random | None = None) -> RoundResult:
+    """Fire every due tick of every schedule, in transactions of up to `limit` schedules; return what was done.
+
+    The clock is the database's unless `now` is given.
+    """
+    total = RoundResult()
+    for _ in range(MAX_BATCHES):
+        done = _fire_batch(now=now, limit=limit, rng=rng or random.Random())  # noqa: S311 - jitter, not a secret
+        total.add(done)
+        if done.schedules < limit:
+            break
+    return total
+
+
+def seconds_to_next_tick() -> float | None:
+    """Return the seconds from now (the database's) to the soonest next tick of any schedule; None without any."""
+    with connection.cursor() as cursor:
+        cursor.execute(query("next_tick_due"))
+        return cursor.fetchone()[0]
+
+
+def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> RoundResult:
+    result = RoundResult()
+    grace = float(conf.get("JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS"))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(query("lock_due_schedules"), {"now": now, "limit": limit})
+        names = [column.name for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if not rows:
+            return result
+        for row in rows:  # Django's cursors hand jsonb over as its text
+            if isinstance(row["payload"], str):
+                row["payload"] = json.loads(row["payload"])
+        result.schedules = len(rows)
+        db_now = rows[0]["now"]
+        previous = [r["last_job_id"] for r in rows if r["overlap"] != Overlap.ALLOW and r["last_job_id"]]
+        unfinished: set[int] = set()
+        if previous:
+            cursor.execute(query("unfinished_jobs"), {"ids": previous})
+            unfinished = {row[0] for row in cursor.fetchall()}
+
+        ticks: list[dict] = []
+        specs = {}  # (schedule id, tick) -> the spec of its job
+        to_cancel: dict[int, int] = {}  # schedule id -> the unfinished job its tick replaces
+        states: dict[int, dict] = {}
+        for row in rows:
+            state = {"id": row["id"], "enabled": row["enabled"], "paused_reason": row["paused_reason"],
+                     "last_fire_at": None, "last_job_id": None}
+            states[row["id"]] = state
+            plan = plan_round(
+                Cadence(cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=row["timezone"],
+                        anchor_at=row["anchor_at"]),
+                due_from=row["next_fire_at"], now=db_now, misfire=row["misfire"],
+                catch_up_limit=row["catch_up_limit"], grace=grace,
+                paused_reason=None if row["enabled"] else row["paused_reason"],
+            )
+            state["next_fire_at"] = _iso(plan.next_fire_at)
+            planned = [(tick.at, tick.outcome, tick.detail) for tick in plan.ticks]
+            firing = [i for i, (_, outcome, _) in enumerate(planned) if outcome == TickOutcome.ENQUEUED]
+            spec = None
+            if firing:
+                try:
+                    spec = job_spec(row)
+                except (UnknownJobType, PayloadError, ValueError) as exc:
+                    # Checked when the schedule was saved, so something changed
+                    # since: a deploy dropped its type or changed its schema.
+                    reason = f"Paused by the scheduler: its job can no longer be built ({exc})"
+                    logger.error("schedule %s paused: %s", row["name"], exc,
+                                 extra={"event": "schedule_paused", "schedule": row["name"]})
+                    state.update(enabled=False, paused_reason=reason)
+                    for i in firing:
+                        planned[i] = (planned[i][0], TickOutcome.PAUSED, reason)
+                    firing = []
+            if firing and row["overlap"] == Overlap.SKIP:
+                busy = row["last_job_id"] in unfinished
+                for i in firing:
+                    if busy:
+                        planned[i] = (planned[i][0], TickOutcome.SKIPPED, "The previous tick's job had not finished.")
+                    busy = True  # this tick's job, or the one it waited for, has not finished either
+                firing = [i for i in firing if planned[i][1] == TickOutcome.ENQUEUED]
+            elif firing and row["overlap"] == Overlap.REPLACE:
+                last = firing[-1]
+                for i in firing[:-1]:
+                    planned[i] = (planned[i][0], TickOutcome.SKIPPED,
+                                  f"Replaced by the tick at {planned[last][0].isoformat(timespec='seconds')}.")
+                firing = [last]
+                if row["last_job_id"] in unfinished:
+                    to_cancel[row["id"]] = row["last_job_id"]
+            for i in firing:
+                at = planned[i][0]
+                delay = jitter(row["jitter_seconds"], rng)
+                options: dict = {"trace_id": uuid.uuid4().hex}
+                run_at = at + timedelta(seconds=delay) if delay else None
+                if run_at is not None and run_at > db_now:
+                    options.update(run_at=run_at, status=JobStatus.SCHEDULED)
+                assert spec is not None  # noqa: S101 - firing is emptied when no spec could be built
+                specs[(row["id"], at)] = spec.with_options(**options)
+            ticks.extend({"schedule_id": row["id"], "tick_at": _iso(at), "outcome": outcome, "detail": detail,
+                          "manual": False} for at, outcome, detail in planned)
+
+        inserted = _insert_ticks(cursor, ticks)
+        outcome_of = {(t["schedule_id"], datetime.fromisoformat(t["tick_at"])): t["outcome"] for t in ticks}
+        result.duplicates = len(ticks) - len(inserted)
+        for key in inserted:
+            outcome = outcome_of[key]
+            if outcome == TickOutcome.ENQUEUED:
+                result.enqueued += 1
+            elif outcome == TickOutcome.SKIPPED:
+                result.skipped += 1
+            elif outcome == TickOutcome.MISSED:
+                result.missed += 1
+            else:
+                result.paused += 1
+        # Only the ticks recorded here get a job: one recorded already has one.
+        firing_keys = sorted((key for key in inserted if key in specs), key=lambda key: key[1])
+        job_ids = enqueue_specs([specs[key] for key in firing_keys])
+        for (schedule_id, at), job_id in zip(firing_keys, job_ids, strict=True):
+            states[schedule_id].update(last_fire_at=_iso(at), last_job_id=job_id)
+        replaced = [job_id for schedule_id, job_id in to_cancel.items() if states[schedule_id]["last_job_id"]]
+        if replaced:
+            cancel_jobs(Job.objects.filter(pk__in=replaced))
+        cursor.execute(query("advance_schedules"), {
+            "ticks": [inserted[key] for key in firing_keys], "jobs": job_ids,
+            "batch": json.dumps(list(states.values())),
+        })
+    return result
+
+
+def _insert_ticks(cursor, ticks: list[dict]) -> dict[tuple[int, datetime], int]:
+    """Record `ticks` that are not recorded yet; return {(schedule id, tick time): tick id} of those recorded now."""
+    if not ticks:
+        return {}
+    cursor.execute(query("insert_ticks"), {"batch": json.dumps(ticks), "buckets": list(BUCKETS)})
+    return {(schedule_id, tick_at): tick_id for tick_id, schedule_id, tick_at in cursor.fetchall()}
+
+
+def prune_ticks(older_than_seconds: float | None = None, *, limit: int = TICK_PRUNE_BATCH) -> int:
+    """Delete up to `limit` ticks recorded more than JOBS_SCHEDULE_TICK_RETENTION_SECONDS ago; return how many."""
+    seconds = conf.get("JOBS_SCHEDULE_TICK_RETENTION_SECONDS") if older_than_seconds is None else older_than_seconds
+    if not seconds:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(query("prune_ticks"), {"seconds": float(seconds), "limit": limit})
+        return cursor.rowcount
+
+
+# --- what people do -------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def create_schedule(data: dict, *, source: str = ScheduleSource.RUNTIME, declaration: dict | None = None,
+                    now: datetime | None = None) -> Schedule:
+    """Validate `data` (jobs.schedules.clean) and store it as a new schedule; raise ScheduleInvalid."""
+    definition = clean(data)
+    now = now or _now()
+    schedule = Schedule(**definition, source=source, declaration=declaration, anchor_at=now.replace(microsecond=0))
+    schedule.next_fire_at = cadence_of(schedule).after(now)
+    try:
+        with transaction.atomic():
+            schedule.save()
+    except IntegrityError:
+        raise ScheduleInvalid({"name": [f"A schedule named {definition['name']!r} exists already."]}) from None
+    return schedule
+
+
+def _apply(schedule: Schedule, definition: dict, now: datetime) -> None:
+    """Set `definition` on the locked `schedule`, moving its next tick if its cadence changed or it resumed."""
+    moved = any(getattr(schedule, name) != definition[name] for name in CADENCE_FIELDS)
+    resumed = definition["enabled"] and not schedule.enabled
+    for name, value in definition.items():
+        setattr(schedule, name, value)
+    if definition["enabled"]:
+        schedule.paused_reason = ""
+    if moved:
+        schedule.anchor_at = now.replace(microsecond=0)
+    if moved or resumed or schedule.next_fire_at is None:
+        # Ticks of the old cadence are no longer due; a resumed schedule's
+        # ticks while paused were recorded as paused by the rounds, and any
+        # left are not missed: it was paused.
+        schedule.next_fire_at = cadence_of(schedule).after(now)
+
+
+def update_schedule(schedule_id: int, changes: dict, *, now: datetime | None = None) -> Schedule:
+    """Apply `changes` (some of a definition's fields) to a schedule; raise ScheduleInvalid or Schedule.DoesNotExist.
+
+    A run-time change of a declared schedule sets its `edited_at`, and the
+    start-up sync leaves it alone from then on.
+    """
+    with transaction.atomic():
+        # Locked against a round of the scheduler, which would otherwise move its next tick meanwhile.
+        schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
+        if "name" in changes and changes["name"] != schedule.name and schedule.source != ScheduleSource.RUNTIME:
+            raise ScheduleInvalid({"name": ["A schedule declared in code or settings keeps its name."]})
+        definition = clean(changes, base=definition_of(schedule))
+        now = now or _now()
+        _apply(schedule, definition, now)
+        if schedule.source != ScheduleSource.RUNTIME:
+            schedule.edited_at = now
+        try:
+            with transaction.atomic():
+                schedule.save()
+        except IntegrityError:
+            raise ScheduleInvalid({"name": [f"A schedule named {definition['name']!r} exists already."]}) from None
+    return schedule
+
+
+def pause_schedule(schedule_id: int) -> Schedule:
+    """Pause a schedule: its ticks enqueue nothing (they are recorded as paused) until it is resumed.
+
+    Not checked like an edit, so that a schedule whose job can no longer be built can still be paused.
+    """
+    with transaction.atomic():
+        schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
+        schedule.enabled = False
+        fields = ["enabled", "updated_at"]
+        if schedule.source != ScheduleSource.RUNTIME:
+            schedule.edited_at = _now()
+            fields.append("edited_at")
+        schedule.save(update_fields=fields)
+    return schedule
+
+
+def resume_schedule(schedule_id: int) -> Schedule:
+    """Resume a schedule from its next tick on; raise ScheduleInvalid if its job can no longer be built."""
+    return update_schedule(schedule_id, {"enabled": True})
+
+
+def delete_schedule(schedule_id: int) -> None:
+    """Delete a schedule and its tick history. A declared one comes back at the next start-up."""
+    deleted, _ = Schedule.objects.filter(pk=schedule_id).delete()
+    if not deleted:
+        raise Schedule.DoesNotExist(f"Schedule {schedule_id} does not exist.")
+
+
+def run_schedule_now(schedule_id: int) -> int | None:
+    """Enqueue a schedule's job now, as a manual tick; return the job's id.
+
+    Neither the overlap policy nor a pause applies: someone asked for it.
+    Raise ScheduleInvalid if the job can no longer be built.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        schedule = Schedule.objects.select_for_update().get(pk=schedule_id)
+        try:
+            spec = job_spec(definition_of(schedule))
+        except (UnknownJobType, PayloadError, ValueError) as exc:
+            raise ScheduleInvalid({"type": [f"Its job can no longer be built: {exc}"]}) from None
+        now = _now()
+        inserted = _insert_ticks(cursor, [{"schedule_id": schedule.pk, "tick_at": _iso(now), "detail": "Run now.",
+                                           "outcome": TickOutcome.ENQUEUED, "manual": True}])
+        if not inserted:  # a tick at this very microsecond exists
+            return None
+        (job_id,) = enqueue_specs([spec.with_options(trace_id=uuid.uuid4().hex)])
+        cursor.execute(query("advance_schedules"), {
+            "ticks": list(inserted.values()), "jobs": [job_id],
+            "batch": json.dumps([{"id": schedule.pk, "next_fire_at": _iso(schedule.next_fire_at),
+                                  "last_fire_at": _iso(now), "last_job_id": job_id, "enabled": schedule.enabled,
+                                  "paused_reason": schedule.paused_reason}]),
+        })
+    return job_id
+
+
+# --- the start-up sync ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SyncReport:
+    created: list[str]
+    updated: list[str]
+    # Declared, but changed at run time: left as they are.
+    kept: list[str]
+    # Declared no longer: paused.
+    retired: list[str]
+    # Paused by the scheduler, and their job can be built again: resumed.
+    restored: list[str]
+    invalid: dict[str, str]
+
+
+def sync_declared(declarations: list[Declaration] | None = None, invalid: dict[str, str] | None = None, *,
+                  now: datetime | None = None) -> SyncReport:
+    """Bring the schedules declared in code and settings into the database, by the deploy rule.
+
+    - A declared schedule missing from the database is created.
+    - One never changed at run time (`edited_at` unset) takes the declaration.
+    - One changed at run time (edited from the admin, the API, the
+      dashboard or the command, paused or resumed included) keeps its
+      run-time values; only its `declaration` is updated, to show what the
+      code says now. Deleting it returns it to the declaration at the next
+      start-up.
+    - A schedule added at run time is never touched, even if code declares
+      one of the same name (which is then reported as invalid).
+    - A declared schedule that code and settings no longer declare is
+      paused, unless it was changed at run time; declared again, it takes
+      the declaration again.
+    - Any schedule the scheduler paused because its job could no longer be
+      built is resumed if it can be built now.
+    """
+    if declarations is None:
+        declarations, invalid = declared()
+    invalid = dict(invalid or {})
+    report = SyncReport([], [], [], [], [], invalid)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK])
+        now = now or _now()
+        existing = {s.name: s for s in Schedule.objects.select_for_update()}
+        wanted = {d.name: d for d in declarations}
+        for name, declaration in wanted.items():
+            stored = _declaration_json(declaration.definition)
+            schedule = existing.get(name)
+            if schedule is None:
+                create_schedule(declaration.definition, source=declaration.source, declaration=stored, now=now)
+                report.created.append(name)
+            elif schedule.source == ScheduleSource.RUNTIME:
+                invalid[name] = "A schedule of this name was added at run time; it is left as it is."
+            elif schedule.edited_at is not None:
+                if schedule.declaration != stored:
+                    Schedule.objects.filter(pk=schedule.pk).update(declaration=stored)
+                report.kept.append(name)
+            elif definition_of(schedule) != declaration.definition or schedule.source != declaration.source or \
+                    schedule.declaration != stored or schedule.paused_reason:
+                _apply(schedule, declaration.definition, now)
+                schedule.source, schedule.declaration, schedule.paused_reason = declaration.source, stored, ""
+                schedule.save()
+                report.updated.append(name)
+        for name, schedule in existing.items():
+            if name in wanted or name in invalid or schedule.source == ScheduleSource.RUNTIME:
+                continue
+            if schedule.edited_at is None and schedule.enabled:
+                Schedule.objects.filter(pk=schedule.pk).update(
+                    enabled=False, paused_reason="No longer declared in code or settings.")
+                report.retired.append(name)
+        for schedule in Schedule.objects.filter(enabled=False).exclude(paused_reason=""):
+            if schedule.name not in wanted and schedule.source != ScheduleSource.RUNTIME:
+                continue  # retired above, or earlier
+            try:
+                job_spec(definition_of(schedule))
+            except (UnknownJobType, PayloadError, ValueError):
+                continue
+            _apply(schedule, {**definition_of(schedule), "enabled": True}, now)
+            schedule.save()
+            report.restored.append(schedule.name)
+    for name, reason in invalid.items():
+        logger.error("schedule %s not synced: %s", name, reason, extra={"event": "schedule_invalid", "schedule": name})
+    if report.created or report.updated or report.retired or report.restored:
+        logger.info("schedules synced: %d created, %d updated, %d kept as edited, %d retired, %d resumed",
+                    len(report.created), len(report.updated), len(report.kept), len(report.retired),
+                    len(report.restored), extra={"event": "schedules_synced"})
+    return report
+
+
+def _declaration_json(definition: dict) -> dict:
+    """Return a definition as JSON stores it (the declaration column), so that two can be compared."""
+    return json.loads(json.dumps({name: definition[name] for name in FIELDS if name in definition}))
+
+
+__all__ = [
+    "SCHEDULE_BATCH", "RoundResult", "ScheduleInvalid", "SyncReport", "create_schedule", "delete_schedule",
+    "fire_due_schedules", "pause_schedule", "prune_ticks", "resume_schedule", "run_schedule_now",
+    "seconds_to_next_tick", "sync_declared",
+    "update_schedule",
+]
