@@ -1,4 +1,4 @@
-"""Forms of the dashboard: the job list's filters and the submit form.
+"""Forms of the dashboard: the job list's filters, the submit form and the schedule form.
 
 The submit form shows one input per field of a job type's PayloadSchema
 (every built-in type has one), and a JSON text area for any other type.
@@ -21,9 +21,10 @@ from jobs import flow
 from jobs.errors import UnknownJobType
 from jobs.flow import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 from jobs.handlers.validators import Field, PayloadSchema
-from jobs.models import JobStatus, Priority
+from jobs.models import JobStatus, Misfire, Overlap, Priority
 from jobs.queue import MAX_SECONDS
 from jobs.registry import get_handler, handlers
+from jobs.schedules import FIELDS, ScheduleInvalid, clean as clean_schedule
 
 SINCE_CHOICES = {
     "15m": ("Last 15 minutes", timedelta(minutes=15)),
@@ -280,3 +281,64 @@ class KeyLimitForm(forms.Form):
             if rate:
                 changes["rate_period"] = rate[1]
         return changes
+
+
+class ScheduleForm(forms.Form):
+    """Add or change a schedule. The whole definition is checked by jobs.schedules.clean, as the API checks it."""
+
+    name = forms.CharField(max_length=100)
+    cron = forms.CharField(max_length=200, required=False, help_text='e.g. "*/5 * * * *"; or give an interval.',
+                           widget=forms.TextInput(attrs={"placeholder": "*/5 * * * *", "class": "mono"}))
+    interval_seconds = forms.IntegerField(min_value=1, required=False, label="Interval (seconds)")
+    timezone = forms.CharField(max_length=64, initial="UTC", help_text="An IANA zone, such as Europe/Berlin.")
+    type = forms.ChoiceField(choices=())
+    payload = forms.CharField(required=False, initial="{}", widget=forms.Textarea(attrs={"rows": 3, "class": "mono"}),
+                              help_text="JSON.")
+    queue = forms.RegexField(QUEUE_NAME_PATTERN, required=False, error_messages={"invalid": QUEUE_NAME_MESSAGE})
+    priority = forms.ChoiceField(choices=PRIORITY_CHOICES, initial="normal")
+    misfire = forms.ChoiceField(choices=Misfire.choices, initial=Misfire.ONCE)
+    catch_up_limit = forms.IntegerField(min_value=1, max_value=1000, initial=10)
+    overlap = forms.ChoiceField(choices=Overlap.choices, initial=Overlap.ALLOW)
+    jitter_seconds = forms.FloatField(min_value=0, max_value=3600, initial=0, required=False)
+    max_retries = forms.IntegerField(min_value=0, max_value=100, required=False)
+    timeout = forms.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
+    ttl = forms.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False)
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    definition: dict
+
+    def __init__(self, *args, instance=None, **kwargs):
+        self.instance = instance
+        if instance is not None and not kwargs.get("data") and not args:
+            kwargs["initial"] = {
+                **{name: getattr(instance, name) for name in FIELDS},
+                "payload": json.dumps(instance.payload), "priority": Priority(instance.priority).label,
+            }
+        super().__init__(*args, **kwargs)
+        names = [h.name for h in handlers()]
+        if instance is not None and instance.type not in names:
+            names.append(instance.type)  # shown as it is; saving it says the type is unknown
+        cast(forms.ChoiceField, self.fields["type"]).choices = [(name, name) for name in sorted(names)]
+
+    def clean_payload(self):
+        text = self.cleaned_data["payload"].strip() or "{}"
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+
+    def clean(self):
+        super().clean()
+        data = self.cleaned_data
+        if self.errors:
+            return data
+        values = {name: data.get(name) for name in FIELDS}
+        values["priority"] = [p.label for p in Priority].index(str(values["priority"]))
+        values["jitter_seconds"] = values["jitter_seconds"] or 0.0
+        values["cron"] = values["cron"] or ""
+        try:
+            self.definition = clean_schedule(values)
+        except ScheduleInvalid as exc:
+            for name, problems in exc.errors.items():
+                self.add_error(name if name in self.fields else None, problems)
+        return data

@@ -16,9 +16,9 @@ from django.db.models import Count, Max, Min, Value
 from django.db.models.functions import MD5, Concat, Left, Now
 from django.utils import timezone
 
-from jobs import selectors as jobs_selectors
+from jobs import schedules as schedule_rules, selectors as jobs_selectors
 from jobs.counters import FINISHED_BUCKET, FINISHED_TABLE
-from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Worker
+from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Schedule, TickOutcome, Worker
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
 from jobs.waiting import REASONS, waiting_by_reason
 
@@ -343,3 +343,32 @@ def workers_for_dashboard(recent: timedelta = timedelta(hours=1)) -> list[Worker
         worker.claimed = counts.get(JobStatus.CLAIMED, 0)
         worker.running = counts.get(JobStatus.RUNNING, 0)
     return workers
+
+
+# --- Schedules -------------------------------------------------------------------------------
+
+
+def schedules_for_dashboard(*, now=None, next_count: int = 5, tick_count: int = 5) -> list[dict]:
+    """Return each schedule with its next fire times in its own zone, its last ticks and whether it is overdue.
+
+    Overdue: enabled, and its next tick is later than the misfire grace
+    without having fired, so no scheduler is running (no worker leads).
+    """
+    now = now or timezone.now()
+    rows = list(Schedule.objects.order_by("name"))
+    ticks = jobs_selectors.schedule_ticks([s.pk for s in rows], per_schedule=tick_count)
+    overdue = set(jobs_selectors.overdue_schedules(now).values_list("pk", flat=True))
+    result = []
+    for schedule in rows:
+        zone = schedule_rules.zone(schedule.timezone)
+        upcoming = schedule_rules.cadence_of(schedule).next_ticks(now, next_count) if schedule.enabled else []
+        recent = ticks[schedule.pk]
+        result.append({
+            "schedule": schedule,
+            # Formatted here: a template's date filter would show them in the viewer's zone instead.
+            "next_times": [tick.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z") for tick in upcoming],
+            "ticks": recent,
+            "missed": sum(1 for tick in recent if tick.outcome == TickOutcome.MISSED),
+            "overdue": schedule.pk in overdue,
+        })
+    return result

@@ -19,6 +19,9 @@ urlpatterns = [
     path("queues/<str:name>/pause/", views.queue_pause, name="queue-pause"),
     path("queues/<str:name>/limits/", views.queue_limits, name="queue-limits"),
     path("queues/<str:name>/keys/", views.queue_key_limit, name="queue-key-limit"),
+    path("schedules/", views.schedules, name="schedules"),
+    path("schedules/<int:schedule_id>/", views.schedule_edit, name="schedule-edit"),
+    path("schedules/<int:schedule_id>/<str:action>/", views.schedule_action, name="schedule-action"),
     path("submit/", views.submit, name="submit"),
     path("submit/fields/", views.submit_fields, name="submit-fields"),
 ]

@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -23,14 +23,16 @@ from dashboard.forms import (
     JobFilterForm,
     KeyLimitForm,
     QueueControlsForm,
+    ScheduleForm,
     SubmitJobForm,
     field_rows,
     payload_from_post,
 )
 from jobs import queue, selectors as jobs_selectors
 from jobs.errors import IllegalTransition, JobTypeNotAllowed, PayloadError, UnknownJobType
-from jobs.models import ACTIVE_STATUSES, Job, JobStatus, KeyLimit
+from jobs.models import ACTIVE_STATUSES, Job, JobStatus, KeyLimit, Schedule
 from jobs.registry import handlers
+from jobs.schedules import ScheduleInvalid
 from jobs.submission import (
     IdempotencyConflict,
     OptionNotAllowed,
@@ -430,3 +432,85 @@ def submit_fields(request):
     type_name = _chosen_type(request, form)
     rows, _ = field_rows(type_name, {}, {})
     return render(request, "dashboard/_payload_fields.html", {"payload_rows": rows, "type_name": type_name})
+
+
+# --- Schedules (staff) ---------------------------------------------------------------------------
+
+SCHEDULE_ACTIONS = {
+    "pause": (queue.pause_schedule, "Paused {name}."),
+    "resume": (queue.resume_schedule, "Resumed {name}: it fires from its next tick."),
+    "run": (queue.run_schedule_now, "Enqueued {name}'s job now."),
+    "remove": (queue.delete_schedule, "Removed {name} and its tick history."),
+}
+
+
+def _staff_only(request, what: str) -> None:
+    if not request.user.is_staff:
+        raise PermissionDenied(f"Only staff see the {what}.")
+
+
+def _schedule_errors(form, exc: ScheduleInvalid) -> None:
+    for name, problems in exc.errors.items():
+        form.add_error(name if name in form.fields else None, problems)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def schedules(request):
+    """List the schedules (live), and add one (POST)."""
+    _staff_only(request, "schedules")
+    form = ScheduleForm(request.POST if request.method == "POST" else None)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                schedule = queue.create_schedule(form.definition)
+            except ScheduleInvalid as exc:
+                _schedule_errors(form, exc)
+            else:
+                messages.success(request, f"Added schedule {schedule.name}.")
+                return redirect("dashboard:schedules")
+        status = 400
+    context = {"rows": selectors.schedules_for_dashboard(), "form": form}
+    return _render(request, "dashboard/schedules.html", "dashboard/_schedules.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def schedule_edit(request, schedule_id: int):
+    _staff_only(request, "schedules")
+    schedule = get_object_or_404(Schedule, pk=schedule_id)
+    form = ScheduleForm(request.POST, instance=schedule) if request.method == "POST" else ScheduleForm(instance=schedule)
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            try:
+                schedule = queue.update_schedule(schedule.pk, form.definition)
+            except ScheduleInvalid as exc:
+                _schedule_errors(form, exc)
+            else:
+                messages.success(request, f"Saved schedule {schedule.name}.")
+                return redirect("dashboard:schedules")
+        status = 400
+    response = render(request, "dashboard/schedule_edit.html", {"form": form, "schedule": schedule}, status=status)
+    add_never_cache_headers(response)
+    return response
+
+
+@login_required
+@require_POST
+def schedule_action(request, schedule_id: int, action: str):
+    _staff_only(request, "schedules")
+    schedule = get_object_or_404(Schedule, pk=schedule_id)
+    if action not in SCHEDULE_ACTIONS:
+        raise Http404("No such action.")
+    do, done = SCHEDULE_ACTIONS[action]
+    try:
+        do(schedule.pk)
+    except ScheduleInvalid as exc:
+        messages.error(request, f"{schedule.name}: {exc}")
+    except Schedule.DoesNotExist:
+        messages.info(request, f"{schedule.name} was removed meanwhile.")
+    else:
+        messages.success(request, done.format(name=schedule.name))
+    return redirect("dashboard:schedules")

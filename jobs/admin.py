@@ -15,8 +15,8 @@ from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
-from jobs import flow, queue, registry, selectors
-from jobs.models import Job, KeyLimit, QueueControl, Worker
+from jobs import flow, queue, registry, schedules, selectors
+from jobs.models import Job, KeyLimit, QueueControl, Schedule, ScheduleSource, Worker
 from jobs.queue.control import KEY_FIELDS, QUEUE_FIELDS
 from jobs.waiting import reason_for
 
@@ -367,3 +367,90 @@ class KeyLimitAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for queue_name, key in queryset.values_list("queue", "key"):
             queue.remove_key_limit(queue_name, key)
+
+# --- Schedules ---------------------------------------------------------------------------------
+
+
+class ScheduleForm(forms.ModelForm):
+    """A schedule's definition, checked whole by jobs.schedules.clean: its refusals are the form's errors."""
+
+    class Meta:
+        model = Schedule
+        fields = list(schedules.FIELDS)
+
+    definition: dict
+
+    def clean(self):
+        super().clean()
+        data = self.cleaned_data
+        instance = self.instance
+        if instance.pk and instance.source != ScheduleSource.RUNTIME and data.get("name") != instance.name:
+            self.add_error("name", "A schedule declared in code or settings keeps its name.")
+        try:
+            # The admin's own form class lists the read-only fields too: the definition's are these.
+            self.definition = schedules.clean({name: data.get(name) for name in schedules.FIELDS})
+        except schedules.ScheduleInvalid as exc:
+            for name, problems in exc.errors.items():
+                self.add_error(name if name in self.fields else None, problems)
+        return data
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(RefuseUnstorableQueryMixin, admin.ModelAdmin):
+    form = ScheduleForm
+    list_display = ("name", "when", "timezone", "type", "enabled", "next_fire_at", "last_fire_at", "source")
+    list_filter = ("enabled", "source")
+    search_fields = ("name", "type")
+    readonly_fields = ("next_fire_at", "last_fire_at", "last_job_id", "paused_reason", "source", "declaration",
+                       "edited_at", "recent_ticks")
+    actions = ("pause_schedules", "resume_schedules", "run_schedules_now")
+
+    def save_model(self, request, obj, form, change):
+        # Through the queue's services: they set the next tick and mark a declared schedule as edited.
+        if change:
+            saved = queue.update_schedule(obj.pk, form.definition)
+        else:
+            saved = queue.create_schedule(form.definition)
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        queue.delete_schedule(obj.pk)
+
+    @admin.display(description="last ticks")
+    def recent_ticks(self, obj):
+        if not obj.pk:
+            return "—"
+        ticks = selectors.schedule_ticks([obj.pk], per_schedule=10)[obj.pk]
+        if not ticks:
+            return "No ticks yet."
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((date_format(timezone.localtime(t.tick_at), "Y-m-d H:i:s"), t.outcome,
+              f"#{t.job_id} ({t.job_status})" if t.job_id else "—", t.detail) for t in ticks),
+        )
+        return format_html("<table><tr><th>tick</th><th>outcome</th><th>job</th><th>detail</th></tr>{}</table>", rows)
+
+    @admin.action(description="Pause selected schedules", permissions=["change"])
+    def pause_schedules(self, request, queryset):
+        for pk in queryset.values_list("pk", flat=True):
+            queue.pause_schedule(pk)
+        self.message_user(request, "Paused the selected schedules.", messages.SUCCESS)
+
+    @admin.action(description="Resume selected schedules", permissions=["change"])
+    def resume_schedules(self, request, queryset):
+        for schedule in queryset:
+            try:
+                queue.resume_schedule(schedule.pk)
+            except schedules.ScheduleInvalid as exc:
+                self.message_user(request, f"{schedule.name} stays paused: {exc}", messages.ERROR)
+        self.message_user(request, "Resumed the selected schedules that could be.", messages.SUCCESS)
+
+    @admin.action(description="Run selected schedules now", permissions=["change"])
+    def run_schedules_now(self, request, queryset):
+        for schedule in queryset:
+            try:
+                job_id = queue.run_schedule_now(schedule.pk)
+            except schedules.ScheduleInvalid as exc:
+                self.message_user(request, f"{schedule.name}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{schedule.name}: enqueued job {job_id}.", messages.SUCCESS)

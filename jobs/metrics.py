@@ -13,7 +13,9 @@ its own, and every web process reports the same values.
                 skipjack_workers_alive, skipjack_worker_slots, skipjack_worker_slots_busy
     counters    skipjack_jobs_{enqueued,completed,failed,retried,dead}_total{type,queue}
                 skipjack_rate_limit_rejections_total{kind}
+                skipjack_schedule_ticks_total{schedule,outcome}  enqueued, skipped, missed, paused
     histograms  skipjack_job_queue_wait_seconds{type}, skipjack_job_run_seconds{type}
+                skipjack_schedule_lag_seconds{schedule}      tick time to its job's enqueue
 
 The job counters and histograms are kept in the database by jobs.counters;
 rate-limit rejections are counted in Redis, which every web process already
@@ -156,6 +158,7 @@ class QueueCollector(Collector):
             ),
             *self._counters(totals),
             *self._histograms(totals),
+            *self._schedule_metrics(totals),
         ]
 
     def _gauges(self, by_queue: dict, oldest: dict, workers: dict) -> list:
@@ -209,6 +212,31 @@ class QueueCollector(Collector):
                 family.add_metric([type], exposed, sum_value=sums[type])
             families.append(family)
         return families
+
+    def _schedule_metrics(self, totals) -> list:
+        """The scheduler's ticks by schedule and outcome, and the lag from each tick to its job's enqueue."""
+        ticks = CounterMetricFamily(
+            "skipjack_schedule_ticks", "Ticks of each schedule, by outcome: enqueued, skipped (the overlap policy), "
+            "missed (the misfire policy) or paused.", labels=["schedule", "outcome"])
+        buckets: dict[str, dict[float, float]] = defaultdict(dict)
+        sums: dict[str, float] = defaultdict(float)
+        for name, schedule, outcome, le, value in totals:
+            if name == "schedule_ticks":
+                ticks.add_metric([schedule, outcome], value)
+            elif name == "schedule_lag_seconds_bucket":
+                buckets[schedule][le] = value
+            elif name == "schedule_lag_seconds_sum":
+                sums[schedule] = value
+        lag = HistogramMetricFamily(
+            "skipjack_schedule_lag_seconds", "Seconds from a tick's time until its job was enqueued.",
+            labels=["schedule"])
+        for schedule, counts in sorted(buckets.items()):
+            cumulative, exposed = 0.0, []
+            for bound in counters.BUCKETS:
+                cumulative += counts.get(bound, 0.0)
+                exposed.append((floatToGoString(bound), cumulative))
+            lag.add_metric([schedule], exposed, sum_value=sums[schedule])
+        return [ticks, lag]
 
     def _rate_limit_rejections(self):
         try:

@@ -22,6 +22,7 @@ from django.db.models import (
     Sum,
 )
 from django.db.models.functions import Extract, Now
+from django.utils import timezone
 
 from jobs import conf
 from jobs.models import (
@@ -33,6 +34,8 @@ from jobs.models import (
     KeyLimit,
     Priority,
     QueueControl,
+    Schedule,
+    ScheduleTick,
     Worker,
 )
 
@@ -300,3 +303,35 @@ def job_stats(user) -> dict:
         "run_time_mean_seconds": round(timing["mean"], 4) if timing["mean"] is not None else None,
         "run_time_p95_seconds": round(timing["p95"], 4) if timing["p95"] is not None else None,
     }
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+
+def schedule_ticks(schedule_ids, *, per_schedule: int = 10) -> dict[int, list]:
+    """Return each schedule's latest ticks, newest first, each with `job_status`: its job's status now.
+
+    A job already pruned has the status "pruned"; a tick without a job, "".
+    """
+    ticks: dict[int, list] = {schedule_id: [] for schedule_id in schedule_ids}
+    for schedule_id in ticks:
+        # One short index range scan of scheduletick_once_per_tick per schedule.
+        ticks[schedule_id] = list(ScheduleTick.objects.filter(schedule_id=schedule_id)
+                                  .order_by("-tick_at")[:per_schedule])
+    attach_tick_job_statuses([tick for rows in ticks.values() for tick in rows])
+    return ticks
+
+
+def attach_tick_job_statuses(ticks: list) -> None:
+    """Set `job_status` on each tick: its job's status now, "pruned" once the job is gone, "" for a tick without one."""
+    job_ids = [tick.job_id for tick in ticks if tick.job_id]
+    statuses = dict(Job.objects.filter(pk__in=job_ids).values_list("pk", "status")) if job_ids else {}
+    for tick in ticks:
+        tick.job_status = statuses.get(tick.job_id, "pruned") if tick.job_id else ""
+
+
+def overdue_schedules(now=None):
+    """Return the enabled schedules whose next tick is later than the misfire grace: no scheduler fired it."""
+    now = now or timezone.now()
+    grace = timedelta(seconds=float(conf.get("JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS")))
+    return Schedule.objects.filter(enabled=True, next_fire_at__lt=now - grace)

@@ -3,10 +3,10 @@ import copy
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs import flow, spec as job_spec
+from jobs import flow, schedules, spec as job_spec
 from jobs.errors import PayloadError, UnknownJobType
 from jobs.flow import KEY_MESSAGE, KEY_PATTERN, QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
-from jobs.models import JobStatus, Priority
+from jobs.models import JobStatus, Misfire, Overlap, Priority, ScheduleSource, TickOutcome
 from jobs.queue import MAX_SECONDS
 from jobs.selectors import JOB_ORDERINGS
 from jobs.waiting import REASONS, reason_for
@@ -309,3 +309,104 @@ class KeyLimitSerializer(StrictSerializer):
     rate_limit = _limit_field("At most this many starts of jobs with this key per rate_period.")
     rate_period = _period_field()
     updated_at = serializers.DateTimeField(read_only=True)
+
+# --- schedules -------------------------------------------------------------------------------
+
+
+class ScheduleInputSerializer(StrictSerializer):
+    """A schedule to create, or (with partial=True) the fields of one to change.
+
+    The fields check their own types; jobs.schedules.clean then checks the
+    whole definition, as the command, the admin and the dashboard do, and
+    its refusals are this serializer's field errors.
+    """
+
+    name = serializers.CharField(max_length=100)
+    cron = serializers.CharField(
+        max_length=200, required=False, allow_blank=True,
+        help_text='A cron expression, 5 fields or 6 with seconds first ("*/5 * * * *"). Give it or interval_seconds.')
+    interval_seconds = serializers.IntegerField(
+        min_value=1, required=False, allow_null=True, help_text="Seconds between ticks. Give it or cron.")
+    timezone = serializers.CharField(max_length=64, required=False,
+                                     help_text="The IANA zone the cron expression reads (default UTC).")
+    type = serializers.CharField(max_length=100, help_text="The job type each tick enqueues.")
+    payload = serializers.JSONField(required=False)
+    queue = serializers.RegexField(QUEUE_NAME_PATTERN, required=False, allow_blank=True,
+                                   error_messages={"invalid": QUEUE_NAME_MESSAGE})
+    priority = serializers.ChoiceField(choices=PRIORITY_CHOICES, required=False,
+                                       error_messages={"invalid_choice": "Use high, normal or low."})
+    max_retries = serializers.IntegerField(min_value=0, max_value=100, required=False, allow_null=True)
+    timeout = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False, allow_null=True)
+    ttl = serializers.FloatField(min_value=0.001, max_value=MAX_SECONDS, required=False, allow_null=True)
+    enabled = serializers.BooleanField(required=False)
+    misfire = serializers.ChoiceField(
+        choices=Misfire.values, required=False, error_messages={"invalid_choice": "Use skip, once or catch_up."},
+        help_text="Ticks missed while no scheduler ran: skip them, fire once for them, or catch_up (the latest "
+                  "catch_up_limit of them each fire).")
+    catch_up_limit = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+    overlap = serializers.ChoiceField(
+        choices=Overlap.values, required=False, error_messages={"invalid_choice": "Use allow, skip or replace."},
+        help_text="While the previous tick's job is unfinished: allow another, skip the tick, or replace "
+                  "(cancel) the previous job.")
+    jitter_seconds = serializers.FloatField(min_value=0, max_value=3600, required=False,
+                                            help_text="Each job is due up to this many seconds after its tick.")
+
+    def validate(self, data):
+        """Check the whole definition (jobs.schedules.clean), over `self.instance`'s for a change."""
+        if "priority" in data:
+            data["priority"] = PRIORITY_CHOICES.index(data["priority"])
+        if self.instance is not None:
+            return data  # the service checks it over the stored definition, under the schedule's lock
+        try:
+            return schedules.clean(data)
+        except schedules.ScheduleInvalid as exc:
+            raise serializers.ValidationError(exc.errors) from exc
+
+
+class ScheduleSerializer(LeanSerializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    cron = serializers.CharField(allow_blank=True)
+    interval_seconds = serializers.IntegerField(allow_null=True)
+    timezone = serializers.CharField()
+    type = serializers.CharField()
+    payload = serializers.JSONField()
+    queue = serializers.CharField(allow_blank=True, help_text="Empty: JOBS_DEFAULT_QUEUE.")
+    priority = serializers.SerializerMethodField()
+    max_retries = serializers.IntegerField(allow_null=True)
+    timeout = serializers.FloatField(allow_null=True)
+    ttl = serializers.FloatField(allow_null=True)
+    enabled = serializers.BooleanField()
+    paused_reason = serializers.CharField(allow_blank=True, help_text="Why the scheduler paused it, if it did.")
+    misfire = serializers.ChoiceField(choices=Misfire.values)
+    catch_up_limit = serializers.IntegerField()
+    overlap = serializers.ChoiceField(choices=Overlap.values)
+    jitter_seconds = serializers.FloatField()
+    next_fire_at = serializers.DateTimeField(allow_null=True, help_text="Its next tick; read-only.")
+    last_fire_at = serializers.DateTimeField(allow_null=True, help_text="Its last tick that enqueued a job; read-only.")
+    last_job_id = serializers.IntegerField(allow_null=True)
+    # Not `source`, which is every serializer field's own attribute.
+    origin = serializers.ChoiceField(source="source", choices=ScheduleSource.values,
+                                     help_text="code or settings: declared, synced at start-up; runtime: added at run time.")
+    edited_at = serializers.DateTimeField(
+        allow_null=True, help_text="When a declared schedule was last changed at run time: start-ups leave it alone.")
+
+    @extend_schema_field(serializers.ChoiceField(choices=PRIORITY_CHOICES))
+    def get_priority(self, schedule) -> str:
+        return Priority(schedule.priority).label
+
+
+class ScheduleTickSerializer(LeanSerializer):
+    id = serializers.IntegerField()
+    tick_at = serializers.DateTimeField()
+    outcome = serializers.ChoiceField(choices=TickOutcome.values)
+    detail = serializers.CharField(allow_blank=True)
+    manual = serializers.BooleanField(help_text="Run now, not a tick of the schedule's cadence.")
+    job_id = serializers.IntegerField(allow_null=True)
+    job_status = serializers.CharField(allow_blank=True,
+                                       help_text='The job\'s status now; "pruned" once it is gone, "" for no job.')
+    recorded_at = serializers.DateTimeField()
+
+
+class ScheduleRunSerializer(serializers.Serializer):
+    job_id = serializers.IntegerField(allow_null=True)

@@ -17,4 +17,11 @@ urlpatterns = [
     path("queues/<str:name>/resume/", views.QueueResumeApi.as_view(), name="queue-resume"),
     path("queues/<str:name>/keys/", views.KeyLimitListApi.as_view(), name="queue-key-list"),
     path("queues/<str:name>/keys/<path:key>/", views.KeyLimitApi.as_view(), name="queue-key-detail"),
+
+    path("schedules/", views.ScheduleListCreateApi.as_view(), name="schedule-list"),
+    path("schedules/<int:schedule_id>/", views.ScheduleDetailApi.as_view(), name="schedule-detail"),
+    path("schedules/<int:schedule_id>/pause/", views.SchedulePauseApi.as_view(), name="schedule-pause"),
+    path("schedules/<int:schedule_id>/resume/", views.ScheduleResumeApi.as_view(), name="schedule-resume"),
+    path("schedules/<int:schedule_id>/run/", views.ScheduleRunApi.as_view(), name="schedule-run"),
+    path("schedules/<int:schedule_id>/ticks/", views.ScheduleTickListApi.as_view(), name="schedule-ticks"),
 ]

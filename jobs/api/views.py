@@ -24,12 +24,16 @@ from jobs.api.serializers import (
     RateLimitSerializer,
     RequeueResultSerializer,
     RequeueSerializer,
+    ScheduleInputSerializer,
+    ScheduleRunSerializer,
+    ScheduleSerializer,
+    ScheduleTickSerializer,
     StatsSerializer,
     WorkerSerializer,
     paginated,
 )
 from jobs.errors import JobTypeNotAllowed, PayloadError
-from jobs.models import Job, KeyLimit
+from jobs.models import Job, KeyLimit, Schedule, ScheduleTick
 from jobs.registry import unstorable
 from jobs.submission import OptionNotAllowed, requeue_dead_for_user, retry_for_user, submit_job
 
@@ -313,3 +317,130 @@ class KeyLimitApi(APIView):
         self.key_limit(name, key)
         queue.remove_key_limit(name, key)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+# --- schedules (staff only) ---------------------------------------------------------------
+
+
+def _schedule(schedule_id: int) -> Schedule:
+    return get_object_or_404(Schedule, pk=schedule_id)
+
+
+STAFF_ERRORS = {401: ErrorSerializer, 403: ErrorSerializer}
+
+
+class ScheduleListCreateApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: paginated(ScheduleSerializer), **STAFF_ERRORS},
+                   summary="Schedules (staff only)", operation_id="schedules_list",
+                   parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)])
+    def get(self, request):
+        paginator = Pagination()
+        page: list[Schedule] | None = paginator.paginate_queryset(Schedule.objects.order_by("name"), request, view=self)
+        return paginator.get_paginated_response(ScheduleSerializer(page, many=True).data)
+
+    @extend_schema(request=ScheduleInputSerializer,
+                   responses={201: ScheduleSerializer, 400: ERRORS[400], **STAFF_ERRORS},
+                   summary="Add a schedule (staff only)",
+                   description="Give exactly one of cron and interval_seconds. A bad cron expression, an unknown "
+                               "zone, an unknown job type or an invalid payload is a 400 naming the field.")
+    def post(self, request):
+        data = ScheduleInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            schedule = queue.create_schedule(data.validated_data)
+        except queue.ScheduleInvalid as exc:
+            raise ValidationError(exc.errors) from exc
+        return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
+
+
+class ScheduleDetailApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: ScheduleSerializer, 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="One schedule (staff only)", operation_id="schedules_retrieve")
+    def get(self, request, schedule_id: int):
+        return Response(ScheduleSerializer(_schedule(schedule_id)).data)
+
+    @extend_schema(request=ScheduleInputSerializer,
+                   responses={200: ScheduleSerializer, 400: ERRORS[400], 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="Change a schedule (staff only)",
+                   description="Only the fields given change. A declared schedule changed here keeps the change "
+                               "across deploys (its edited_at is set).")
+    def patch(self, request, schedule_id: int):
+        schedule = _schedule(schedule_id)
+        data = ScheduleInputSerializer(schedule, data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        try:
+            schedule = queue.update_schedule(schedule.pk, data.validated_data)
+        except queue.ScheduleInvalid as exc:
+            raise ValidationError(exc.errors) from exc
+        except Schedule.DoesNotExist:
+            raise NotFound() from None
+        return Response(ScheduleSerializer(schedule).data)
+
+    @extend_schema(request=None, responses={204: None, 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="Remove a schedule and its tick history (staff only)",
+                   description="A schedule declared in code or settings comes back, as declared, at the next start-up.")
+    def delete(self, request, schedule_id: int):
+        try:
+            queue.delete_schedule(_schedule(schedule_id).pk)
+        except Schedule.DoesNotExist:
+            raise NotFound() from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SchedulePauseApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None, responses={200: ScheduleSerializer, 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="Pause a schedule (staff only)")
+    def post(self, request, schedule_id: int):
+        return Response(ScheduleSerializer(queue.pause_schedule(_schedule(schedule_id).pk)).data)
+
+
+class ScheduleResumeApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None,
+                   responses={200: ScheduleSerializer, 400: ERRORS[400], 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="Resume a schedule from its next tick (staff only)")
+    def post(self, request, schedule_id: int):
+        try:
+            schedule = queue.resume_schedule(_schedule(schedule_id).pk)
+        except queue.ScheduleInvalid as exc:
+            raise ValidationError(exc.errors) from exc
+        return Response(ScheduleSerializer(schedule).data)
+
+
+class ScheduleRunApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None,
+                   responses={200: ScheduleRunSerializer, 400: ERRORS[400], 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="Enqueue a schedule's job now (staff only)",
+                   description="Recorded as a manual tick; neither a pause nor the overlap policy applies.")
+    def post(self, request, schedule_id: int):
+        try:
+            job_id = queue.run_schedule_now(_schedule(schedule_id).pk)
+        except queue.ScheduleInvalid as exc:
+            raise ValidationError(exc.errors) from exc
+        return Response(ScheduleRunSerializer({"job_id": job_id}).data)
+
+
+class ScheduleTickListApi(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                   responses={200: paginated(ScheduleTickSerializer), 404: ErrorSerializer, **STAFF_ERRORS},
+                   summary="A schedule's tick history, newest first (staff only)",
+                   description="Each tick with the job it enqueued and that job's status now, or why it enqueued "
+                               "none. Kept for JOBS_SCHEDULE_TICK_RETENTION_SECONDS.")
+    def get(self, request, schedule_id: int):
+        schedule = _schedule(schedule_id)
+        paginator = Pagination()
+        page: list[ScheduleTick] | None = paginator.paginate_queryset(
+            ScheduleTick.objects.filter(schedule=schedule).order_by("-tick_at"), request, view=self)
+        ticks = list(page or [])
+        selectors.attach_tick_job_statuses(ticks)
+        return paginator.get_paginated_response(ScheduleTickSerializer(ticks, many=True).data)
