@@ -40,6 +40,7 @@ PRINTS = {
     "requeue_dlq": r"(Requeued|Would requeue) \d+ dead jobs?\b",
     "queue_status": r"Live workers: \d+",
     "queues": r"(QUEUE|Paused|Resumed|Queue \S+:|Key \S+ of queue)",
+    "schedules": r"(Added|Paused|Resumed|Removed) \S+|Enqueued job \d+|  (enabled|paused)  next ",
 }
 
 
