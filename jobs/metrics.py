@@ -15,7 +15,7 @@ its own, and every web process reports the same values.
                 skipjack_rate_limit_rejections_total{kind}
                 skipjack_schedule_ticks_total{schedule,outcome}  enqueued, skipped, missed, paused
     histograms  skipjack_job_queue_wait_seconds{type}, skipjack_job_run_seconds{type}
-                skipjack_schedule_lag_seconds{schedule}      tick time to its job's enqueue
+                skipjack_schedule_lag_seconds                tick time to its job's enqueue
 
 The job counters and histograms are kept in the database by jobs.counters;
 rate-limit rejections are counted in Redis, which every web process already
@@ -149,6 +149,7 @@ class QueueCollector(Collector):
             gauges = job_gauges.get()
             workers = selectors.worker_capacity()
             totals = counters.totals()
+            schedule_families = self._schedule_metrics(totals)
         return [
             *self._gauges(gauges.by_queue, gauges.oldest, workers),
             GaugeMetricFamily(
@@ -158,7 +159,7 @@ class QueueCollector(Collector):
             ),
             *self._counters(totals),
             *self._histograms(totals),
-            *self._schedule_metrics(totals),
+            *schedule_families,
         ]
 
     def _gauges(self, by_queue: dict, oldest: dict, workers: dict) -> list:
@@ -218,24 +219,23 @@ class QueueCollector(Collector):
         ticks = CounterMetricFamily(
             "skipjack_schedule_ticks", "Ticks of each schedule, by outcome: enqueued, skipped (the overlap policy), "
             "missed (the misfire policy) or paused.", labels=["schedule", "outcome"])
-        buckets: dict[str, dict[float, float]] = defaultdict(dict)
-        sums: dict[str, float] = defaultdict(float)
-        for name, schedule, outcome, le, value in totals:
-            if name == "schedule_ticks":
-                ticks.add_metric([schedule, outcome], value)
-            elif name == "schedule_lag_seconds_bucket":
-                buckets[schedule][le] = value
+        for name, *counts in selectors.schedule_tick_counts():
+            for outcome, count in zip(("enqueued", "skipped", "missed", "paused"), counts, strict=True):
+                ticks.add_metric([name, outcome], count)
+        buckets: dict[float, float] = {}
+        total = 0.0
+        for name, _type, _queue, le, value in totals:
+            if name == "schedule_lag_seconds_bucket":
+                buckets[le] = value
             elif name == "schedule_lag_seconds_sum":
-                sums[schedule] = value
+                total = value
         lag = HistogramMetricFamily(
-            "skipjack_schedule_lag_seconds", "Seconds from a tick's time until its job was enqueued.",
-            labels=["schedule"])
-        for schedule, counts in sorted(buckets.items()):
-            cumulative, exposed = 0.0, []
-            for bound in counters.BUCKETS:
-                cumulative += counts.get(bound, 0.0)
-                exposed.append((floatToGoString(bound), cumulative))
-            lag.add_metric([schedule], exposed, sum_value=sums[schedule])
+            "skipjack_schedule_lag_seconds", "Seconds from a tick's time until its job was enqueued, over all schedules.")
+        cumulative, exposed = 0.0, []
+        for bound in counters.BUCKETS:
+            cumulative += buckets.get(bound, 0.0)
+            exposed.append((floatToGoString(bound), cumulative))
+        lag.add_metric([], exposed, sum_value=total)
         return [ticks, lag]
 
     def _rate_limit_rejections(self):

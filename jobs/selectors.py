@@ -330,6 +330,12 @@ def attach_tick_job_statuses(ticks: list) -> None:
         tick.job_status = statuses.get(tick.job_id, "pruned") if tick.job_id else ""
 
 
+def schedule_tick_counts() -> list[tuple[str, int, int, int, int]]:
+    """Return (name, enqueued, skipped, missed, paused) tick counts of every schedule."""
+    return list(Schedule.objects.order_by("name").values_list(
+        "name", "ticks_enqueued", "ticks_skipped", "ticks_missed", "ticks_paused"))
+
+
 def overdue_schedules(now=None):
     """Return the enabled schedules whose next tick is later than the misfire grace: no scheduler fired it."""
     now = now or timezone.now()

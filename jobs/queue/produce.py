@@ -190,21 +190,24 @@ def enqueue_many(specs: Iterable[JobSpec] | str, payloads: Iterable[Any] | None 
     return ids
 
 
-def enqueue_specs(specs: list[JobSpec]) -> list[int]:
+def enqueue_specs(specs: list[JobSpec], *, ids: list[int] | None = None) -> list[int]:
     """Store one job per spec, each with options of its own, in one INSERT; return their ids in order.
 
     For many jobs of different types and options at once, as a scheduler's
-    round enqueues them. Like enqueue(), the insert joins the caller's
+    round enqueues them. `ids`, one per spec, are ids taken beforehand from
+    the jobs' sequence. Like enqueue(), the insert joins the caller's
     transaction; unique and idempotency keys are not stored here.
     """
     if not specs:
         return []
+    if ids is not None and len(ids) != len(specs):
+        raise ValueError("enqueue_specs() takes one id per spec, or none.")
     if any(spec.unique_key is not None or spec.idempotency_key is not None for spec in specs):
         raise ValueError("enqueue_specs() stores no unique or idempotency keys; enqueue those jobs one by one.")
     for spec in specs:
         check_owner(spec.handler, spec.owner, spec.payload)
     batch = [
-        {"n": n, "owner": getattr(spec.owner, "pk", spec.owner), "queue": spec.queue, "type": spec.type,
+        {"n": n, "id": ids[n] if ids is not None else None, "owner": getattr(spec.owner, "pk", spec.owner), "queue": spec.queue, "type": spec.type,
          "payload": spec.payload, "priority": spec.priority, "status": spec.status, "max_retries": spec.max_retries,
          "run_at": spec.run_at.isoformat() if spec.run_at else None, "timeout": spec.timeout,
          "expires_at": spec.expires_at.isoformat() if spec.expires_at else None, "trace_id": spec.trace_id}

@@ -569,22 +569,30 @@ DELETE FROM jobs_job WHERE id IN (
 );
 
 
+-- name: allocate_job_ids
+-- %(count)s ids for jobs about to be inserted: a scheduler's round records
+-- each tick with its job's id, and inserts only the jobs of the ticks it
+-- could record.
+SELECT nextval(pg_get_serial_sequence('jobs_job', 'id')) FROM generate_series(1, %(count)s);
+
+
 -- name: insert_job_specs
 -- One job per record of %(batch)s, each with options of its own (the jobs
 -- of a scheduler's round, one for each of many schedules), in the order of
--- their `n`, counted per type and queue, with one NOTIFY per queue that got
--- a job due now. `notified` is read by the last SELECT so that it runs, once.
+-- their `n`, with the `id` given (allocate_job_ids) or the next one,
+-- counted per type and queue, with one NOTIFY per queue that got a job due
+-- now. `notified` is read by the last SELECT so that it runs, once.
 WITH inserted AS (
-    INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
+    INSERT INTO jobs_job (id, owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
                           progress)
-    SELECT j.owner, j.queue, j.type, j.payload, j.priority, j.status, 0, j.max_retries,
-           coalesce(j.run_at, statement_timestamp()), j.timeout, j.expires_at, NULL, NULL, j.trace_id,
-           statement_timestamp(), '', '[]'::jsonb, 0
-    FROM jsonb_to_recordset(%(batch)s::jsonb) AS j(n integer, owner bigint, queue text, type text, payload jsonb,
-                                                   priority smallint, status text, max_retries integer,
-                                                   run_at timestamptz, timeout float8, expires_at timestamptz,
-                                                   trace_id text)
+    SELECT coalesce(j.id, nextval(pg_get_serial_sequence('jobs_job', 'id'))), j.owner, j.queue, j.type, j.payload,
+           j.priority, j.status, 0, j.max_retries, coalesce(j.run_at, statement_timestamp()), j.timeout,
+           j.expires_at, NULL, NULL, j.trace_id, statement_timestamp(), '', '[]'::jsonb, 0
+    FROM jsonb_to_recordset(%(batch)s::jsonb) AS j(n integer, id bigint, owner bigint, queue text, type text,
+                                                   payload jsonb, priority smallint, status text,
+                                                   max_retries integer, run_at timestamptz, timeout float8,
+                                                   expires_at timestamptz, trace_id text)
     ORDER BY j.n
     RETURNING id, queue, type, status
 ), counted AS (
@@ -596,6 +604,11 @@ WITH inserted AS (
 SELECT id, (SELECT count(*) FROM notified) FROM inserted ORDER BY id;
 
 
+-- name: round_now
+-- The moment a round of the scheduler fires the ticks up to: the database's clock, or the one a test passes.
+SELECT coalesce(%(now)s::timestamptz, statement_timestamp());
+
+
 -- name: lock_due_schedules
 -- Schedules whose next tick has passed, soonest first (schedule_due_idx),
 -- locked until the round's transaction ends. SKIP LOCKED: a second
@@ -603,13 +616,14 @@ SELECT id, (SELECT count(*) FROM notified) FROM inserted ORDER BY id;
 -- failover, or maintainers started by hand) takes other schedules, never
 -- these. When it reaches one of these after this round committed, the
 -- row is read again as committed: its next_fire_at has moved past the
--- ticks handled here, so it is no longer due. The clock is the
--- database's, so the hosts' clocks do not matter; a test passes %(now)s.
-SELECT id, name, cron, interval_seconds, timezone, anchor_at, type, payload, queue, priority, max_retries,
-       timeout, ttl, enabled, paused_reason, misfire, catch_up_limit, overlap, jitter_seconds, next_fire_at,
-       last_job_id, coalesce(%(now)s::timestamptz, statement_timestamp()) AS now
+-- ticks handled here, so it is no longer due. %(now)s is the database's
+-- clock (round_now), so the hosts' clocks do not matter; a test passes its own.
+-- A cron schedule's anchor_at means nothing, and is not sent.
+SELECT id, name, cron, interval_seconds, timezone, CASE WHEN interval_seconds IS NOT NULL THEN anchor_at END,
+       type, payload, queue, priority, max_retries, timeout, ttl, enabled, paused_reason, misfire, catch_up_limit,
+       overlap, jitter_seconds, next_fire_at, last_job_id
 FROM jobs_schedule
-WHERE next_fire_at <= coalesce(%(now)s::timestamptz, statement_timestamp())
+WHERE next_fire_at <= %(now)s
 ORDER BY next_fire_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
@@ -633,52 +647,42 @@ WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'scheduled', 'retryin
 -- returned, and the round enqueues no job for it: the unique constraint
 -- scheduletick_once_per_tick is what guarantees one job per tick, in the
 -- transaction that inserts the job; the lock of lock_due_schedules only
--- keeps two schedulers from doing the same work. Counted per schedule and
--- outcome (a jobs_jobcounter row with the schedule's name as its type and
--- the outcome as its queue), with the lag of each enqueued tick from its
--- time to this statement.
+-- keeps two schedulers from doing the same work. The lag of each enqueued
+-- tick, from its time to this statement, goes to the schedule_lag_seconds
+-- histogram (jobs.counters), a row per bucket.
 WITH inserted AS (
-    INSERT INTO jobs_scheduletick (schedule_id, tick_at, outcome, detail, manual, recorded_at)
-    SELECT t.schedule_id, t.tick_at, t.outcome, t.detail, t.manual, statement_timestamp()
+    INSERT INTO jobs_scheduletick (schedule_id, tick_at, outcome, detail, manual, job_id, recorded_at)
+    SELECT t.schedule_id, t.tick_at, t.outcome, t.detail, t.manual, t.job_id, statement_timestamp()
     FROM jsonb_to_recordset(%(batch)s::jsonb)
-         AS t(schedule_id bigint, tick_at timestamptz, outcome text, detail text, manual boolean)
+         AS t(schedule_id bigint, tick_at timestamptz, outcome text, detail text, manual boolean, job_id bigint)
     ON CONFLICT (schedule_id, tick_at) DO NOTHING
-    RETURNING id, schedule_id, tick_at, outcome
-), named AS (
-    SELECT i.schedule_id, i.outcome, s.name, extract(epoch FROM statement_timestamp() - i.tick_at)::float8 AS lag
-    FROM inserted AS i JOIN jobs_schedule AS s ON s.id = i.schedule_id
+    RETURNING schedule_id, tick_at, outcome, job_id
+), lags AS (
+    SELECT extract(epoch FROM statement_timestamp() - tick_at)::float8 AS lag FROM inserted
+    WHERE outcome = 'enqueued'
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, le, value)
-    SELECT 'schedule_ticks', name, outcome, NULL::float8, count(*) FROM named GROUP BY name, outcome
+    SELECT 'schedule_lag_seconds_bucket', '', '', le, count(*) FROM (
+        SELECT (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(lag, 0)) AS le FROM lags
+    ) AS observed GROUP BY le
     UNION ALL
-    SELECT 'schedule_lag_seconds_bucket', name, '', le, count(*) FROM (
-        SELECT name, (SELECT min(b) FROM unnest(%(buckets)s::float8[]) AS b WHERE b >= greatest(lag, 0)) AS le
-        FROM named WHERE outcome = 'enqueued'
-    ) AS observed GROUP BY name, le
-    UNION ALL
-    SELECT 'schedule_lag_seconds_sum', name, '', NULL::float8, sum(greatest(lag, 0)) FROM named
-    WHERE outcome = 'enqueued' GROUP BY name
+    SELECT 'schedule_lag_seconds_sum', '', '', NULL::float8, sum(greatest(lag, 0)) FROM lags HAVING count(*) > 0
 )
-SELECT id, schedule_id, tick_at FROM inserted;
+SELECT schedule_id, outcome, job_id FROM inserted;
 
 
 -- name: advance_schedules
--- The end of a round: each enqueued tick gets its job's id, and each
--- schedule its next tick, its last fire time and job, and, if its job
--- could not be built, its pause and the reason. `linked` modifies data, so
--- it runs though nothing reads it.
-WITH linked AS (
-    UPDATE jobs_scheduletick AS t SET job_id = l.job_id
-    FROM unnest(%(ticks)s::bigint[], %(jobs)s::bigint[]) AS l(id, job_id)
-    WHERE t.id = l.id
-    RETURNING t.id
-)
+-- The end of a round: each schedule gets its next tick, its last fire time
+-- and job, its tick counts, and, if its job could not be built, its pause
+-- and the reason.
 UPDATE jobs_schedule AS s
 SET next_fire_at = a.next_fire_at, last_fire_at = coalesce(a.last_fire_at, s.last_fire_at),
-    last_job_id = coalesce(a.last_job_id, s.last_job_id), enabled = a.enabled, paused_reason = a.paused_reason
+    last_job_id = coalesce(a.last_job_id, s.last_job_id), enabled = a.enabled, paused_reason = a.paused_reason,
+    ticks_enqueued = s.ticks_enqueued + coalesce(a.enqueued, 0), ticks_skipped = s.ticks_skipped + coalesce(a.skipped, 0),
+    ticks_missed = s.ticks_missed + coalesce(a.missed, 0), ticks_paused = s.ticks_paused + coalesce(a.paused, 0)
 FROM jsonb_to_recordset(%(batch)s::jsonb)
      AS a(id bigint, next_fire_at timestamptz, last_fire_at timestamptz, last_job_id bigint, enabled boolean,
-          paused_reason text)
+          paused_reason text, enqueued integer, skipped integer, missed integer, paused integer)
 WHERE s.id = a.id;
 
 

@@ -17,7 +17,10 @@ import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
+from django.core.signals import setting_changed
 from django.db import IntegrityError, connection, transaction
+from django.dispatch import receiver
+from django.utils import timezone
 
 from jobs import conf
 from jobs.counters import BUCKETS
@@ -30,6 +33,7 @@ from jobs.schedules import (
     FIELDS,
     Cadence,
     Declaration,
+    Plan,
     ScheduleInvalid,
     cadence_of,
     clean,
@@ -39,17 +43,22 @@ from jobs.schedules import (
     job_spec,
     plan_round,
 )
+from jobs.spec import JobSpec
 
 logger = logging.getLogger("jobs.schedules")
 
 # Most schedules one transaction of a round takes; a round goes on batch by
 # batch while schedules are due.
-SCHEDULE_BATCH = 500
+SCHEDULE_BATCH = 1000
 # Most batches in one round: a round ends even if schedules keep coming due.
 MAX_BATCHES = 100
 TICK_PRUNE_BATCH = 5000
 # Key of the advisory lock the start-up sync holds: workers starting at once sync one at a time.
 SYNC_LOCK = 0x736B6A6B_0002
+# What lock_due_schedules returns of each schedule.
+LOCKED_COLUMNS = ("id", "name", "cron", "interval_seconds", "timezone", "anchor_at", "type", "payload", "queue",
+                  "priority", "max_retries", "timeout", "ttl", "enabled", "paused_reason", "misfire",
+                  "catch_up_limit", "overlap", "jitter_seconds", "next_fire_at", "last_job_id")
 # The fields whose change moves a schedule's next tick.
 CADENCE_FIELDS = ("cron", "interval_seconds", "timezone")
 
@@ -104,16 +113,17 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
     result = RoundResult()
     grace = float(conf.get("JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS"))
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(query("lock_due_schedules"), {"now": now, "limit": limit})
-        names = [column.name for column in cursor.description]
-        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        cursor.execute(query("round_now"), {"now": now})
+        db_now = cursor.fetchone()[0]
+        cursor.execute(query("lock_due_schedules"), {"now": db_now, "limit": limit})
+        rows = [dict(zip(LOCKED_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
         if not rows:
             return result
         for row in rows:  # Django's cursors hand jsonb over as its text
-            if isinstance(row["payload"], str):
-                row["payload"] = json.loads(row["payload"])
+            text = row["payload"]
+            row["payload_text"] = text if isinstance(text, str) else json.dumps(text)
+            row["payload"] = json.loads(text) if isinstance(text, str) else text
         result.schedules = len(rows)
-        db_now = rows[0]["now"]
         previous = [r["last_job_id"] for r in rows if r["overlap"] != Overlap.ALLOW and r["last_job_id"]]
         unfinished: set[int] = set()
         if previous:
@@ -124,24 +134,30 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
         specs = {}  # (schedule id, tick) -> the spec of its job
         to_cancel: dict[int, int] = {}  # schedule id -> the unfinished job its tick replaces
         states: dict[int, dict] = {}
+        plans: dict[tuple, Plan] = {}  # schedules of one cadence, due at one moment, share their plan
         for row in rows:
             state = {"id": row["id"], "enabled": row["enabled"], "paused_reason": row["paused_reason"],
-                     "last_fire_at": None, "last_job_id": None}
+                     "last_fire_at": None, "last_job_id": None, "enqueued": 0, "skipped": 0, "missed": 0,
+                     "paused": 0}
             states[row["id"]] = state
-            plan = plan_round(
-                Cadence(cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=row["timezone"],
-                        anchor_at=row["anchor_at"]),
-                due_from=row["next_fire_at"], now=db_now, misfire=row["misfire"],
-                catch_up_limit=row["catch_up_limit"], grace=grace,
-                paused_reason=None if row["enabled"] else row["paused_reason"],
-            )
+            paused_reason = None if row["enabled"] else row["paused_reason"]
+            plan_key = (row["cron"], row["interval_seconds"], row["timezone"], row["anchor_at"], row["next_fire_at"],
+                   row["misfire"], row["catch_up_limit"], paused_reason)
+            plan = plans.get(plan_key)
+            if plan is None:
+                plan = plans[plan_key] = plan_round(
+                    Cadence(cron=row["cron"], interval_seconds=row["interval_seconds"], timezone=row["timezone"],
+                            anchor_at=row["anchor_at"]),
+                    due_from=row["next_fire_at"], now=db_now, misfire=row["misfire"],
+                    catch_up_limit=row["catch_up_limit"], grace=grace, paused_reason=paused_reason,
+                )
             state["next_fire_at"] = _iso(plan.next_fire_at)
             planned = [(tick.at, tick.outcome, tick.detail) for tick in plan.ticks]
             firing = [i for i, (_, outcome, _) in enumerate(planned) if outcome == TickOutcome.ENQUEUED]
             spec = None
             if firing:
                 try:
-                    spec = job_spec(row)
+                    spec = _spec_of(row)
                 except (UnknownJobType, PayloadError, ValueError) as exc:
                     # Checked when the schedule was saved, so something changed
                     # since: a deploy dropped its type or changed its schema.
@@ -176,43 +192,80 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
                     options.update(run_at=run_at, status=JobStatus.SCHEDULED)
                 assert spec is not None  # noqa: S101 - firing is emptied when no spec could be built
                 specs[(row["id"], at)] = spec.with_options(**options)
-            ticks.extend({"schedule_id": row["id"], "tick_at": _iso(at), "outcome": outcome, "detail": detail,
+            ticks.extend({"schedule_id": row["id"], "tick_at": at, "outcome": outcome, "detail": detail,
                           "manual": False} for at, outcome, detail in planned)
 
+        # Each tick that fires is recorded with its job's id, taken now; only
+        # the ticks this round records get their job.
+        firing_ticks = [tick for tick in ticks if (tick["schedule_id"], tick["tick_at"]) in specs]
+        for tick, new_id in zip(firing_ticks, _allocate_job_ids(cursor, len(firing_ticks)), strict=True):
+            tick["job_id"] = new_id
         inserted = _insert_ticks(cursor, ticks)
-        outcome_of = {(t["schedule_id"], datetime.fromisoformat(t["tick_at"])): t["outcome"] for t in ticks}
         result.duplicates = len(ticks) - len(inserted)
-        for key in inserted:
-            outcome = outcome_of[key]
-            if outcome == TickOutcome.ENQUEUED:
-                result.enqueued += 1
-            elif outcome == TickOutcome.SKIPPED:
-                result.skipped += 1
-            elif outcome == TickOutcome.MISSED:
-                result.missed += 1
-            else:
-                result.paused += 1
-        # Only the ticks recorded here get a job: one recorded already has one.
-        firing_keys = sorted((key for key in inserted if key in specs), key=lambda key: key[1])
-        job_ids = enqueue_specs([specs[key] for key in firing_keys])
-        for (schedule_id, at), job_id in zip(firing_keys, job_ids, strict=True):
-            states[schedule_id].update(last_fire_at=_iso(at), last_job_id=job_id)
+        by_job = {tick["job_id"]: tick for tick in firing_ticks}
+        recorded = []
+        for schedule_id, outcome, job_id in inserted:
+            counted = OUTCOME_COUNTS[outcome]
+            setattr(result, counted, getattr(result, counted) + 1)
+            states[schedule_id][counted] += 1
+            if job_id is not None:
+                recorded.append(by_job[job_id])
+        recorded.sort(key=lambda tick: tick["tick_at"])
+        enqueue_specs([specs[(t["schedule_id"], t["tick_at"])] for t in recorded], ids=[t["job_id"] for t in recorded])
+        for tick in recorded:
+            states[tick["schedule_id"]].update(last_fire_at=_iso(tick["tick_at"]), last_job_id=tick["job_id"])
         replaced = [job_id for schedule_id, job_id in to_cancel.items() if states[schedule_id]["last_job_id"]]
         if replaced:
             cancel_jobs(Job.objects.filter(pk__in=replaced))
-        cursor.execute(query("advance_schedules"), {
-            "ticks": [inserted[key] for key in firing_keys], "jobs": job_ids,
-            "batch": json.dumps(list(states.values())),
-        })
+        cursor.execute(query("advance_schedules"), {"batch": json.dumps(list(states.values()))})
     return result
 
 
-def _insert_ticks(cursor, ticks: list[dict]) -> dict[tuple[int, datetime], int]:
-    """Record `ticks` that are not recorded yet; return {(schedule id, tick time): tick id} of those recorded now."""
+# A tick's outcome -> the RoundResult field and Schedule counter (ticks_<name>) that count it.
+OUTCOME_COUNTS: dict[str, str] = {TickOutcome.ENQUEUED: "enqueued", TickOutcome.SKIPPED: "skipped", TickOutcome.MISSED: "missed",
+                  TickOutcome.PAUSED: "paused"}
+# Job specs by what builds them. The registry and the payload schemas are
+# this process's code, fixed until it restarts (a deploy), so a definition
+# that built once builds the same way until then; each tick still gets its
+# own trace id and expiry.
+_SPECS: dict[tuple, JobSpec] = {}
+MAX_CACHED_SPECS = 100_000
+
+
+@receiver(setting_changed)
+def _forget_specs(**kwargs) -> None:
+    _SPECS.clear()  # a setting may enable or disable a type
+
+
+def _spec_of(row: dict) -> JobSpec:
+    """Return the spec of the job a tick of the schedule `row` enqueues now (jobs.schedules.job_spec)."""
+    key = (row["type"], row["payload_text"], row["queue"], row["priority"], row["max_retries"], row["timeout"],
+           row["ttl"])
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = job_spec(row)
+        if len(_SPECS) >= MAX_CACHED_SPECS:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    if spec.expires_at is not None:
+        return spec.with_options(expires_at=timezone.now() + timedelta(seconds=float(row["ttl"])))
+    return spec
+
+
+def _allocate_job_ids(cursor, count: int) -> list[int]:
+    if not count:
+        return []
+    cursor.execute(query("allocate_job_ids"), {"count": count})
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _insert_ticks(cursor, ticks: list[dict]) -> list[tuple[int, str, int | None]]:
+    """Record the `ticks` not recorded yet; return (schedule id, outcome, job id) of each recorded now."""
     if not ticks:
-        return {}
-    cursor.execute(query("insert_ticks"), {"batch": json.dumps(ticks), "buckets": list(BUCKETS)})
-    return {(schedule_id, tick_at): tick_id for tick_id, schedule_id, tick_at in cursor.fetchall()}
+        return []
+    batch = [{**tick, "tick_at": _iso(tick["tick_at"])} for tick in ticks]
+    cursor.execute(query("insert_ticks"), {"batch": json.dumps(batch), "buckets": list(BUCKETS)})
+    return cursor.fetchall()
 
 
 def prune_ticks(older_than_seconds: float | None = None, *, limit: int = TICK_PRUNE_BATCH) -> int:
@@ -331,16 +384,16 @@ def run_schedule_now(schedule_id: int) -> int | None:
         except (UnknownJobType, PayloadError, ValueError) as exc:
             raise ScheduleInvalid({"type": [f"Its job can no longer be built: {exc}"]}) from None
         now = _now()
-        inserted = _insert_ticks(cursor, [{"schedule_id": schedule.pk, "tick_at": _iso(now), "detail": "Run now.",
-                                           "outcome": TickOutcome.ENQUEUED, "manual": True}])
+        (job_id,) = _allocate_job_ids(cursor, 1)
+        inserted = _insert_ticks(cursor, [{"schedule_id": schedule.pk, "tick_at": now, "detail": "Run now.",
+                                           "outcome": TickOutcome.ENQUEUED, "manual": True, "job_id": job_id}])
         if not inserted:  # a tick at this very microsecond exists
             return None
-        (job_id,) = enqueue_specs([spec.with_options(trace_id=uuid.uuid4().hex)])
+        enqueue_specs([spec.with_options(trace_id=uuid.uuid4().hex)], ids=[job_id])
         cursor.execute(query("advance_schedules"), {
-            "ticks": list(inserted.values()), "jobs": [job_id],
             "batch": json.dumps([{"id": schedule.pk, "next_fire_at": _iso(schedule.next_fire_at),
                                   "last_fire_at": _iso(now), "last_job_id": job_id, "enabled": schedule.enabled,
-                                  "paused_reason": schedule.paused_reason}]),
+                                  "paused_reason": schedule.paused_reason, "enqueued": 1}]),
         })
     return job_id
 

@@ -115,8 +115,8 @@ def test_a_leader_killed_in_the_middle_of_a_round_leaves_nothing_and_the_next_ro
     real_enqueue = queue_schedules.enqueue_specs
     backend = {}
 
-    def enqueue_then_hang(specs):
-        ids = real_enqueue(specs)
+    def enqueue_then_hang(specs, **options):
+        ids = real_enqueue(specs, **options)
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             backend["pid"] = cursor.fetchone()[0]
@@ -279,16 +279,20 @@ def test_ticks_older_than_the_retention_are_pruned(settings):
 
 
 @pytest.mark.django_db
-def test_each_tick_is_counted_with_its_lag():
-    from jobs import counters
+def test_metrics_count_each_schedules_ticks_by_outcome_and_the_lag_to_enqueue(settings):
+    from prometheus_client.parser import text_string_to_metric_families
 
+    settings.METRICS_CACHE_SECONDS = 0
     make(interval_seconds=60, misfire="skip")
     fire(310)
-    totals = {(name, type_, queue_): value for name, type_, queue_, _le, value in counters.totals()
-              if name.startswith("schedule_")}
-    assert totals[("schedule_ticks", "every-10s", "enqueued")] == 1
-    assert totals[("schedule_ticks", "every-10s", "missed")] == 4
-    assert totals[("schedule_lag_seconds_sum", "every-10s", "")] > 0
+    response = Client().get("/metrics")
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(response.content.decode()) for sample in family.samples}
+    ticks = "skipjack_schedule_ticks_total"
+    assert samples[(ticks, (("outcome", "enqueued"), ("schedule", "every-10s")))] == 1
+    assert samples[(ticks, (("outcome", "missed"), ("schedule", "every-10s")))] == 4
+    assert samples[("skipjack_schedule_lag_seconds_count", ())] == 1
+    assert samples[("skipjack_schedule_lag_seconds_sum", ())] > 0
 
 
 # --- the start-up sync: the deploy rule ----------------------------------------------------
