@@ -444,11 +444,6 @@ SCHEDULE_ACTIONS = {
 }
 
 
-def _staff_only(request, what: str) -> None:
-    if not request.user.is_staff:
-        raise PermissionDenied(f"Only staff see the {what}.")
-
-
 def _schedule_errors(form, exc: ScheduleInvalid) -> None:
     for name, problems in exc.errors.items():
         form.add_error(name if name in form.fields else None, problems)
@@ -458,7 +453,7 @@ def _schedule_errors(form, exc: ScheduleInvalid) -> None:
 @require_http_methods(["GET", "POST"])
 def schedules(request):
     """List the schedules (live), and add one (POST)."""
-    _staff_only(request, "schedules")
+    _staff_only(request, "see the schedules")
     form = ScheduleForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
@@ -478,7 +473,7 @@ def schedules(request):
 @login_required
 @require_http_methods(["GET", "POST"])
 def schedule_edit(request, schedule_id: int):
-    _staff_only(request, "schedules")
+    _staff_only(request, "see the schedules")
     schedule = get_object_or_404(Schedule, pk=schedule_id)
     form = ScheduleForm(request.POST, instance=schedule) if request.method == "POST" else ScheduleForm(instance=schedule)
     status = 200
@@ -500,7 +495,7 @@ def schedule_edit(request, schedule_id: int):
 @login_required
 @require_POST
 def schedule_action(request, schedule_id: int, action: str):
-    _staff_only(request, "schedules")
+    _staff_only(request, "see the schedules")
     schedule = get_object_or_404(Schedule, pk=schedule_id)
     if action not in SCHEDULE_ACTIONS:
         raise Http404("No such action.")

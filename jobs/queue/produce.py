@@ -210,11 +210,13 @@ def enqueue_specs(specs: list[JobSpec], *, ids: list[int] | None = None) -> list
         {"n": n, "id": ids[n] if ids is not None else None, "owner": getattr(spec.owner, "pk", spec.owner), "queue": spec.queue, "type": spec.type,
          "payload": spec.payload, "priority": spec.priority, "status": spec.status, "max_retries": spec.max_retries,
          "run_at": spec.run_at.isoformat() if spec.run_at else None, "timeout": spec.timeout,
-         "expires_at": spec.expires_at.isoformat() if spec.expires_at else None, "trace_id": spec.trace_id}
+         "expires_at": spec.expires_at.isoformat() if spec.expires_at else None, "trace_id": spec.trace_id,
+         "key": spec.concurrency_key, "key_limit": spec.key_limit if spec.concurrency_key else None}
         for n, spec in enumerate(specs)
     ]
     with connection.cursor() as cursor:
-        cursor.execute(query("insert_job_specs"), {"batch": json.dumps(batch), "channel": NOTIFY_CHANNEL})
+        cursor.execute(query("insert_job_specs"), {"batch": json.dumps(batch), "channel": NOTIFY_CHANNEL,
+                                                   "keyed_suffix": KEYED_SUFFIX})
         ids = [row[0] for row in cursor.fetchall()]
     groups: dict[tuple, list[int]] = {}
     for spec, job_id in zip(specs, ids, strict=True):

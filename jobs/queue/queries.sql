@@ -581,25 +581,30 @@ SELECT nextval(pg_get_serial_sequence('jobs_job', 'id')) FROM generate_series(1,
 -- of a scheduler's round, one for each of many schedules), in the order of
 -- their `n`, with the `id` given (allocate_job_ids) or the next one,
 -- counted per type and queue, with one NOTIFY per queue that got a job due
--- now. `notified` is read by the last SELECT so that it runs, once.
+-- now (with ":k" after the name for keyed jobs, as insert_job sends it).
+-- `notified` is read by the last SELECT so that it runs, once.
 WITH inserted AS (
     INSERT INTO jobs_job (id, owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
-                          progress)
+                          progress, concurrency_key, key_limit)
     SELECT coalesce(j.id, nextval(pg_get_serial_sequence('jobs_job', 'id'))), j.owner, j.queue, j.type, j.payload,
            j.priority, j.status, 0, j.max_retries, coalesce(j.run_at, statement_timestamp()), j.timeout,
-           j.expires_at, NULL, NULL, j.trace_id, statement_timestamp(), '', '[]'::jsonb, 0
+           j.expires_at, NULL, NULL, j.trace_id, statement_timestamp(), '', '[]'::jsonb, 0, j.key, j.key_limit
     FROM jsonb_to_recordset(%(batch)s::jsonb) AS j(n integer, id bigint, owner bigint, queue text, type text,
                                                    payload jsonb, priority smallint, status text,
                                                    max_retries integer, run_at timestamptz, timeout float8,
-                                                   expires_at timestamptz, trace_id text)
+                                                   expires_at timestamptz, trace_id text, key text,
+                                                   key_limit integer)
     ORDER BY j.n
-    RETURNING id, queue, type, status
+    RETURNING id, queue, type, status, concurrency_key IS NOT NULL AS keyed
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', type, queue, count(*) FROM inserted GROUP BY type, queue
 ), notified AS (
-    SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM inserted WHERE status = 'queued') AS due
+    SELECT pg_notify(%(channel)s, wake) FROM (
+        SELECT DISTINCT queue || CASE WHEN keyed THEN %(keyed_suffix)s ELSE '' END AS wake FROM inserted
+        WHERE status = 'queued'
+    ) AS due
 )
 SELECT id, (SELECT count(*) FROM notified) FROM inserted ORDER BY id;
 

@@ -207,6 +207,21 @@ def test_overlap_replace_cancels_the_previous_unfinished_job():
 
 
 @pytest.mark.django_db
+def test_a_scheduled_job_carries_the_concurrency_key_its_type_gives_it():
+    def keyed(job):
+        """Keyed."""
+
+    registry.job_handler("keyed_by_type", concurrency_key=lambda p: f"tenant:{p['t']}", key_concurrency=2)(keyed)
+    try:
+        schedule = make(type="keyed_by_type", payload={"t": 7})
+        fire(10)
+        job = Job.objects.get(pk=jobs_of(schedule)[0])
+        assert (job.concurrency_key, job.key_limit) == ("tenant:7", 2)
+    finally:
+        registry._registry.pop("keyed_by_type")
+
+
+@pytest.mark.django_db
 def test_overlap_allow_enqueues_at_every_tick():
     schedule = make(overlap="allow")
     fire(10)
