@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from jobs import queue
 from jobs.models import Job, Leadership, Schedule, ScheduleTick, Worker
-from tests.conftest import ROOT, ChildProcess, wait_for
+from tests.conftest import ROOT, ChildProcess, database_url_for_tests, wait_for
 
 SCHEDULES = 50
 RUN_SECONDS = 20
@@ -95,3 +95,61 @@ def test_two_schedulers_forced_to_run_at_once_enqueue_each_tick_once():
         assert recorded == [(tick, "enqueued") for tick in expected], name
     job_ids = list(ScheduleTick.objects.values_list("job_id", flat=True))
     assert len(job_ids) == len(set(job_ids)) == Job.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.process
+def test_a_leader_killed_with_kill_9_in_the_middle_of_a_round_leaves_each_tick_to_the_next_leader_once(start_worker):
+    """The leader's round is held inside its transaction, after it inserted the ticks and jobs of every due
+    schedule (the previous job of a `replace` schedule is locked elsewhere, so cancelling it waits); it is
+    killed there. Its ticks and jobs roll back, and the next leader fires each of them once."""
+    import psycopg
+
+    env = {"JOBS_LEADER_LEASE_SECONDS": "2"}
+    workers = [start_worker("--poll-interval", "0.2", "--lease", "2", env=env) for _ in range(2)]
+    wait_for(lambda: Worker.objects.filter(stopped_at__isnull=True).count() == 2, message="2 workers")
+    for n in range(10):
+        queue.create_schedule({"name": f"plain-{n}", "interval_seconds": 1, "type": "reverse_string",
+                               "payload": "p", "misfire": "catch_up"})
+    replacer = queue.create_schedule({"name": "replacer", "interval_seconds": 1, "type": "sleep",
+                                      "payload": {"seconds": 60}, "overlap": "replace", "misfire": "catch_up"})
+    starts = dict(Schedule.objects.values_list("name", "next_fire_at"))
+    previous = wait_for(lambda: Schedule.objects.get(pk=replacer.pk).last_job_id, message="the replacer's first job")
+
+    def leader():
+        row = Leadership.objects.filter(role="maintenance", expires_at__gt=timezone.now()).first()
+        return row and Worker.objects.filter(pk=row.worker_id).values_list("pid", flat=True).first()
+
+    with psycopg.connect(database_url_for_tests()) as blocker:
+        # Holds the job the next tick's round must cancel: that round waits, its transaction open.
+        blocker.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [previous])
+        with psycopg.connect(database_url_for_tests(), autocommit=True) as observer:
+            def round_waiting():
+                return observer.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                    ["%FOR UPDATE%"]).fetchone()
+
+            wait_for(round_waiting, timeout=10, message="the leader's round waiting inside its transaction")
+        pending = ScheduleTick.objects.filter(tick_at__gt=Schedule.objects.get(pk=replacer.pk).last_fire_at)
+        assert not pending.exists(), "what the waiting round inserted is not committed"
+        first = leader()
+        {w.pid: w for w in workers}[first].kill()
+        blocker.rollback()
+    wait_for(lambda: (pid := leader()) not in (None, first) and pid, timeout=10, message="a new leader")
+    time.sleep(4)
+    Schedule.objects.update(enabled=False)
+    last = timezone.now() - timedelta(seconds=3)
+    for name, start in starts.items():
+        expected = [start + timedelta(seconds=k) for k in range(int((last - start).total_seconds()) + 1)]
+        recorded = list(ScheduleTick.objects.filter(schedule__name=name, tick_at__lte=last)
+                        .order_by("tick_at").values_list("tick_at", "outcome", "detail"))
+        assert [tick for tick, _, _ in recorded] == expected, f"{name}: a tick lost or doubled"
+        if name == "replacer":  # ticks due at once after the failover: the latest replaces the others
+            assert all(outcome == "enqueued" or detail.startswith("Replaced by") for _, outcome, detail in recorded)
+        else:
+            assert {outcome for _, outcome, _ in recorded} == {"enqueued"}, name
+    job_ids = list(ScheduleTick.objects.filter(outcome="enqueued").values_list("job_id", flat=True))
+    assert len(job_ids) == len(set(job_ids)) == Job.objects.count()
+    for worker in workers:
+        if worker.pid != first:
+            worker.stop()
