@@ -99,6 +99,7 @@ from jobs.queue.schedules import (
     delete_schedule,
     fire_due_schedules,
     pause_schedule,
+    prepare_specs,
     prune_ticks,
     resume_schedule,
     run_schedule_now,
@@ -119,6 +120,6 @@ __all__ = [
     "set_progress", "set_queue_controls", "stage_due_jobs", "start_jobs", "stop_worker",
     # Schedules
     "RoundResult", "ScheduleInvalid", "SyncReport", "create_schedule", "delete_schedule", "enqueue_specs",
-    "fire_due_schedules", "pause_schedule", "prune_ticks", "resume_schedule", "run_schedule_now",
+    "fire_due_schedules", "pause_schedule", "prepare_specs", "prune_ticks", "resume_schedule", "run_schedule_now",
     "seconds_to_next_tick", "sync_declared", "update_schedule",
 ]

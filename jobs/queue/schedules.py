@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 
 from django.core.signals import setting_changed
 from django.db import IntegrityError, connection, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -237,10 +239,14 @@ def _forget_specs(**kwargs) -> None:
     _SPECS.clear()  # a setting may enable or disable a type
 
 
+def _spec_key(row: dict) -> tuple:
+    return (row["type"], row["payload_text"], row["queue"], row["priority"], row["max_retries"], row["timeout"],
+            row["ttl"])
+
+
 def _spec_of(row: dict) -> JobSpec:
     """Return the spec of the job a tick of the schedule `row` enqueues now (jobs.schedules.job_spec)."""
-    key = (row["type"], row["payload_text"], row["queue"], row["priority"], row["max_retries"], row["timeout"],
-           row["ttl"])
+    key = _spec_key(row)
     spec = _SPECS.get(key)
     if spec is None:
         spec = job_spec(row)
@@ -257,6 +263,30 @@ def _allocate_job_ids(cursor, count: int) -> list[int]:
         return []
     cursor.execute(query("allocate_job_ids"), {"count": count})
     return [row[0] for row in cursor.fetchall()]
+
+
+def prepare_specs() -> int:
+    """Build the job specs of the enabled schedules ahead of their ticks; return how many were built.
+
+    Run by a worker when it takes the lead, so that its first round
+    (10,000 schedules due at once, after a failover) costs what every later
+    one does. A schedule whose job cannot be built is left to its round,
+    which pauses it.
+    """
+    built = 0
+    rows = (Schedule.objects.filter(enabled=True).annotate(payload_text=Cast("payload", TextField()))
+            .values("type", "payload", "payload_text", "queue", "priority", "max_retries", "timeout", "ttl"))
+    for values in rows[:MAX_CACHED_SPECS]:
+        row = dict(values)
+        key = _spec_key(row)
+        if key in _SPECS:
+            continue
+        try:
+            _SPECS[key] = job_spec(row)
+        except (UnknownJobType, PayloadError, ValueError):
+            continue
+        built += 1
+    return built
 
 
 def _insert_ticks(cursor, ticks: list[dict]) -> list[tuple[int, str, int | None]]:
@@ -493,7 +523,7 @@ def _declaration_json(definition: dict) -> dict:
 
 __all__ = [
     "SCHEDULE_BATCH", "RoundResult", "ScheduleInvalid", "SyncReport", "create_schedule", "delete_schedule",
-    "fire_due_schedules", "pause_schedule", "prune_ticks", "resume_schedule", "run_schedule_now",
+    "fire_due_schedules", "pause_schedule", "prepare_specs", "prune_ticks", "resume_schedule", "run_schedule_now",
     "seconds_to_next_tick", "sync_declared",
     "update_schedule",
 ]

@@ -44,6 +44,7 @@ class Maintainer:
             return False
         if not was_leader:  # what the last leader may have left undone
             self.next_roll_up = self.next_prune = now
+            self._prepare_schedules()
         rescued = queue.rescue_expired_leases()
         for job in rescued:
             log_job(logging.WARNING, "rescued", job, self.leadership.worker_id,
@@ -70,6 +71,15 @@ class Maintainer:
             return self._fire_schedules(now) > 0
         self.schedules_due_at = float("inf")
         return False
+
+    def _prepare_schedules(self) -> None:
+        """Build the schedules' job specs now, before the first tick this worker fires (jobs.queue.prepare_specs)."""
+        try:
+            queue.prepare_specs()
+        except DatabaseError:
+            raise
+        except Exception:  # only a head start: the rounds build what is missing
+            logger.exception("could not prepare the schedules' jobs", extra={"event": "scheduler_error"})
 
     def _fire_schedules(self, now: float) -> int:
         """Fire the due ticks; return how many jobs they enqueued."""

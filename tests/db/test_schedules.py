@@ -273,6 +273,36 @@ def test_a_schedule_whose_job_type_disappeared_is_paused_with_its_reason_and_the
 
 
 @pytest.mark.django_db
+def test_the_specs_built_ahead_on_taking_the_lead_are_the_ones_the_round_uses(monkeypatch):
+    import jobs.queue.schedules as queue_schedules
+
+    monkeypatch.setattr(queue_schedules, "_SPECS", {})
+    for n in range(3):
+        make(f"s{n}", payload=f"text {n}")
+    Schedule.objects.filter(name="s2").update(type="gone_since_the_deploy")  # left to its round, which pauses it
+    assert queue.prepare_specs() == 2
+    built = []
+    real_job_spec = queue_schedules.job_spec
+    monkeypatch.setattr(queue_schedules, "job_spec", lambda row: built.append(row["type"]) or real_job_spec(row))
+    fire(10)
+    assert Job.objects.count() == 2 and built == ["gone_since_the_deploy"], "the others were ready"
+    assert not Schedule.objects.get(name="s2").enabled
+
+
+@pytest.mark.django_db
+def test_the_round_reads_the_database_clock_not_the_hosts(monkeypatch):
+    """A host whose clock runs an hour ahead fires nothing early."""
+    from django.utils import timezone
+
+    schedule = queue.create_schedule({"name": "hourly", "cron": "0 * * * *", "type": "reverse_string",
+                                      "payload": "x"})
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(hours=1))
+    assert queue.fire_due_schedules().schedules == 0
+    assert not ScheduleTick.objects.filter(schedule=schedule).exists()
+
+
+@pytest.mark.django_db
 def test_run_now_enqueues_a_manual_tick_whatever_the_pause():
     schedule = make()
     queue.pause_schedule(schedule.pk)
