@@ -186,13 +186,14 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
                 if row["last_job_id"] in unfinished:
                     to_cancel[row["id"]] = row["last_job_id"]
             for i in firing:
+                if spec is None:  # never: firing was emptied when no spec could be built
+                    break
                 at = planned[i][0]
                 delay = jitter(row["jitter_seconds"], rng)
                 options: dict = {"trace_id": uuid.uuid4().hex}
                 run_at = at + timedelta(seconds=delay) if delay else None
                 if run_at is not None and run_at > db_now:
                     options.update(run_at=run_at, status=JobStatus.SCHEDULED)
-                assert spec is not None  # noqa: S101 - firing is emptied when no spec could be built
                 specs[(row["id"], at)] = spec.with_options(**options)
             ticks.extend({"schedule_id": row["id"], "tick_at": at, "outcome": outcome, "detail": detail,
                           "manual": False} for at, outcome, detail in planned)

@@ -153,3 +153,16 @@ def test_a_leader_killed_with_kill_9_in_the_middle_of_a_round_leaves_each_tick_t
     for worker in workers:
         if worker.pid != first:
             worker.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.process
+def test_the_command_exits_non_zero_with_a_one_line_reason_for_bad_input():
+    bad = ChildProcess([str(ROOT / "manage.py"), "schedules", "add", "bad", "reverse_string", "--cron", "61 * * * *",
+                        "--payload", '"x"'])
+    assert bad.wait(timeout=60) == 1
+    assert bad.output().strip().splitlines() == ["CommandError: cron: Invalid cron expression: Bad minute."]
+    good = ChildProcess([str(ROOT / "manage.py"), "schedules", "add", "good", "reverse_string", "--every", "1h",
+                         "--payload", '"x"'])
+    assert good.wait(timeout=60) == 0, good.output()
+    assert Schedule.objects.filter(name="good", interval_seconds=3600).exists()
