@@ -252,6 +252,14 @@ def _demo_data(owner, staff):
                          "started_at": (now - timedelta(seconds=12)).isoformat(),
                          "finished_at": (now - timedelta(seconds=10)).isoformat()}])
     JobFactory(owner=owner, status=JobStatus.CANCELLED, type="sleep", payload={"seconds": 600})
+    from jobs import queue as jobs_queue
+
+    nightly = jobs_queue.create_schedule({
+        "name": "nightly-report", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "type": "send_email",
+        "payload": {"to": ["ops@example.com"], "subject": "Nightly report", "body": "..."}, "misfire": "skip"})
+    jobs_queue.run_schedule_now(nightly.pk)
+    jobs_queue.create_schedule({"name": "heartbeat", "interval_seconds": 300, "type": "reverse_string",
+                                "payload": "beat", "overlap": "skip", "enabled": False})
 
 
 def test_screenshots_of_every_page_at_desktop_and_phone_width(browser, server, start_worker):
@@ -273,6 +281,7 @@ def test_screenshots_of_every_page_at_desktop_and_phone_width(browser, server, s
         "dlq": "/dashboard/dlq/",
         "workers": "/dashboard/workers/",
         "queues": "/dashboard/queues/",
+        "schedules": "/dashboard/schedules/",
         "submit": "/dashboard/submit/",
     }
     for size_name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
@@ -347,7 +356,7 @@ def test_every_page_and_swagger_ui_work_under_the_content_security_policy(browse
     violations = csp_violations(page.context)
     detail = Job.objects.filter(status=JobStatus.RETRYING).get()
     for path in ("/dashboard/", "/dashboard/jobs/", f"/dashboard/jobs/{detail.pk}/", "/dashboard/dlq/",
-                 "/dashboard/workers/", "/dashboard/queues/"):
+                 "/dashboard/workers/", "/dashboard/queues/", "/dashboard/schedules/"):
         response = page.goto(f"{server}{path}")
         assert response.headers["content-security-policy"] == policy
         wait_live(page)  # htmx and its WebSocket extension run
