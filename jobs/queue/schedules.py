@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
@@ -54,6 +55,8 @@ logger = logging.getLogger("jobs.schedules")
 SCHEDULE_BATCH = 1000
 # Most batches in one round: a round ends even if schedules keep coming due.
 MAX_BATCHES = 100
+# Connections a round with more than one batch fires them on, at once.
+ROUND_THREADS = 2
 TICK_PRUNE_BATCH = 5000
 # Key of the advisory lock the start-up sync holds: workers starting at once sync one at a time.
 SYNC_LOCK = 0x736B6A6B_0002
@@ -90,18 +93,50 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def fire_due_schedules(*, now: datetime | None = None, limit: int = SCHEDULE_BATCH,
-                       rng: random.Random | None = None) -> RoundResult:
+                       rng: random.Random | None = None, threads: int = ROUND_THREADS) -> RoundResult:
     """Fire every due tick of every schedule, in transactions of up to `limit` schedules; return what was done.
 
-    The clock is the database's unless `now` is given.
+    The clock is the database's unless `now` is given. When the first batch
+    is full, the rest go in `threads` at once, each with a connection of its
+    own, taking batches the way two schedulers do (SKIP LOCKED): a batch's
+    statements are mostly the database's work, which runs in parallel.
+    Inside a caller's transaction, which the other connections cannot see,
+    the batches go one by one.
     """
+    rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
     total = RoundResult()
-    for _ in range(MAX_BATCHES):
-        done = _fire_batch(now=now, limit=limit, rng=rng or random.Random())  # noqa: S311 - jitter, not a secret
+    first = _fire_batch(now=now, limit=limit, rng=rng)
+    total.add(first)
+    if first.schedules < limit:
+        return total
+    if threads <= 1 or connection.in_atomic_block:
+        total.add(_fire_batches(now=now, limit=limit, rng=rng, most=MAX_BATCHES - 1))
+        return total
+    with ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="skipjack-scheduler") as pool:
+        helpers = [pool.submit(_fire_batches_in_thread, now=now, limit=limit, most=MAX_BATCHES // threads)
+                   for _ in range(threads - 1)]
+        total.add(_fire_batches(now=now, limit=limit, rng=rng, most=MAX_BATCHES // threads))
+        for helper in helpers:
+            total.add(helper.result())
+    return total
+
+
+def _fire_batches(*, now: datetime | None, limit: int, rng: random.Random, most: int) -> RoundResult:
+    """Fire batches until one is not full, or `most` of them; return what they did."""
+    total = RoundResult()
+    for _ in range(most):
+        done = _fire_batch(now=now, limit=limit, rng=rng)
         total.add(done)
         if done.schedules < limit:
             break
     return total
+
+
+def _fire_batches_in_thread(*, now: datetime | None, limit: int, most: int) -> RoundResult:
+    try:
+        return _fire_batches(now=now, limit=limit, rng=random.Random(), most=most)  # noqa: S311 - jitter
+    finally:
+        connection.close()  # this thread's own
 
 
 def seconds_to_next_tick() -> float | None:
