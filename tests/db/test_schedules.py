@@ -151,6 +151,22 @@ def test_a_leader_killed_in_the_middle_of_a_round_leaves_nothing_and_the_next_ro
     assert Job.objects.count() == 10
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_round_of_many_batches_on_several_connections_fires_each_tick_once():
+    from jobs.models import Schedule as Row
+    from jobs.schedules import Cadence
+
+    definition = clean({"name": "x", "interval_seconds": 10, "type": "reverse_string", "payload": "p"})
+    Row.objects.bulk_create([Row(**{**definition, "name": f"bulk-{n}"}, anchor_at=T0,
+                                 next_fire_at=Cadence(interval_seconds=10, anchor_at=T0).after(T0))
+                             for n in range(2500)])
+    done = queue.fire_due_schedules(now=at(15), limit=300, threads=3)
+    assert (done.schedules, done.enqueued, done.duplicates) == (2500, 2500, 0)
+    assert queue.fire_due_schedules(now=at(15), limit=300, threads=3).schedules == 0
+    assert Job.objects.count() == ScheduleTick.objects.count() == 2500
+    assert ScheduleTick.objects.values("schedule_id").distinct().count() == 2500
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize(("misfire", "fired"), [
     ("skip", [300]),
