@@ -147,6 +147,7 @@ def seconds_to_next_tick() -> float | None:
 
 
 def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> RoundResult:
+    """Fire the due ticks of up to `limit` schedules, in one transaction; return what was done."""
     result = RoundResult()
     grace = float(conf.get("JOBS_SCHEDULE_MISFIRE_GRACE_SECONDS"))
     with transaction.atomic(), connection.cursor() as cursor:
@@ -178,8 +179,8 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
                      "paused": 0}
             states[row["id"]] = state
             paused_reason = None if row["enabled"] else row["paused_reason"]
-            plan_key = (row["cron"], row["interval_seconds"], row["timezone"], row["anchor_at"], row["next_fire_at"],
-                   row["misfire"], row["catch_up_limit"], paused_reason)
+            plan_key = (row["cron"], row["interval_seconds"], row["timezone"], row["anchor_at"],
+                        row["next_fire_at"], row["misfire"], row["catch_up_limit"], paused_reason)
             plan = plans.get(plan_key)
             if plan is None:
                 plan = plans[plan_key] = plan_round(
@@ -189,47 +190,11 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
                     catch_up_limit=row["catch_up_limit"], grace=grace, paused_reason=paused_reason,
                 )
             state["next_fire_at"] = _iso(plan.next_fire_at)
-            planned = [(tick.at, tick.outcome, tick.detail) for tick in plan.ticks]
-            firing = [i for i, (_, outcome, _) in enumerate(planned) if outcome == TickOutcome.ENQUEUED]
-            spec = None
-            if firing:
-                try:
-                    spec = _spec_of(row)
-                except (UnknownJobType, PayloadError, ValueError) as exc:
-                    # Checked when the schedule was saved, so something changed
-                    # since: a deploy dropped its type or changed its schema.
-                    reason = f"Paused by the scheduler: its job can no longer be built ({exc})"
-                    logger.error("schedule %s paused: %s", row["name"], exc,
-                                 extra={"event": "schedule_paused", "schedule": row["name"]})
-                    state.update(enabled=False, paused_reason=reason)
-                    for i in firing:
-                        planned[i] = (planned[i][0], TickOutcome.PAUSED, reason)
-                    firing = []
-            if firing and row["overlap"] == Overlap.SKIP:
-                busy = row["last_job_id"] in unfinished
-                for i in firing:
-                    if busy:
-                        planned[i] = (planned[i][0], TickOutcome.SKIPPED, "The previous tick's job had not finished.")
-                    busy = True  # this tick's job, or the one it waited for, has not finished either
-                firing = [i for i in firing if planned[i][1] == TickOutcome.ENQUEUED]
-            elif firing and row["overlap"] == Overlap.REPLACE:
-                last = firing[-1]
-                for i in firing[:-1]:
-                    planned[i] = (planned[i][0], TickOutcome.SKIPPED,
-                                  f"Replaced by the tick at {planned[last][0].isoformat(timespec='seconds')}.")
-                firing = [last]
-                if row["last_job_id"] in unfinished:
-                    to_cancel[row["id"]] = row["last_job_id"]
-            for i in firing:
-                if spec is None:  # never: firing was emptied when no spec could be built
-                    break
-                at = planned[i][0]
-                delay = jitter(row["jitter_seconds"], rng)
-                options: dict = {"trace_id": uuid.uuid4().hex}
-                run_at = at + timedelta(seconds=delay) if delay else None
-                if run_at is not None and run_at > db_now:
-                    options.update(run_at=run_at, status=JobStatus.SCHEDULED)
-                specs[(row["id"], at)] = spec.with_options(**options)
+            planned, row_specs, replaces = _apply_policies(row, plan, state, unfinished=unfinished, now=db_now,
+                                                            rng=rng)
+            specs.update(row_specs)
+            if replaces is not None:
+                to_cancel[row["id"]] = replaces
             ticks.extend({"schedule_id": row["id"], "tick_at": at, "outcome": outcome, "detail": detail,
                           "manual": False} for at, outcome, detail in planned)
 
@@ -257,6 +222,59 @@ def _fire_batch(*, now: datetime | None, limit: int, rng: random.Random) -> Roun
             cancel_jobs(Job.objects.filter(pk__in=replaced))
         cursor.execute(query("advance_schedules"), {"batch": json.dumps(list(states.values()))})
     return result
+
+
+def _apply_policies(row: dict, plan: Plan, state: dict, *, unfinished: set[int], now: datetime,
+                    rng: random.Random) -> tuple[list[tuple[datetime, str, str]], dict, int | None]:
+    """Return a schedule's ticks this round, each (time, outcome, detail), the specs of the jobs of those that
+    fire, by (schedule id, time), and the unfinished job its firing tick replaces, if any.
+
+    `plan` says which ticks fire by the misfire policy; here a schedule
+    whose job can no longer be built is paused (in `state`), and the
+    overlap policy and the jitter are applied.
+    """
+    planned = [(tick.at, tick.outcome, tick.detail) for tick in plan.ticks]
+    firing = [i for i, (_, outcome, _) in enumerate(planned) if outcome == TickOutcome.ENQUEUED]
+    if not firing:
+        return planned, {}, None
+    try:
+        spec = _spec_of(row)
+    except (UnknownJobType, PayloadError, ValueError) as exc:
+        # Checked when the schedule was saved, so something changed since:
+        # a deploy dropped its type or changed its schema.
+        reason = f"Paused by the scheduler: its job can no longer be built ({exc})"
+        logger.error("schedule %s paused: %s", row["name"], exc,
+                     extra={"event": "schedule_paused", "schedule": row["name"]})
+        state.update(enabled=False, paused_reason=reason)
+        for i in firing:
+            planned[i] = (planned[i][0], TickOutcome.PAUSED, reason)
+        return planned, {}, None
+    replaces = None
+    if row["overlap"] == Overlap.SKIP:
+        busy = row["last_job_id"] in unfinished
+        for i in firing:
+            if busy:
+                planned[i] = (planned[i][0], TickOutcome.SKIPPED, "The previous tick's job had not finished.")
+            busy = True  # this tick's job, or the one it waited for, has not finished either
+        firing = [i for i in firing if planned[i][1] == TickOutcome.ENQUEUED]
+    elif row["overlap"] == Overlap.REPLACE:
+        last = firing[-1]
+        for i in firing[:-1]:
+            planned[i] = (planned[i][0], TickOutcome.SKIPPED,
+                          f"Replaced by the tick at {planned[last][0].isoformat(timespec='seconds')}.")
+        firing = [last]
+        if row["last_job_id"] in unfinished:
+            replaces = row["last_job_id"]
+    specs = {}
+    for i in firing:
+        at = planned[i][0]
+        delay = jitter(row["jitter_seconds"], rng)
+        options: dict = {"trace_id": uuid.uuid4().hex}
+        run_at = at + timedelta(seconds=delay) if delay else None
+        if run_at is not None and run_at > now:
+            options.update(run_at=run_at, status=JobStatus.SCHEDULED)
+        specs[(row["id"], at)] = spec.with_options(**options)
+    return planned, specs, replaces
 
 
 # A tick's outcome -> the RoundResult field and Schedule counter (ticks_<name>) that count it.
