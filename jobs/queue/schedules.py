@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from django.core.signals import setting_changed
 from django.db import IntegrityError, connection, transaction
-from django.db.models import TextField
+from django.db.models import Q, TextField
 from django.db.models.functions import Cast
 from django.dispatch import receiver
 from django.utils import timezone
@@ -524,8 +524,11 @@ def sync_declared(declarations: list[Declaration] | None = None, invalid: dict[s
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SYNC_LOCK])
         now = now or _now()
-        existing = {s.name: s for s in Schedule.objects.select_for_update()}
         wanted = {d.name: d for d in declarations}
+        # Only what the sync may change is locked: the declared schedules and
+        # those of a declared name. The others fire meanwhile.
+        existing = {s.name: s for s in Schedule.objects.select_for_update().filter(
+            Q(source__in=(ScheduleSource.CODE, ScheduleSource.SETTINGS)) | Q(name__in=list(wanted)))}
         for name, declaration in wanted.items():
             stored = _declaration_json(declaration.definition)
             schedule = existing.get(name)
