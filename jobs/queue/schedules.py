@@ -554,7 +554,7 @@ def sync_declared(declarations: list[Declaration] | None = None, invalid: dict[s
                 Schedule.objects.filter(pk=schedule.pk).update(
                     enabled=False, paused_reason="No longer declared in code or settings.")
                 report.retired.append(name)
-        for schedule in Schedule.objects.filter(enabled=False).exclude(paused_reason=""):
+        for schedule in Schedule.objects.select_for_update().filter(enabled=False).exclude(paused_reason=""):
             if schedule.name not in wanted and schedule.source != ScheduleSource.RUNTIME:
                 continue  # retired above, or earlier
             try:
@@ -562,7 +562,7 @@ def sync_declared(declarations: list[Declaration] | None = None, invalid: dict[s
             except (UnknownJobType, PayloadError, ValueError):
                 continue
             _apply(schedule, {**definition_of(schedule), "enabled": True}, now)
-            schedule.save()
+            schedule.save(update_fields=["enabled", "paused_reason", "next_fire_at", "anchor_at", "updated_at"])
             report.restored.append(schedule.name)
     for name, reason in invalid.items():
         logger.error("schedule %s not synced: %s", name, reason, extra={"event": "schedule_invalid", "schedule": name})
