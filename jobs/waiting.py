@@ -102,12 +102,12 @@ class _Facts:
                                   run_at)
             return WaitReason("scheduled", f"Scheduled for {run_at:%Y-%m-%d %H:%M:%S %Z}.", run_at)
         control = self.controls.get(queue)
+        override = self.key_limits.get((queue, key)) if key is not None else None
         if control is not None and control.paused:
             return WaitReason("paused", f"Queue {queue} is paused; its jobs wait until it is resumed.")
         if not self.all_served and queue not in self.served:
             return WaitReason("no_worker", f"No live worker serves queue {queue}.")
         if key is not None:
-            override = self.key_limits.get((queue, key))
             limit = override.concurrency if override is not None else None
             if limit is None:
                 limit = key_limit
@@ -128,7 +128,6 @@ class _Facts:
         if control is not None:
             rates.append((f"q:{queue}", f"queue {queue}", control.rate_limit, control.rate_period))
         if key is not None:
-            override = self.key_limits.get((queue, key))
             if override is not None and override.rate_limit is not None:
                 rates.append((f"k:{queue}:{key}", f"key {key}", override.rate_limit, override.rate_period))
             elif control is not None:

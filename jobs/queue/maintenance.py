@@ -104,11 +104,19 @@ def prune_finished(older_than_seconds: float | None = None, *, limit: int = PRUN
     deleted; a caller with more to prune calls again. Dead jobs stay until
     someone requeues or deletes them: they are the DLQ.
     """
-    seconds = conf.get("JOBS_RETENTION_SECONDS") if older_than_seconds is None else older_than_seconds
+    return prune_older("prune_finished", "JOBS_RETENTION_SECONDS", older_than_seconds, limit)
+
+
+def prune_older(statement: str, setting: str, older_than_seconds: float | None, limit: int) -> int:
+    """Run a pruning statement of queries.sql for rows older than `older_than_seconds` (default: `setting`).
+
+    Return how many rows it deleted; a retention of 0 keeps everything.
+    """
+    seconds = conf.get(setting) if older_than_seconds is None else older_than_seconds
     if not seconds:
         return 0
     with connection.cursor() as cursor:
-        cursor.execute(query("prune_finished"), {"seconds": float(seconds), "limit": limit})
+        cursor.execute(query(statement), {"seconds": float(seconds), "limit": limit})
         return cursor.rowcount
 
 

@@ -30,6 +30,7 @@ from jobs.counters import BUCKETS
 from jobs.errors import PayloadError, UnknownJobType
 from jobs.models import Job, JobStatus, Overlap, Schedule, ScheduleSource, TickOutcome
 from jobs.queue.actions import cancel_jobs
+from jobs.queue.maintenance import prune_older
 from jobs.queue.produce import enqueue_specs
 from jobs.queue.sql import query
 from jobs.schedules import (
@@ -354,12 +355,7 @@ def _insert_ticks(cursor, ticks: list[dict]) -> list[tuple[int, str, int | None]
 
 def prune_ticks(older_than_seconds: float | None = None, *, limit: int = TICK_PRUNE_BATCH) -> int:
     """Delete up to `limit` ticks recorded more than JOBS_SCHEDULE_TICK_RETENTION_SECONDS ago; return how many."""
-    seconds = conf.get("JOBS_SCHEDULE_TICK_RETENTION_SECONDS") if older_than_seconds is None else older_than_seconds
-    if not seconds:
-        return 0
-    with connection.cursor() as cursor:
-        cursor.execute(query("prune_ticks"), {"seconds": float(seconds), "limit": limit})
-        return cursor.rowcount
+    return prune_older("prune_ticks", "JOBS_SCHEDULE_TICK_RETENTION_SECONDS", older_than_seconds, limit)
 
 
 # --- what people do -------------------------------------------------------------------
