@@ -142,6 +142,12 @@ class Job(models.Model):
                 name="job_key_claim_idx",
                 condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=False),
             ),
+            # The keyed claim's fast path (claim_keyed_jobs): keyed jobs in claim order.
+            models.Index(
+                fields=["priority", "run_at", "id"],
+                name="job_keyed_claim_idx",
+                condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=False),
+            ),
             # How many jobs of each key are held now (the key's limit counts them).
             models.Index(
                 fields=["queue", "concurrency_key"], name="job_key_held_idx",

@@ -43,6 +43,7 @@ from jobs.queue.claim import (
     ClaimedJob,
     FlowState,
     claim_jobs,
+    claim_keyed_jobs,
     claim_limited_jobs,
     flow_state,
     priority_order,
@@ -112,7 +113,7 @@ from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_w
 __all__ = [
     "CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
     "STAGE_BATCH", "Cancelled", "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob", "Snoozed",
-    "apply_queue_settings", "cancel_job", "cancel_jobs", "claim_jobs", "claim_limited_jobs", "complete_job",
+    "apply_queue_settings", "cancel_job", "cancel_jobs", "claim_jobs", "claim_keyed_jobs", "claim_limited_jobs", "complete_job",
     "complete_jobs", "dead_jobs", "enqueue", "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state",
     "heartbeat", "notify", "parse_priority", "pause_queue", "priority_order", "prune_finished", "prune_start_log",
     "prune_workers", "record_outcomes", "register_worker", "release_jobs", "remove_key_limit", "requeue_dead",

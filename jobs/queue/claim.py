@@ -4,6 +4,7 @@ import json
 import math
 import random
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,8 @@ def priority_order(rng: random.Random | None = None) -> list[int]:
 
 def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
                lease_seconds: float | None = None, order: list[int] | None = None,
-               start: dict[int, float] | None = None, starting: int | None = None) -> list[ClaimedJob]:
+               start: dict[int, float] | None = None, starting: int | None = None,
+               controlled: Iterable[str] | None = None) -> list[ClaimedJob]:
     """Claim up to `limit` ready jobs for `worker_id` and return them, in the order to run them.
 
     The first `starting` of them (all by default) are `running` at once,
@@ -74,7 +76,10 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
     slot, their attempt not counted. One statement in one short transaction
     (queries.sql: claim_jobs). `start` (from the worker's ClaimFront) skips
     jobs of a priority due before the given epoch second; by default every
-    ready job is a candidate.
+    ready job is a candidate. `controlled` names the queues the caller knows
+    to be paused or limited (a worker's FlowState), which the scans skip;
+    None reads them first. A job of any queue controlled now is left alone
+    either way.
     """
     if limit <= 0:
         return []
@@ -84,6 +89,7 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
         **{f"from{n}": (start or {}).get(p, -math.inf) for n, p in enumerate(order, 1)},
         "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
         "queues": queues or None, "start": limit if starting is None else max(0, starting),
+        "controlled": sorted(flow_state().controlled if controlled is None else controlled),
     }
     with transaction.atomic(), statement_cursor() as cursor:
         cursor.execute(query("claim_jobs"), params)
@@ -115,22 +121,52 @@ class FlowState:
     paused: frozenset[str] = frozenset()
     # Queues with a concurrency or rate limit of their own: only the limited claim takes their jobs.
     limited: frozenset[str] = frozenset()
-    # Whether any job with a concurrency key waits.
-    keyed_waiting: bool = False
+    # How many keys have a job waiting, counted up to WAITING_KEYS_COUNTED.
+    waiting_keys: int = 0
+    # Whether any key is under a rate limit (a KeyLimit row's, or a queue's key rate).
+    key_rates: bool = False
+
+    @property
+    def keyed_waiting(self) -> bool:
+        """Whether any job with a concurrency key waits."""
+        return self.waiting_keys > 0
+
+    @property
+    def controlled(self) -> frozenset[str]:
+        """The queues the plain claim leaves alone: paused, or with limits of their own."""
+        return self.paused | self.limited
 
     def limited_work(self, queues: list[str] | None) -> bool:
         """Return whether the limited claim may find jobs for a worker serving `queues` (None: all)."""
         if self.keyed_waiting:
             return True
+        return self.controls(queues)
+
+    def controls(self, queues: list[str] | None) -> bool:
+        """Return whether a queue of `queues` (None: all) has a concurrency or rate limit of its own."""
         return bool(self.limited if queues is None else self.limited.intersection(queues))
+
+    def keyed_only(self, queues: list[str] | None) -> bool:
+        """Return whether claim_keyed_jobs can serve the limited work of a worker serving `queues`.
+
+        It takes keyed jobs under concurrency limits only: no key may be
+        under a rate, and no queue of the worker's have limits of its own.
+        """
+        return not self.key_rates and not self.controls(queues)
+
+
+# flow_state counts the waiting keys up to this many (one index probe each). Past it the
+# keyed fast path cannot tell that its window held every waiting key, so the full claim serves.
+WAITING_KEYS_COUNTED = 1000
 
 
 def flow_state() -> FlowState:
     """Read what flow control asks of workers now: one short statement."""
     with statement_cursor() as cursor:
-        cursor.execute(query("flow_state"))
-        paused, limited, keyed = cursor.fetchone()
-    return FlowState(paused=frozenset(paused), limited=frozenset(limited), keyed_waiting=keyed)
+        cursor.execute(query("flow_state"), {"keys": WAITING_KEYS_COUNTED})
+        paused, limited, waiting_keys, key_rates = cursor.fetchone()
+    return FlowState(paused=frozenset(paused), limited=frozenset(limited), waiting_keys=waiting_keys,
+                     key_rates=key_rates)
 
 
 def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
@@ -162,6 +198,46 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
     claimed.sort(key=lambda job: (not job.started, job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed
+
+
+def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
+                     lease_seconds: float | None = None, starting: int | None = None,
+                     order: list[int] | None = None, window: int | None = None,
+                     controlled: Iterable[str] | None = None,
+                     wait: bool = True) -> tuple[list[ClaimedJob], int] | None:
+    """Claim up to `limit` keyed jobs under concurrency limits only, in claim order; return them and the keys read.
+
+    The limited claim's fast path (queries.sql: claim_keyed_jobs), under the
+    same advisory lock: it reads the first `window` keyed jobs (4 x `limit`
+    by default) in priority and due order, and takes each while its key has
+    room. It leaves rated keys and controlled queues to claim_limited_jobs,
+    and so does a key with no job among those read: when fewer than `limit`
+    jobs came back and it read fewer keys than wait, claim_limited_jobs may
+    find more. `controlled` is as for claim_jobs. With `wait` False, return
+    None at once if another limited claim holds the turn.
+    """
+    if limit <= 0:
+        return [], 0
+    order = order or priority_order()
+    if controlled is None:
+        controlled = flow_state().controlled
+    params = {
+        "p1": order[0], "p2": order[1], "p3": order[2], "limit": limit, "worker": worker_id,
+        "window": window or 4 * limit, "queues": queues or None, "controlled": sorted(controlled),
+        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "start": limit if starting is None else max(0, min(starting, limit)),
+    }
+    with transaction.atomic(), statement_cursor() as cursor:
+        cursor.execute(query("lock_limited_claims" if wait else "try_lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
+        if not wait and not cursor.fetchone()[0]:
+            return None
+        cursor.execute(query("claim_keyed_jobs"), params)
+        rows = cursor.fetchall()
+    claimed = [ClaimedJob(*row[:-1]) for row in rows if row[0] is not None]
+    rank = {p: n for n, p in enumerate(order)}
+    claimed.sort(key=lambda job: (not job.started, rank[job.priority], job.due, job.id))
+    _announce_claimed(claimed)
+    return claimed, rows[0][-1]
 
 
 def start_jobs(started: list[tuple[ClaimedJob, float]]) -> set[int]:

@@ -76,6 +76,15 @@ FLOW_INTERVAL = 1.0
 # and finishing jobs free a few keys at a time: spaced out, each claim takes what many
 # finished jobs freed. A worker with an idle slot and nothing for it claims at once.
 LIMITED_CLAIM_INTERVAL = 0.01
+# Seconds between full limited claims while the fast path (claim_keyed_jobs) serves keyed
+# jobs: the full claim offers every waiting key its turn, which the fast path's window and
+# front do not, so no key waits longer than this for a look of its own.
+FULL_LIMITED_CLAIM_INTERVAL = 1.0
+# The fast path reads this many keyed jobs for each free place, and at least this many for
+# each waiting key, up to KEYED_WINDOW_MAX.
+KEYED_WINDOW = 4
+KEYED_WINDOW_PER_KEY = 2
+KEYED_WINDOW_MAX = 2000
 
 
 class Producer:
@@ -87,6 +96,9 @@ class Producer:
         self.lease_seconds = lease_seconds
         self.worker_id: uuid.UUID | None = None
         self.front = ClaimFront(poll_interval)
+        # When a full limited claim is due next, and before when the fast path is not tried again.
+        self.next_full_limited = 0.0
+        self.keyed_fast_after = 0.0
         self.swept = False
         self.next_poll = 0.0
         # A full claim suggests more jobs wait: claim again without waiting.
@@ -148,10 +160,7 @@ class Producer:
             limited = None
             if now >= self.next_limited or starting > 0:
                 self.next_limited = now + LIMITED_CLAIM_INTERVAL
-                # Waits for its turn only with a slot idle and nothing for it.
-                limited = queue.claim_limited_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
-                                                   lease_seconds=self.lease_seconds, starting=max(0, starting),
-                                                   wait=starting > 0)
+                limited = self._claim_limited(self.worker_id, free=free, starting=max(0, starting), now=now)
             if limited is None:  # put off, or another worker's claim had the turn
                 self.limited_pending = True
             else:
@@ -165,15 +174,40 @@ class Producer:
             return jobs
         start = self.front.start(now)
         plain = queue.claim_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
-                                 lease_seconds=self.lease_seconds, start=start, starting=max(0, starting))
+                                 lease_seconds=self.lease_seconds, start=start, starting=max(0, starting),
+                                 controlled=self.flow.controlled)
         self.swept = start is None
         self.front.claimed(plain, swept=self.swept, now=now)
         self.more_likely = len(plain) == free
         return jobs + plain
 
+    def _claim_limited(self, worker_id: uuid.UUID, *, free: int, starting: int,
+                       now: float) -> list[queue.ClaimedJob] | None:
+        """Run a limited claim: the fast path where it serves, else the full claim; None if the turn was taken.
+
+        Waits for its turn only with a slot idle and nothing for it.
+        """
+        if self.flow.keyed_only(self.queues) and self.keyed_fast_after <= now < self.next_full_limited:
+            window = min(max(KEYED_WINDOW * free, KEYED_WINDOW_PER_KEY * self.flow.waiting_keys), KEYED_WINDOW_MAX)
+            got = queue.claim_keyed_jobs(worker_id=worker_id, limit=free, queues=self.queues,
+                                         lease_seconds=self.lease_seconds, starting=starting, window=window,
+                                         controlled=self.flow.controlled, wait=starting > 0)
+            if got is None:
+                return None
+            jobs, keys_read = got
+            if len(jobs) < free and keys_read < self.flow.waiting_keys:
+                # Short, and some waiting keys had no job in the window (one key's jobs in
+                # front, at its limit): full claims look at every key, for a while.
+                self.next_full_limited = now
+                self.keyed_fast_after = now + FULL_LIMITED_CLAIM_INTERVAL
+            return jobs
+        self.next_full_limited = now + FULL_LIMITED_CLAIM_INTERVAL
+        return queue.claim_limited_jobs(worker_id=worker_id, limit=free, queues=self.queues,
+                                        lease_seconds=self.lease_seconds, starting=starting, wait=starting > 0)
+
     def sweep_now(self, now: float) -> None:
-        """Have the next claim read from the start (burst mode's last look before it stops)."""
-        self.front.next_sweep = now
+        """Have the next claims read from the start (burst mode's last look before it stops)."""
+        self.front.next_sweep = self.next_full_limited = now
         self.more_likely = True
 
     # --- LISTEN/NOTIFY -----------------------------------------------------
