@@ -190,14 +190,19 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
         "start": limit if starting is None else max(0, min(starting, limit)),
     }
     with transaction.atomic(), statement_cursor() as cursor:
-        cursor.execute(query("lock_limited_claims" if wait else "try_lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
-        if not wait and not cursor.fetchone()[0]:
+        if not _take_turn(cursor, wait=wait):
             return None
         cursor.execute(query("claim_limited_jobs"), params)
         claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
     claimed.sort(key=lambda job: (not job.started, job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed
+
+
+def _take_turn(cursor, *, wait: bool) -> bool:
+    """Take the limited claims' turn for this transaction; with `wait` False, give way if another has it."""
+    cursor.execute(query("lock_limited_claims" if wait else "try_lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
+    return wait or cursor.fetchone()[0]
 
 
 def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
@@ -228,8 +233,7 @@ def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | No
         "start": limit if starting is None else max(0, min(starting, limit)),
     }
     with transaction.atomic(), statement_cursor() as cursor:
-        cursor.execute(query("lock_limited_claims" if wait else "try_lock_limited_claims"), {"lock": LIMITED_CLAIM_LOCK})
-        if not wait and not cursor.fetchone()[0]:
+        if not _take_turn(cursor, wait=wait):
             return None
         cursor.execute(query("claim_keyed_jobs"), params)
         rows = cursor.fetchall()
