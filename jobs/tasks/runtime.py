@@ -131,6 +131,19 @@ def task_handler(path: str) -> TaskHandler:
     return handler
 
 
+def task_names() -> list[str]:
+    """Return the job types of the tasks workers run: the module paths of the tasks of JOBS_TASK_MODULES, sorted."""
+    names: set[str] = set()
+    for module_name in conf.get("JOBS_TASK_MODULES"):
+        try:
+            module = import_module(module_name)  # imported at start-up already (jobs.apps)
+        except ImportError:
+            continue
+        names.update(value.module_path for value in vars(module).values()
+                     if isinstance(value, Task) and value.func.__module__ == module_name)
+    return sorted(names)
+
+
 def handler_for(type_name: str) -> Handler:
     """Return the handler of jobs of `type_name`: a registered job type's, else a Django task's.
 

@@ -463,3 +463,67 @@ def test_task_finished_is_sent_for_a_failed_task_and_not_for_a_retried_attempt()
     assert seen == [(TaskResultStatus.FAILED, 1)]
     [error] = tasks.permanent_failure.get_result(dead.id).errors
     assert error.exception_class is PermanentError and "no point retrying" in error.traceback
+
+
+# tasks on every surface, like any job
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tasks_show_on_the_api_dashboard_admin_dlq_and_metrics_by_their_task_name(settings):
+    """List a completed and a dead task by their module path everywhere jobs are shown, and requeue the dead one."""
+    from django.core.cache import cache
+    from django.test import Client
+    from django.urls import reverse
+
+    from tests.db.test_api import client_for
+    from tests.db.test_metrics import scrape, value
+    from tests.factories import UserFactory
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.METRICS_CACHE_SECONDS = 0
+    cache.clear()
+    done = tasks.add.enqueue(1, 2)
+    dead = tasks.permanent_failure.enqueue()
+    run_worker()
+    staff = UserFactory(username="operator", is_staff=True, is_superuser=True)
+    api = client_for(staff)
+    listed = api.get("/api/jobs/", {"type": "tests.tasks.add"}).json()["results"]
+    assert [(j["id"], j["type"], j["status"]) for j in listed] == [(int(done.id), "tests.tasks.add", "completed")]
+    detail = api.get(f"/api/jobs/{dead.id}/").json()
+    assert (detail["type"], detail["status"]) == ("tests.tasks.permanent_failure", "dead")
+    assert detail["history"][0]["outcome"] == "failed"
+    dlq = api.get("/api/dlq/").json()["results"]
+    assert [(j["id"], j["type"]) for j in dlq] == [(int(dead.id), "tests.tasks.permanent_failure")]
+    assert "no point retrying" in dlq[0]["error"]
+    page = Client()
+    page.force_login(staff)
+    jobs_page = page.get(reverse("dashboard:jobs")).content.decode()
+    assert "tests.tasks.add" in jobs_page and "tests.tasks.permanent_failure" in jobs_page
+    assert "tests.tasks.permanent_failure" in page.get(reverse("dashboard:dlq")).content.decode()
+    assert "tests.tasks.add" in page.get(reverse("dashboard:job-detail", args=[int(done.id)])).content.decode()
+    changelist = page.get(reverse("admin:jobs_job_changelist"), {"type": "tests.tasks.add"})
+    assert changelist.status_code == 200
+    assert [job.pk for job in changelist.context["cl"].result_list] == [int(done.id)]
+    assert "?type=tests.tasks.async_multiply" in changelist.content.decode(), "the type filter offers every task"
+    samples = scrape()
+    assert value(samples, "skipjack_jobs_enqueued_total", type="tests.tasks.add", queue="default") == 1
+    assert value(samples, "skipjack_jobs_completed_total", type="tests.tasks.add", queue="default") == 1
+    assert value(samples, "skipjack_jobs_dead_total", type="tests.tasks.permanent_failure", queue="default") == 1
+    # Requeued from the DLQ, it runs again as the same task result.
+    assert api.post("/api/dlq/requeue/", {"job_ids": [int(dead.id)]}, format="json").json()["requeued"] == 1
+    assert tasks.permanent_failure.get_result(dead.id).status == TaskResultStatus.READY
+    run_worker()
+    again = tasks.permanent_failure.get_result(dead.id)
+    assert (again.status, again.attempts, len(again.errors)) == (TaskResultStatus.FAILED, 2, 2)
+
+
+def test_tasks_cannot_be_submitted_through_the_api(db):
+    """Refuse a task's module path as a job type at POST /api/jobs/: only code enqueues tasks."""
+    from tests.db.test_api import client_for
+    from tests.factories import UserFactory
+
+    staff = UserFactory(username="operator", is_staff=True)
+    response = client_for(staff).post("/api/jobs/", {"type": "tests.tasks.add", "payload": {"args": [1, 2], "kwargs": {}}},
+                                      format="json")
+    assert response.status_code == 400 and "type" in response.json()
+    assert not Job.objects.exists()
