@@ -4,16 +4,22 @@ import asyncio
 import os
 from pathlib import Path
 
+import django
 from django.db import connection
 
 from jobs.errors import PermanentError
+from jobs.tasks import task as skipjack_task
 from jobs.tasks.compat import TaskContext
 from tests.sample_handlers import EFFECTS_TABLE
 
 try:
-    from django.tasks import task  # type: ignore[import-not-found, unused-ignore]
+    from django.tasks import task
 except ImportError:  # Django 5.2: the backport
-    from django_tasks import task  # type: ignore[no-redef, unused-ignore]
+    from django_tasks import task
+
+# The backport (and Django 6.1) hand the decorator's extra keywords to the
+# backend's task class; on Django 6.0, jobs.tasks.task does.
+task_with_options = task if django.VERSION < (6, 0) else skipjack_task
 
 
 class TaskFailure(Exception):
@@ -47,7 +53,7 @@ def attempt_number(context: TaskContext, fail_until: int = 0):
     return {"attempt": context.attempt, "id": context.task_result.id, "status": str(context.task_result.status)}
 
 
-@task(max_retries=2, backoff_base=0.1, backoff_cap=0.2)
+@task_with_options(max_retries=2, backoff_base=0.1, backoff_cap=0.2)
 def failing_task(message="boom"):
     """Always fail, so that its retries run out and it goes to the DLQ."""
     raise TaskFailure(message)
@@ -67,7 +73,7 @@ def record(label):
     return label
 
 
-@task(timeout=0.5, max_retries=0)
+@task_with_options(timeout=0.5, max_retries=0)
 def sleeps(seconds):
     """Sleep, so that its timeout stops it."""
     import time

@@ -9,6 +9,6 @@ the worker does with a task's job.
 """
 
 from jobs.tasks.backend import SkipjackBackend
-from jobs.tasks.base import SkipjackTask
+from jobs.tasks.base import SkipjackTask, task
 
-__all__ = ["SkipjackBackend", "SkipjackTask"]
+__all__ = ["SkipjackBackend", "SkipjackTask", "task"]

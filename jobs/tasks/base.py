@@ -15,12 +15,16 @@ from jobs.models import Job
 from jobs.registry import unstorable
 from jobs.spec import MAX_SECONDS
 from jobs.tasks.compat import (
+    DEFAULT_TASK_BACKEND_ALIAS,
+    DEFAULT_TASK_PRIORITY,
+    DEFAULT_TASK_QUEUE_NAME,
     BaseTaskBackend,
     InvalidTask,
     InvalidTaskBackend,
     Task,
     TaskResult,
     TaskResultDoesNotExist,
+    task_backends,
 )
 
 P = ParamSpec("P")
@@ -109,6 +113,23 @@ class SkipjackTask(Task[P, T]):  # type: ignore[misc]  # the stubs do not declar
                                                      run_after=run_after, backend=backend))
         changes = {name: value for name, value in options.items() if value is not None}
         return replace(task, **changes) if changes else task
+
+
+def task(function: Callable | None = None, *, priority: int = DEFAULT_TASK_PRIORITY,
+         queue_name: str = DEFAULT_TASK_QUEUE_NAME, backend: str = DEFAULT_TASK_BACKEND_ALIAS,
+         takes_context: bool = False, **options: Any) -> Any:
+    """Django's @task decorator, handing a backend's own options to its task class on every Django version.
+
+    The backport and Django 6.1 do that themselves; Django 6.0's decorator
+    takes Django's four arguments only.
+    """
+
+    def wrapper(func: Callable) -> Task:
+        return task_backends[backend].task_class(priority=priority, func=func, queue_name=queue_name,
+                                                 backend=backend, takes_context=takes_context, run_after=None,
+                                                 **options)
+
+    return wrapper(function) if function is not None else wrapper
 
 
 def resolved_options(task: Task, defaults: dict[str, Any]) -> dict[str, Any]:

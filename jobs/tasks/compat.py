@@ -25,7 +25,7 @@ if TYPE_CHECKING or django.VERSION >= (6, 0):
     )
     from django.tasks.exceptions import InvalidTask, InvalidTaskBackend, TaskResultDoesNotExist
     from django.tasks.signals import task_enqueued, task_finished, task_started
-    from django.tasks.utils import normalize_json  # type: ignore[import-untyped, unused-ignore]
+    from django.utils.json import normalize_json  # type: ignore[attr-defined, unused-ignore]
 
     signals_module = "django.tasks.signals"
 else:

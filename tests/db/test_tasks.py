@@ -527,3 +527,13 @@ def test_tasks_cannot_be_submitted_through_the_api(db):
                                       format="json")
     assert response.status_code == 400 and "type" in response.json()
     assert not Job.objects.exists()
+
+
+def test_skipjacks_decorator_hands_the_options_to_the_task_class_on_any_django():
+    """Build a SkipjackTask with our options through jobs.tasks.task, as the backport's own decorator does."""
+    from jobs.tasks import SkipjackTask, task
+
+    built = task(max_retries=4, backoff_base=2, queue_name="emails")(tasks.add.func)
+    assert isinstance(built, SkipjackTask)
+    assert (built.max_retries, built.backoff_base, built.queue_name, built.module_path) == (4, 2, "emails", "tests.tasks.add")
+    assert isinstance(tasks.failing_task, SkipjackTask) and tasks.failing_task.max_retries == 2
