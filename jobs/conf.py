@@ -68,8 +68,6 @@ DEFAULTS = {
     # while others wait. Enforced by the claim, as the limit of the job's
     # concurrency key "owner:<id>". None (JOBS_USER_MAX_RUNNING=0): no such limit.
     "JOBS_USER_MAX_RUNNING": 2,
-    # Weights of the priority a claim serves first: high, normal, low.
-    "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
     # Live events (jobs.events): on/off, the coalescing window in seconds,
     # how many job ids one message lists before it says "resync" instead,
     # and the longer window that follows a flush that had to say "resync".

@@ -26,24 +26,28 @@ from typing import Any
 from django.utils import timezone
 
 from jobs import conf, flow
-from jobs.models import JobStatus, Priority
+from jobs.models import MAX_PRIORITY, MIN_PRIORITY, JobStatus, Priority
 from jobs.registry import Handler, get_handler, normalize_payload, unstorable
 from jobs.tracing import current_trace_id
 
 # The longest delay, timeout or TTL accepted: a year.
 MAX_SECONDS = 365 * 24 * 3600.0
 
-_PRIORITIES = {int(choice): choice for choice in Priority}
 _PRIORITY_LABELS = {choice.label: choice for choice in Priority}
 
 
 def parse_priority(value: Any) -> int:
-    """Return the Priority for "high"/"normal"/"low", 0/1/2 or a Priority; raise ValueError otherwise."""
+    """Return the priority "high", "normal" or "low" names, or a whole number from -100 to 100 as it is.
+
+    Higher is served first; the names are points on that scale (Priority).
+    Raise ValueError for anything else.
+    """
     if isinstance(value, str) and value.lower() in _PRIORITY_LABELS:
         return _PRIORITY_LABELS[value.lower()]
-    if isinstance(value, int) and not isinstance(value, bool) and value in _PRIORITIES:
-        return _PRIORITIES[value]
-    raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
+    if isinstance(value, int) and not isinstance(value, bool) and MIN_PRIORITY <= value <= MAX_PRIORITY:
+        return int(value)
+    raise ValueError(f"Unknown priority {value!r}; use high, normal, low or a whole number from "
+                     f"{MIN_PRIORITY} to {MAX_PRIORITY}.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,6 @@ from jobs.errors import PayloadError
 from jobs.spec import build_for
 from jobs.tasks.base import SkipjackBackendBase, call_with_arguments, check_unique_key, resolved_options
 from jobs.tasks.compat import DEFAULT_TASK_BACKEND_ALIAS, InvalidTask, Task, TaskResult, normalize_json, task_enqueued
-from jobs.tasks.priorities import job_priority
 from jobs.tasks.results import result_for
 from jobs.tasks.runtime import handler_for_task
 
@@ -60,7 +59,7 @@ class SkipjackBackend(SkipjackBackendBase):
             payload["backend"] = self.alias
         try:
             spec = build_for(
-                handler_for_task(task, options), payload, queue=task.queue_name, priority=job_priority(task.priority),
+                handler_for_task(task, options), payload, queue=task.queue_name, priority=task.priority,
                 max_retries=options.get("max_retries"), timeout=options.get("timeout"), ttl=options.get("ttl"),
                 run_at=task.run_after, unique_key=unique_key,
             )

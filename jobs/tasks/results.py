@@ -28,7 +28,6 @@ from jobs.tasks.compat import (
     TaskResultDoesNotExist,
     TaskResultStatus,
 )
-from jobs.tasks.priorities import task_priority
 
 STATUSES = {
     JobStatus.QUEUED: TaskResultStatus.READY,
@@ -120,7 +119,7 @@ def task_of(job: Job) -> Task:
     # validate again, and a row outlives the settings it was valid under.
     task = copy.copy(task)
     object.__setattr__(task, "queue_name", job.queue)
-    object.__setattr__(task, "priority", task_priority(job.priority))
+    object.__setattr__(task, "priority", job.priority)
     object.__setattr__(task, "run_after", _moment(payload.get("run_after")))
     object.__setattr__(task, "backend", payload.get("backend") or DEFAULT_TASK_BACKEND_ALIAS)
     return task

@@ -382,11 +382,14 @@ def test_all_four_capability_flags_are_true():
 
 
 @pytest.mark.django_db
-def test_a_tasks_priority_goes_to_the_job_priority_that_serves_it():
-    """Store a positive priority as high, zero as normal and a negative one as low."""
-    for priority, expected in ((100, Priority.HIGH), (1, Priority.HIGH), (0, Priority.NORMAL), (-5, Priority.LOW)):
+def test_a_tasks_priority_is_its_jobs_priority():
+    """Store a task's priority as it is, on the jobs' own scale, and read it back so."""
+    for priority in (100, 50, 1, 0, -5, -100):
         result = tasks.add.using(priority=priority).enqueue(1, 1)
-        assert Job.objects.get(pk=int(result.id)).priority == expected
+        assert Job.objects.get(pk=int(result.id)).priority == priority
+        assert tasks.add.get_result(result.id).task.priority == priority
+    assert Job.objects.get(pk=int(tasks.echo.enqueue().id)).priority == 10, "the decorator's"
+    assert Priority.NORMAL == 0, "Django's default priority is normal"
 
 
 # running in the worker

@@ -183,3 +183,20 @@ def test_a_row_naming_a_callable_that_is_no_task_is_refused_and_never_run(start_
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT job_id FROM {EFFECTS_TABLE}")  # noqa: S608 - the test table's name
         assert cursor.fetchall() == [(7,)]
+
+
+def test_tasks_of_mixed_priorities_run_highest_first(start_worker):
+    """Run 100 tasks of mixed priorities, enqueued in random order, on one worker thread: highest first, then oldest."""
+    import random
+
+    rng = random.Random(16)
+    priorities = [rng.choice([-100, -50, -3, 0, 0, 7, 50, 99, 100]) for _ in range(100)]
+    results = [tasks.add.using(priority=p).enqueue(n, 0) for n, p in enumerate(priorities)]
+    worker = start_worker("--burst", "--concurrency", "1", "--prefetch", "1", *FAST,
+                          env={"JOBS_TASK_MODULES": TASK_MODULES})
+    assert worker.wait(timeout=120) == 0, worker.output()
+    jobs = Job.objects.filter(pk__in=[int(r.id) for r in results]).order_by("started_at", "id")
+    assert all(job.status == JobStatus.COMPLETED for job in jobs)
+    ran = [(job.priority, job.pk) for job in jobs]
+    assert ran == sorted(ran, key=lambda run: (-run[0], run[1]))
+    assert (ran[0][0], ran[-1][0], len(set(priorities))) == (100, -100, 8)

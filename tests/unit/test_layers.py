@@ -32,7 +32,6 @@ LAYERS = {
     "jobs.tasks": 2,
     "jobs.tasks.base": 0,
     "jobs.tasks.compat": 0,
-    "jobs.tasks.priorities": 0,
     "jobs.tasks.results": 0,
     "jobs.tasks.runtime": 0,
     "jobs.api": 3,
