@@ -21,7 +21,7 @@ from jobs import flow
 from jobs.errors import UnknownJobType
 from jobs.flow import QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
 from jobs.handlers.validators import Field, PayloadSchema
-from jobs.models import JobStatus, Misfire, Overlap, Priority
+from jobs.models import JobStatus, Misfire, Overlap, Priority, priority_label
 from jobs.queue import MAX_SECONDS
 from jobs.registry import get_handler, handlers
 from jobs.schedules import FIELDS, ScheduleInvalid, clean as clean_schedule
@@ -312,7 +312,7 @@ class ScheduleForm(forms.Form):
         if instance is not None and not kwargs.get("data") and not args:
             kwargs["initial"] = {
                 **{name: getattr(instance, name) for name in FIELDS},
-                "payload": json.dumps(instance.payload), "priority": Priority(instance.priority).label,
+                "payload": json.dumps(instance.payload), "priority": priority_label(instance.priority),
             }
         super().__init__(*args, **kwargs)
         names = [h.name for h in handlers()]
@@ -333,7 +333,7 @@ class ScheduleForm(forms.Form):
         if self.errors:
             return data
         values = {name: data.get(name) for name in FIELDS}
-        values["priority"] = [p.label for p in Priority].index(str(values["priority"]))
+        values["priority"] = Priority[str(values["priority"]).upper()]
         values["jitter_seconds"] = values["jitter_seconds"] or 0.0
         values["cron"] = values["cron"] or ""
         try:

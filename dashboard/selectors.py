@@ -18,7 +18,18 @@ from django.utils import timezone
 
 from jobs import schedules as schedule_rules, selectors as jobs_selectors
 from jobs.counters import FINISHED_BUCKET, FINISHED_TABLE
-from jobs.models import HELD_STATUSES, READY_STATUSES, Job, JobStatus, Priority, Schedule, TickOutcome, Worker
+from jobs.models import (
+    HELD_STATUSES,
+    NAMED_PRIORITIES,
+    READY_STATUSES,
+    Job,
+    JobStatus,
+    Schedule,
+    TickOutcome,
+    Worker,
+    priority_label,
+)
+from jobs.queue import ready_priorities
 from jobs.selectors import job_list_for_user, live_workers, with_liveness
 from jobs.waiting import REASONS, waiting_by_reason
 
@@ -105,6 +116,11 @@ def throughput(user) -> list[Bucket]:
     return buckets
 
 
+def _priorities() -> list[int]:
+    """Return the priorities waiting jobs have, highest first: the named ones and those the claim index holds."""
+    return sorted({*NAMED_PRIORITIES, *ready_priorities()}, reverse=True)
+
+
 def queue_depth(user) -> tuple[list[dict], bool]:
     """Return the jobs due to run now per queue and priority, with the oldest run_at of each.
 
@@ -116,14 +132,15 @@ def queue_depth(user) -> tuple[list[dict], bool]:
     oldest first.
     """
     if user.is_staff:
-        # One LIMITed range scan of job_claim_idx per priority, as a claim
-        # makes, instead of reading every waiting job (27 ms at 100,000).
+        # One LIMITed range scan of job_claim_idx per priority that has
+        # jobs, as a claim makes, instead of reading every waiting job (27 ms at 100,000).
+        priorities = _priorities()
         sql = " UNION ALL ".join(
             f"""(SELECT queue, priority, run_at FROM {JOB_TABLE} WHERE {_DUE} AND priority = %s
                  ORDER BY run_at, id LIMIT %s)"""  # noqa: S608 - table names and constants only; values are parameters
-            for _ in Priority
+            for _ in priorities
         )
-        params = [value for p in Priority for value in (int(p), COUNT_CAP + 1)]
+        params = [value for p in priorities for value in (p, COUNT_CAP + 1)]
     else:
         # A user's own waiting jobs, through job_owner_status_idx; the claim
         # index would walk everyone's. A user's active jobs are few
@@ -132,7 +149,7 @@ def queue_depth(user) -> tuple[list[dict], bool]:
         params = [user.pk]
     sql = f"""
         SELECT queue, priority, count(*), min(run_at) FROM ({sql}) AS due
-        GROUP BY queue, priority ORDER BY queue, priority
+        GROUP BY queue, priority ORDER BY queue, priority DESC
     """  # noqa: S608 - table names and constants only; values are parameters
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -143,7 +160,7 @@ def queue_depth(user) -> tuple[list[dict], bool]:
     capped = {priority for priority, total in sampled.items() if total > COUNT_CAP} if user.is_staff else set()
     depth = [
         {
-            "queue": queue, "priority": priority, "priority_label": Priority(priority).label, "count": count,
+            "queue": queue, "priority": priority, "priority_label": priority_label(priority), "count": count,
             "oldest": oldest,
             # Shown as "n+"; a count past the cap already is.
             "lower_bound": priority in capped and count <= COUNT_CAP,
@@ -156,14 +173,14 @@ def queue_depth(user) -> tuple[list[dict], bool]:
 def oldest_waiting(user) -> Job | None:
     """Return the job that has waited longest past its run_at, or None."""
     if user.is_staff:
-        # One LIMIT 1 per priority, each an index range scan on job_claim_idx
-        # (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
+        # One LIMIT 1 per priority that has jobs, each an index range scan on
+        # job_claim_idx (priority, run_at, id); sorting all waiting jobs by run_at would read every one.
+        params = _priorities()
         sql = " UNION ALL ".join(
             f"""(SELECT id FROM {JOB_TABLE} WHERE {_DUE} AND priority = %s
                  ORDER BY run_at, id LIMIT 1)"""  # noqa: S608 - table names and constants only; values are parameters
-            for _ in Priority
+            for _ in params
         )
-        params = [int(p) for p in Priority]
     else:
         # A user's own few waiting jobs, as in queue_depth().
         sql = f"SELECT id FROM {JOB_TABLE} WHERE owner_id = %s AND {_DUE} ORDER BY run_at, id LIMIT 1"  # noqa: S608 - table names and constants only; values are parameters

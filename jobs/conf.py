@@ -54,6 +54,9 @@ DEFAULTS = {
     "JOBS_SCRAPE_TIMEOUT": 10.0,
     # Modules imported at startup so the handlers they define register.
     "JOBS_HANDLER_MODULES": (),
+    # Modules whose Django tasks (@task functions) workers run, imported at
+    # startup; a job naming a task of any other module is refused (jobs.tasks.runtime).
+    "JOBS_TASK_MODULES": (),
     # Per-user submission limits for non-staff users (API and dashboard).
     "JOBS_USER_SUBMISSIONS_PER_MINUTE": 10,
     "JOBS_USER_MAX_ACTIVE": 5,
@@ -65,8 +68,6 @@ DEFAULTS = {
     # while others wait. Enforced by the claim, as the limit of the job's
     # concurrency key "owner:<id>". None (JOBS_USER_MAX_RUNNING=0): no such limit.
     "JOBS_USER_MAX_RUNNING": 2,
-    # Weights of the priority a claim serves first: high, normal, low.
-    "JOBS_PRIORITY_WEIGHTS": (60, 30, 10),
     # Live events (jobs.events): on/off, the coalescing window in seconds,
     # how many job ids one message lists before it says "resync" instead,
     # and the longer window that follows a flush that had to say "resync".

@@ -46,10 +46,22 @@ FINISHED_STATUSES = (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED, J
 
 
 class Priority(models.IntegerChoices):
-    # Lower numbers are served first; see jobs.queue.claim_jobs for the weighting.
-    HIGH = 0, "high"
-    NORMAL = 1, "normal"
-    LOW = 2, "low"
+    # A job's priority is Django's task priority: a whole number from
+    # MIN_PRIORITY to MAX_PRIORITY, higher served first (jobs.queue.claim_jobs).
+    # These are its named points; any other number on the scale is a
+    # priority too, between or beyond them.
+    HIGH = 50, "high"
+    NORMAL = 0, "normal"
+    LOW = -50, "low"
+
+
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+NAMED_PRIORITIES = frozenset(Priority.values)
+
+
+def priority_label(priority: int) -> str:
+    """Return "high", "normal" or "low" for a named priority, else the number written out ("10")."""
+    return Priority(priority).label if priority in Priority.values else str(priority)
 
 
 class JobQuerySet(models.QuerySet):
@@ -74,6 +86,7 @@ class Job(models.Model):
     queue = models.CharField(max_length=64, default="default")
     type = models.CharField(max_length=100)
     payload = models.JSONField(default=dict, blank=True)
+    # Higher first, from MIN_PRIORITY to MAX_PRIORITY; the choices are its named points.
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
 
@@ -128,23 +141,25 @@ class Job(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # The claim: one index range scan per priority, oldest run_at first.
-            # Jobs with a concurrency key are claimed through the next index.
+            # The claim: one index range scan per priority, oldest run_at first;
+            # read in this order (highest priority first), it is also the
+            # order the limited claim takes a limited queue's jobs in. Jobs
+            # with a concurrency key are claimed through the next index.
             models.Index(
-                fields=["priority", "run_at", "id"],
+                fields=["-priority", "run_at", "id"],
                 name="job_claim_idx",
                 condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=True),
             ),
             # The claim of keyed jobs: a skip scan finds each key, then each
             # key's jobs in their order. Only keyed jobs pay for these two.
             models.Index(
-                fields=["queue", "concurrency_key", "priority", "run_at", "id"],
+                fields=["queue", "concurrency_key", "-priority", "run_at", "id"],
                 name="job_key_claim_idx",
                 condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=False),
             ),
             # The keyed claim's fast path (claim_keyed_jobs): keyed jobs in claim order.
             models.Index(
-                fields=["priority", "run_at", "id"],
+                fields=["-priority", "run_at", "id"],
                 name="job_keyed_claim_idx",
                 condition=Q(status__in=READY_STATUSES, concurrency_key__isnull=False),
             ),
@@ -196,6 +211,8 @@ class Job(models.Model):
                 name="job_unique_idempotency_key",
             ),
             models.CheckConstraint(condition=Q(progress__lte=100), name="job_progress_lte_100"),
+            models.CheckConstraint(condition=Q(priority__gte=MIN_PRIORITY, priority__lte=MAX_PRIORITY),
+                                   name="job_priority_in_range"),
         ]
 
     def __str__(self):
@@ -203,7 +220,7 @@ class Job(models.Model):
 
     @property
     def priority_label(self) -> str:
-        return Priority(self.priority).label
+        return priority_label(self.priority)
 
 
 class QueueControl(models.Model):

@@ -37,6 +37,7 @@ from jobs.models import (
     Schedule,
     ScheduleTick,
     Worker,
+    priority_label,
 )
 
 # --- Counts by status: the one read model every reader uses ---------------------
@@ -275,8 +276,8 @@ def job_stats(user) -> dict:
     jobs = Job.objects.for_user(user)
     statuses = status_counts(user)
     priorities = dict.fromkeys(Priority.labels, 0)
-    for priority, n in jobs.order_by().values_list("priority").annotate(n=Count("pk")):
-        priorities[Priority(priority).label] = n
+    for priority, n in jobs.order_by("-priority").values_list("priority").annotate(n=Count("pk")):
+        priorities[priority_label(priority)] = n
     types = dict(jobs.order_by().values_list("type").annotate(n=Count("pk")).order_by("type"))
 
     finished = Q(status__in=(JobStatus.COMPLETED, JobStatus.DEAD))

@@ -26,24 +26,28 @@ from typing import Any
 from django.utils import timezone
 
 from jobs import conf, flow
-from jobs.models import JobStatus, Priority
+from jobs.models import MAX_PRIORITY, MIN_PRIORITY, JobStatus, Priority
 from jobs.registry import Handler, get_handler, normalize_payload, unstorable
 from jobs.tracing import current_trace_id
 
 # The longest delay, timeout or TTL accepted: a year.
 MAX_SECONDS = 365 * 24 * 3600.0
 
-_PRIORITIES = {int(choice): choice for choice in Priority}
 _PRIORITY_LABELS = {choice.label: choice for choice in Priority}
 
 
 def parse_priority(value: Any) -> int:
-    """Return the Priority for "high"/"normal"/"low", 0/1/2 or a Priority; raise ValueError otherwise."""
+    """Return the priority "high", "normal" or "low" names, or a whole number from -100 to 100 as it is.
+
+    Higher is served first; the names are points on that scale (Priority).
+    Raise ValueError for anything else.
+    """
     if isinstance(value, str) and value.lower() in _PRIORITY_LABELS:
         return _PRIORITY_LABELS[value.lower()]
-    if isinstance(value, int) and not isinstance(value, bool) and value in _PRIORITIES:
-        return _PRIORITIES[value]
-    raise ValueError(f"Unknown priority {value!r}; use high, normal or low.")
+    if isinstance(value, int) and not isinstance(value, bool) and MIN_PRIORITY <= value <= MAX_PRIORITY:
+        return int(value)
+    raise ValueError(f"Unknown priority {value!r}; use high, normal, low or a whole number from "
+                     f"{MIN_PRIORITY} to {MAX_PRIORITY}.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +163,34 @@ def build(
     enabled), PayloadError with every bad field of the payload, and
     ValueError for a bad option, in that order.
     """
-    handler = get_handler(type)
+    return build_for(get_handler(type), payload, owner=owner, queue=queue, priority=priority,
+                     max_retries=max_retries, timeout=timeout, run_at=run_at, delay=delay, ttl=ttl,
+                     unique_key=unique_key, idempotency_key=idempotency_key, concurrency_key=concurrency_key,
+                     trace_id=trace_id)
+
+
+def build_for(
+    handler: Handler,
+    payload: Any = None,
+    *,
+    owner=None,
+    queue: str | None = None,
+    priority: Any = Priority.NORMAL,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    ttl: float | None = None,
+    unique_key: str | None = None,
+    idempotency_key: str | None = None,
+    concurrency_key: str | None = None,
+    trace_id: str = "",
+) -> JobSpec:
+    """Return the validated spec of one job run by `handler`, resolved already (see build()).
+
+    For handlers that are not in the registry: those jobs.tasks makes of a
+    Django task, which code enqueues but no submission may name.
+    """
     payload = normalize_payload(handler, {} if payload is None else payload)
     _check_storable(queue=queue, unique_key=unique_key, idempotency_key=idempotency_key, trace_id=trace_id)
     options = _resolve_options(

@@ -6,7 +6,7 @@ from rest_framework import serializers
 from jobs import flow, schedules, spec as job_spec
 from jobs.errors import PayloadError, UnknownJobType
 from jobs.flow import KEY_MESSAGE, KEY_PATTERN, QUEUE_NAME_MESSAGE, QUEUE_NAME_PATTERN
-from jobs.models import JobStatus, Misfire, Overlap, Priority, ScheduleSource, TickOutcome
+from jobs.models import JobStatus, Misfire, Overlap, Priority, ScheduleSource, TickOutcome, priority_label
 from jobs.queue import MAX_SECONDS
 from jobs.selectors import JOB_ORDERINGS
 from jobs.waiting import REASONS, reason_for
@@ -79,7 +79,7 @@ class JobCreateSerializer(StrictSerializer):
         if "concurrency_key" in data and owner is not None and not owner.is_staff:
             raise serializers.ValidationError({"concurrency_key": [
                 "Only staff may choose a concurrency key: every job with that key in the queue shares its limits."]})
-        data["priority"] = Priority.labels.index(data["priority"])
+        data["priority"] = Priority[data["priority"].upper()]
         try:
             self.spec = job_spec.build(
                 owner=self.context.get("owner"), idempotency_key=self.context.get("idempotency_key"), **data
@@ -200,7 +200,7 @@ class JobFilterSerializer(StrictSerializer):
         unknown = [p for p in labels if p not in PRIORITY_CHOICES]
         if unknown:
             raise serializers.ValidationError(f"Unknown priority {', '.join(unknown)}; use high, normal or low.")
-        return [PRIORITY_CHOICES.index(p) for p in labels]
+        return [Priority[p.upper()] for p in labels]
 
 
 class StatsSerializer(serializers.Serializer):
@@ -354,7 +354,7 @@ class ScheduleInputSerializer(StrictSerializer):
     def validate(self, data):
         """Check the whole definition (jobs.schedules.clean), over `self.instance`'s for a change."""
         if "priority" in data:
-            data["priority"] = PRIORITY_CHOICES.index(data["priority"])
+            data["priority"] = Priority[data["priority"].upper()]
         if self.instance is not None:
             return data  # the service checks it over the stored definition, under the schedule's lock
         try:
@@ -393,7 +393,7 @@ class ScheduleSerializer(LeanSerializer):
 
     @extend_schema_field(serializers.ChoiceField(choices=PRIORITY_CHOICES))
     def get_priority(self, schedule) -> str:
-        return Priority(schedule.priority).label
+        return priority_label(schedule.priority)
 
 
 class ScheduleTickSerializer(LeanSerializer):

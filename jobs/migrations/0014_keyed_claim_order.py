@@ -17,6 +17,6 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='job',
-            index=models.Index(condition=models.Q(('concurrency_key__isnull', False), ('status__in', ('queued', 'scheduled', 'retrying'))), fields=['priority', 'run_at', 'id'], name='job_keyed_claim_idx'),
+            index=models.Index(condition=models.Q(('concurrency_key__isnull', False), ('status__in', ('queued', 'scheduled', 'retrying'))), fields=['-priority', 'run_at', 'id'], name='job_keyed_claim_idx'),
         ),
     ]

@@ -46,7 +46,7 @@ from jobs.queue.claim import (
     claim_keyed_jobs,
     claim_limited_jobs,
     flow_state,
-    priority_order,
+    ready_priorities,
     start_jobs,
 )
 from jobs.queue.control import (
@@ -86,11 +86,13 @@ from jobs.queue.produce import (
     KEYED_SUFFIX,
     MAX_SECONDS,
     NOTIFY_CHANNEL,
+    PRIORITY_SUFFIX,
     enqueue,
     enqueue_many,
     enqueue_specs,
     notify,
     parse_priority,
+    wake_name,
 )
 from jobs.queue.schedules import (
     RoundResult,
@@ -111,11 +113,12 @@ from jobs.queue.schedules import (
 from jobs.queue.workers import heartbeat, prune_workers, register_worker, stop_worker
 
 __all__ = [
-    "CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
+    "CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL",
+    "PRIORITY_SUFFIX", "PRUNE_BATCH", "REQUEUEABLE_STATUSES",
     "STAGE_BATCH", "Cancelled", "ClaimedJob", "Completion", "Failure", "FlowState", "RescuedJob", "Snoozed",
     "apply_queue_settings", "cancel_job", "cancel_jobs", "claim_jobs", "claim_keyed_jobs", "claim_limited_jobs", "complete_job",
     "complete_jobs", "dead_jobs", "enqueue", "enqueue_many", "expire_jobs", "fail_job", "fail_jobs", "flow_state",
-    "heartbeat", "notify", "parse_priority", "pause_queue", "priority_order", "prune_finished", "prune_start_log",
+    "heartbeat", "notify", "ready_priorities", "parse_priority", "pause_queue", "wake_name", "prune_finished", "prune_start_log",
     "prune_workers", "record_outcomes", "register_worker", "release_jobs", "remove_key_limit", "requeue_dead",
     "rescue_expired_leases", "resume_queue", "retry_job", "retry_jobs_now", "retry_now", "set_key_limit",
     "set_progress", "set_queue_controls", "stage_due_jobs", "start_jobs", "stop_worker",

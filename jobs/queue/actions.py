@@ -15,7 +15,7 @@ from jobs import events
 from jobs.errors import IllegalTransition
 from jobs.flow import OWNER_KEY_PREFIX
 from jobs.models import ACTIVE_STATUSES, READY_STATUSES, Job, JobStatus
-from jobs.queue.produce import CANCEL_REQUESTED, KEYED_SUFFIX, notify
+from jobs.queue.produce import CANCEL_REQUESTED, notify, wake_name
 from jobs.registry import staff_only_types
 
 # Statuses from which a dead-letter style requeue is legal.
@@ -36,16 +36,17 @@ def _guarded(job_id: int, allowed: tuple[str, ...], action: str, **changes) -> N
         raise IllegalTransition(f"Cannot {action} job {job_id}: it is {current}.")
 
 
-def _wake_name(queue: str, key: str | None) -> str:
-    """Return what a NOTIFY names to wake the workers for a job of `queue` with concurrency key `key`."""
-    return queue + KEYED_SUFFIX if key is not None else queue  # keyed: for the limited claim (jobs.worker.producer)
+def _wake_name(queue: str, key: str | None, priority: int) -> str:
+    """Return what a NOTIFY names to wake the workers for a job of `queue`, its concurrency key and priority."""
+    return wake_name(queue, keyed=key is not None, priority=priority)
 
 
 def _announce(job_id: int, status: str) -> str:
     """Publish the change of one job after commit; return the name that wakes the workers for it (_wake_name)."""
-    queue, key, owner_id = Job.objects.values_list("queue", "concurrency_key", "owner_id").get(pk=job_id)
+    queue, key, priority, owner_id = Job.objects.values_list("queue", "concurrency_key", "priority", "owner_id").get(
+        pk=job_id)
     events.jobs_changed([job_id], [owner_id], status)
-    return _wake_name(queue, key)
+    return _wake_name(queue, key, priority)
 
 
 def _requeue_changes(concurrency: tuple[str, int] | None = None) -> dict:
@@ -150,8 +151,8 @@ def retry_jobs_now(queryset) -> int:
     ids = list(queryset.filter(status__in=WAITING_STATUSES).values_list("pk", flat=True))
     updated = Job.objects.filter(pk__in=ids, status__in=WAITING_STATUSES).update(status=JobStatus.QUEUED, run_at=Now())
     if updated:
-        rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id", "concurrency_key"))
-        notify(_wake_name(queue, key) for _, queue, _, key in rows)
+        rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id", "concurrency_key", "priority"))
+        notify(_wake_name(queue, key, priority) for _, queue, _, key, priority in rows)
         events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED)
     return updated
 
@@ -195,7 +196,8 @@ def requeue_dead(queryset, *, limit: int | None = None, concurrency: tuple[str, 
         )
         Job.objects.filter(pk__in=ids).update(**_requeue_changes(concurrency))
         if ids:
-            rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id", "concurrency_key"))
-            notify(_wake_name(queue, key) for _, queue, _, key in rows)
+            rows = list(Job.objects.filter(pk__in=ids).values_list("pk", "queue", "owner_id", "concurrency_key",
+                                                                  "priority"))
+            notify(_wake_name(queue, key, priority) for _, queue, _, key, priority in rows)
             events.jobs_changed([row[0] for row in rows], [row[2] for row in rows], JobStatus.QUEUED, 0)
     return sorted(ids)

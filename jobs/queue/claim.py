@@ -2,7 +2,6 @@
 
 import json
 import math
-import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from django.db import transaction
 
 from jobs import conf, events
 from jobs.db import statement_cursor
-from jobs.models import JobStatus, Priority
+from jobs.models import NAMED_PRIORITIES, JobStatus
 from jobs.queue.sql import query
 
 
@@ -52,41 +51,37 @@ class ClaimedJob:
         return True
 
 
-def priority_order(rng: random.Random | None = None) -> list[int]:
-    """Return the order in which one claim serves the priorities.
-
-    The first priority is drawn with JOBS_PRIORITY_WEIGHTS (60/30/10 by
-    default), the others follow in their natural order. High priority thus
-    goes first in most claims, but a steady stream of high jobs cannot
-    starve normal or low ones: each still leads its share of the claims.
-    """
-    weights = conf.get("JOBS_PRIORITY_WEIGHTS")
-    first = (rng or random).choices(list(Priority), weights=weights)[0]
-    return [first, *(p for p in Priority if p != first)]
+def ready_priorities() -> list[int]:
+    """Return the priorities of the jobs claim_jobs takes (ready or waiting), highest first: one skip scan."""
+    with statement_cursor() as cursor:
+        cursor.execute(query("ready_priorities"))
+        return list(cursor.fetchone()[0])
 
 
 def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
-               lease_seconds: float | None = None, order: list[int] | None = None,
-               start: dict[int, float] | None = None, starting: int | None = None,
-               controlled: Iterable[str] | None = None) -> list[ClaimedJob]:
+               lease_seconds: float | None = None, start: dict[int, float] | None = None,
+               starting: int | None = None, controlled: Iterable[str] | None = None) -> list[ClaimedJob]:
     """Claim up to `limit` ready jobs for `worker_id` and return them, in the order to run them.
 
-    The first `starting` of them (all by default) are `running` at once,
-    for slots that are free now; the others are `claimed`, waiting for a
-    slot, their attempt not counted. One statement in one short transaction
-    (queries.sql: claim_jobs). `start` (from the worker's ClaimFront) skips
-    jobs of a priority due before the given epoch second; by default every
-    ready job is a candidate. `controlled` names the queues the caller knows
-    to be paused or limited (a worker's FlowState), which the scans skip;
-    None reads them first. A job of any queue controlled now is left alone
-    either way.
+    Highest priority first, then oldest run_at. The first `starting` of
+    them (all by default) are `running` at once, for slots that are free
+    now; the others are `claimed`, waiting for a slot, their attempt not
+    counted. One statement in one short transaction (queries.sql:
+    claim_jobs). `start` (from the worker's ClaimFront) names the
+    priorities to read, each with the epoch second it starts at, skipping
+    jobs due before; without it, the claim reads every priority that has
+    jobs (ready_priorities) from the start. `controlled` names the queues
+    the caller knows to be paused or limited (a worker's FlowState), which
+    the scans skip; None reads them first. A job of any queue controlled now
+    is left alone either way.
     """
     if limit <= 0:
         return []
-    order = order or priority_order()
+    if start is None:
+        start = dict.fromkeys({*NAMED_PRIORITIES, *ready_priorities()}, -math.inf)
+    priorities = sorted(start, reverse=True)
     params = {
-        "p1": order[0], "p2": order[1], "p3": order[2], "limit": limit, "worker": worker_id,
-        **{f"from{n}": (start or {}).get(p, -math.inf) for n, p in enumerate(order, 1)},
+        "priorities": priorities, "fronts": [start[p] for p in priorities], "limit": limit, "worker": worker_id,
         "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
         "queues": queues or None, "start": limit if starting is None else max(0, starting),
         "controlled": sorted(flow_state().controlled if controlled is None else controlled),
@@ -95,8 +90,7 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
         cursor.execute(query("claim_jobs"), params)
         claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
     # An UPDATE returns its rows in no set order: the claim's order is priority, then due time.
-    rank = {p: n for n, p in enumerate(order)}
-    claimed.sort(key=lambda job: (not job.started, rank[job.priority], job.due, job.id))
+    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed
 
@@ -194,7 +188,7 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
             return None
         cursor.execute(query("claim_limited_jobs"), params)
         claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
-    claimed.sort(key=lambda job: (not job.started, job.priority, job.due, job.id))
+    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed
 
@@ -207,8 +201,7 @@ def _take_turn(cursor, *, wait: bool) -> bool:
 
 def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = None,
                      lease_seconds: float | None = None, starting: int | None = None,
-                     order: list[int] | None = None, window: int | None = None,
-                     controlled: Iterable[str] | None = None,
+                     window: int | None = None, controlled: Iterable[str] | None = None,
                      wait: bool = True) -> tuple[list[ClaimedJob], int] | None:
     """Claim up to `limit` keyed jobs under concurrency limits only, in claim order; return them and the keys read.
 
@@ -223,12 +216,10 @@ def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | No
     """
     if limit <= 0:
         return [], 0
-    order = order or priority_order()
     if controlled is None:
         controlled = flow_state().controlled
     params = {
-        "p1": order[0], "p2": order[1], "p3": order[2], "limit": limit, "worker": worker_id,
-        "window": window or 4 * limit, "queues": queues or None, "controlled": sorted(controlled),
+        "limit": limit, "worker": worker_id, "window": window or 4 * limit, "queues": queues or None, "controlled": sorted(controlled),
         "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
         "start": limit if starting is None else max(0, min(starting, limit)),
     }
@@ -238,8 +229,7 @@ def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | No
         cursor.execute(query("claim_keyed_jobs"), params)
         rows = cursor.fetchall()
     claimed = [ClaimedJob(*row[:-1]) for row in rows if row[0] is not None]
-    rank = {p: n for n, p in enumerate(order)}
-    claimed.sort(key=lambda job: (not job.started, rank[job.priority], job.due, job.id))
+    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed, rows[0][-1]
 

@@ -12,24 +12,36 @@ from django.db import IntegrityError, connection, transaction
 from jobs import events
 from jobs.db import statement_cursor
 from jobs.errors import OwnerAtCapacity
-from jobs.models import Job, JobStatus
+from jobs.models import NAMED_PRIORITIES, Job, JobStatus
 from jobs.queue.sql import query
 from jobs.registry import check_owner
 from jobs.spec import MAX_SECONDS, JobSpec, build, build_many, parse_priority
 
-__all__ = ["CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "enqueue", "enqueue_many", "enqueue_specs", "notify", "parse_priority"]
+__all__ = ["CANCEL_REQUESTED", "FLOW_CHANGED", "KEYED_SUFFIX", "MAX_SECONDS", "NOTIFY_CHANNEL", "PRIORITY_SUFFIX", "enqueue", "enqueue_many", "enqueue_specs", "notify", "parse_priority", "wake_name"]
 
 logger = logging.getLogger("jobs.queue")
 
 # The channel a NOTIFY wakes the workers on; its payload is the queue's name,
-# with KEYED_SUFFIX for jobs with a concurrency key, FLOW_CHANGED when a
-# queue's controls or a key's limits changed (jobs.queue.control), or
-# CANCEL_REQUESTED when someone cancelled held jobs (jobs.queue.actions).
+# with KEYED_SUFFIX for jobs with a concurrency key, PRIORITY_SUFFIX and the
+# number for jobs of a priority other than the named ones (which a worker
+# claims only once it knows of it), FLOW_CHANGED when a queue's controls or
+# a key's limits changed (jobs.queue.control), or CANCEL_REQUESTED when
+# someone cancelled held jobs (jobs.queue.actions).
 NOTIFY_CHANNEL = "skipjack_jobs"
 KEYED_SUFFIX = ":k"
+PRIORITY_SUFFIX = ":p"
 FLOW_CHANGED = ":flow"
 # A cancel of held jobs was asked for: their workers look at once (heartbeat).
 CANCEL_REQUESTED = ":cancel"
+
+
+def wake_name(queue: str, *, keyed: bool, priority: int) -> str:
+    """Return what a NOTIFY names to wake the workers for a job of `queue` (see NOTIFY_CHANNEL)."""
+    if keyed:
+        return queue + KEYED_SUFFIX  # for the limited claim (jobs.worker.producer)
+    if priority not in NAMED_PRIORITIES:
+        return f"{queue}{PRIORITY_SUFFIX}{priority}"
+    return queue
 
 
 def notify(queues: Iterable[str]) -> None:
@@ -61,8 +73,10 @@ def _insert_jobs(spec: JobSpec, payloads: list, *, keys: list[str | None] | None
         "priority": spec.priority, "status": spec.status, "max_retries": spec.max_retries,
         "run_at": spec.run_at, "timeout": spec.timeout, "expires_at": spec.expires_at,
         "unique_key": spec.unique_key, "idempotency_key": spec.idempotency_key, "trace_id": spec.trace_id,
-        "channel": NOTIFY_CHANNEL, "due": spec.status == JobStatus.QUEUED, "key_limit": key_limit,
-        "wake": spec.queue + KEYED_SUFFIX if any(keys) else spec.queue,
+        "channel": NOTIFY_CHANNEL, "key_limit": key_limit,
+        "wake": wake_name(spec.queue, keyed=any(keys), priority=spec.priority),
+        # Workers learn of a new priority from the NOTIFY, so it is sent for a job due later too.
+        "notify": spec.status == JobStatus.QUEUED or (not any(keys) and spec.priority not in NAMED_PRIORITIES),
     }
     if owner_max_active is not None:
         name = "insert_jobs_capped"
@@ -216,7 +230,8 @@ def enqueue_specs(specs: list[JobSpec], *, ids: list[int] | None = None) -> list
     ]
     with connection.cursor() as cursor:
         cursor.execute(query("insert_job_specs"), {"batch": json.dumps(batch), "channel": NOTIFY_CHANNEL,
-                                                   "keyed_suffix": KEYED_SUFFIX})
+                                                   "keyed_suffix": KEYED_SUFFIX, "priority_suffix": PRIORITY_SUFFIX,
+                                                   "named": sorted(NAMED_PRIORITIES)})
         ids = [row[0] for row in cursor.fetchall()]
     groups: dict[tuple, list[int]] = {}
     for spec, job_id in zip(specs, ids, strict=True):

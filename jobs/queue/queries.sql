@@ -31,10 +31,13 @@
 
 -- name: insert_job
 -- One job, its count and the NOTIFY that wakes the workers (sent at commit,
--- only for a job due now): one statement, one round trip. The NOTIFY's
--- payload is the queue's name, with ":k" after it for a job with a
--- concurrency key (only the limited claim takes those). It reads no
--- table, so its prepared generic plan fits any table (jobs.db).
+-- for a job due now): one statement, one round trip. The NOTIFY's payload
+-- is the queue's name, with ":k" after it for a job with a concurrency key
+-- (only the limited claim takes those), or ":p" and the priority for a job
+-- of a priority other than the named ones, which workers claim only once
+-- they know of it (jobs.worker.producer.ClaimFront): that one is sent even
+-- for a job due later, %(notify)s. It reads no table, so its prepared
+-- generic plan fits any table (jobs.db).
 WITH inserted AS (
     INSERT INTO jobs_job (owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
@@ -47,7 +50,7 @@ WITH inserted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted
 )
-SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(due)s) FROM inserted;
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(notify)s) FROM inserted;
 
 
 -- name: insert_jobs
@@ -70,7 +73,7 @@ WITH inserted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted HAVING count(*) > 0
 )
-SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(due)s)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(notify)s)
 FROM inserted ORDER BY id;
 
 
@@ -103,31 +106,66 @@ WITH inserted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', %(type)s, %(queue)s, count(*) FROM inserted HAVING count(*) > 0
 )
-SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(due)s)
+SELECT id, run_at, created_at, (SELECT pg_notify(%(channel)s, %(wake)s) WHERE %(notify)s)
 FROM inserted ORDER BY id;
 
 
+-- name: ready_priorities
+-- The priorities of the jobs claim_jobs takes (ready, or waiting to be,
+-- without a concurrency key), highest first: a skip scan of job_claim_idx,
+-- one index probe per priority however many jobs each has. A worker reads
+-- them when it sweeps (jobs.worker.producer.ClaimFront) and claims over
+-- those, the named ones and any a NOTIFY named since. The probes go up
+-- from the lowest priority: the index holds priorities highest first, so
+-- that is a backward scan, which meets each priority at its newest run_at,
+-- where the entries are live. The dead ones that claims leave behind sit
+-- at a priority's other end, its oldest run_at, which a forward probe
+-- (ORDER BY priority DESC) would walk through first.
+WITH RECURSIVE present AS (
+    (SELECT priority FROM jobs_job
+     WHERE status IN ('queued', 'scheduled', 'retrying') AND concurrency_key IS NULL
+     ORDER BY priority LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.priority FROM jobs_job AS j
+            WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.concurrency_key IS NULL
+              AND j.priority > p.priority
+            ORDER BY j.priority LIMIT 1)
+    FROM present AS p WHERE p.priority IS NOT NULL
+)
+SELECT coalesce(array_agg(priority ORDER BY priority DESC) FILTER (WHERE priority IS NOT NULL), '{}') FROM present;
+
+
 -- name: claim_jobs
--- Claim up to %(limit)s ready jobs for worker %(worker)s. The first
--- %(start)s of them start at once (a slot is free for each): `running`,
--- their attempt counted, started now. The rest are `claimed`: held, leased,
--- waiting in the worker for a slot, with no attempt counted and no start.
+-- Claim up to %(limit)s ready jobs for worker %(worker)s, highest priority
+-- first, the oldest run_at first within a priority. The first %(start)s of
+-- them start at once (a slot is free for each): `running`, their attempt
+-- counted, started now. The rest are `claimed`: held, leased, waiting in
+-- the worker for a slot, with no attempt counted and no start.
 --
--- Each priority gets its own index range scan on job_claim_idx (ordered by
--- run_at), in the order %(p1)s, %(p2)s, %(p3)s, each filling what the
--- previous ones left of the limit, and each starting at its %(fromN)s (an
--- epoch second; see the worker's ClaimFront). The locking sub-selects are
--- MATERIALIZED so PostgreSQL runs each exactly once: inlined into the
--- UPDATE, a LIMITed FOR UPDATE sub-select may be re-run and claim more
--- than `limit` rows (PG bug #15715). Rows other transactions hold locked
--- are skipped, not waited for, so any number of workers claim at once
--- without blocking each other or claiming a row twice.
+-- %(priorities)s are the priorities to read, highest first (the worker's
+-- ClaimFront knows which are present), and %(fronts)s where each starts
+-- (an epoch second): a claim reads a priority from just before the newest
+-- job of it claimed so far, not through the dead index entries claims
+-- left in front of that. Each priority is one index range scan on
+-- job_claim_idx (priority = p AND run_at >= front, in run_at order), in a
+-- LATERAL per element of the arrays. The nested loop returns each
+-- priority's jobs in the order of the arrays, and the LIMIT stops it as
+-- soon as the claim is full: a priority after that is not read at all,
+-- and nothing is locked that is not claimed. No ORDER BY on top: sorting
+-- would run every priority's scan to its own LIMIT first, locking up to
+-- %(limit)s rows of each. `picked` is MATERIALIZED so PostgreSQL runs it
+-- exactly once: inlined into the UPDATE, a LIMITed FOR UPDATE sub-select
+-- may be re-run and claim more than `limit` rows (PG bug #15715). Rows
+-- other transactions hold locked are skipped, not waited for, so any
+-- number of workers claim at once without blocking each other or claiming
+-- a row twice.
 --
--- The chosen ids are matched as an array, so whatever the row estimates
--- the UPDATE finds each by its primary key. As a join against the
--- sub-selects it could hash the whole table: a generic plan, which cannot
--- know `limit`, guesses a tenth of the queue, and with a deep queue that
--- hash spilled to disk.
+-- The chosen ids are matched as an array, in picked's order, so the first
+-- %(start)s, the highest, are the ones that start, and whatever the row
+-- estimates the UPDATE finds each by its primary key. As a join against
+-- the sub-selects it could hash the whole table: a generic plan, which
+-- cannot know `limit`, guesses a tenth of the queue, and with a deep queue
+-- that hash spilled to disk.
 --
 -- Flow control (claim_limited_jobs claims the rest): only jobs without a
 -- concurrency key, the condition of job_claim_idx, and none of a queue that
@@ -144,35 +182,22 @@ FROM inserted ORDER BY id;
 WITH controlled AS MATERIALIZED (
     SELECT ARRAY(SELECT name FROM jobs_queuecontrol
                  WHERE paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) AS names
-), p1 AS MATERIALIZED (
-    SELECT id, queue FROM jobs_job
-    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-      AND (expires_at IS NULL OR expires_at > statement_timestamp())
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NULL AND queue <> ALL(%(controlled)s::text[])
-      AND priority = %(p1)s AND run_at >= to_timestamp(%(from1)s)
-    ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-), p2 AS MATERIALIZED (
-    SELECT id, queue FROM jobs_job
-    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-      AND (expires_at IS NULL OR expires_at > statement_timestamp())
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NULL AND queue <> ALL(%(controlled)s::text[])
-      AND priority = %(p2)s AND run_at >= to_timestamp(%(from2)s)
-    ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) FOR UPDATE SKIP LOCKED
-), p3 AS MATERIALIZED (
-    SELECT id, queue FROM jobs_job
-    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-      AND (expires_at IS NULL OR expires_at > statement_timestamp())
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NULL AND queue <> ALL(%(controlled)s::text[])
-      AND priority = %(p3)s AND run_at >= to_timestamp(%(from3)s)
-    ORDER BY run_at, id LIMIT %(limit)s - (SELECT count(*) FROM p1) - (SELECT count(*) FROM p2)
-    FOR UPDATE SKIP LOCKED
+), picked AS MATERIALIZED (
+    SELECT c.id, c.queue
+    FROM unnest(%(priorities)s::smallint[], %(fronts)s::float8[]) AS f(priority, front)
+    CROSS JOIN LATERAL (
+        SELECT id, queue FROM jobs_job
+        WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+          AND (expires_at IS NULL OR expires_at > statement_timestamp())
+          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+          AND concurrency_key IS NULL AND queue <> ALL(%(controlled)s::text[])
+          AND priority = f.priority AND run_at >= to_timestamp(f.front)
+        ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    ) AS c
+    LIMIT %(limit)s
 ), chosen AS MATERIALIZED (
     SELECT ids, ids[1:%(start)s] AS starting
-    FROM (SELECT ARRAY(SELECT id FROM (SELECT * FROM p1 UNION ALL SELECT * FROM p2 UNION ALL SELECT * FROM p3) AS c
-                       WHERE queue <> ALL((SELECT names FROM controlled)::text[])) AS ids) AS a
+    FROM (SELECT ARRAY(SELECT id FROM picked WHERE queue <> ALL((SELECT names FROM controlled)::text[])) AS ids) AS a
 )
 UPDATE jobs_job AS j
 SET status = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 'running' ELSE 'claimed' END,
@@ -218,14 +243,14 @@ SELECT pg_try_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true);
 -- each key's jobs (one more probe each), and each probe first steps over
 -- the key's index entries of jobs already gone, until VACUUM removes them:
 -- with 100 keys, 7-14 ms a claim in a drain. This one reads the first
--- %(window)s keyed jobs in claim order instead (per priority, on
--- job_keyed_claim_idx) and takes each in turn while its key has room:
--- first come, first served among keys with room. It cannot see a key with
--- no job in the window, nor the jobs of a rated key or of a controlled
--- queue, and the worker knows it: it returns `keys_read`, the keys the
--- window held, and the worker runs claim_limited_jobs when
--- fewer keys than wait (flow_state) left it short, when flow control has
--- rates or controlled queues for it, and once a second.
+-- %(window)s keyed jobs in claim order instead (on job_keyed_claim_idx)
+-- and takes each in turn while its key has room: first come, first served
+-- among keys with room. It cannot see a key with no job in the window, nor
+-- the jobs of a rated key or of a controlled queue, and the worker knows
+-- it: it returns `keys_read`, the keys the window held, and the worker
+-- runs claim_limited_jobs when fewer keys than wait (flow_state) left it
+-- short, when flow control has rates or controlled queues for it, and once
+-- a second.
 --
 -- The window is read without locks: no other limited claim runs meanwhile,
 -- and the plain claim takes no keyed job. The rows picked are then locked
@@ -234,34 +259,19 @@ SELECT pg_try_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true);
 WITH controlled AS MATERIALIZED (
     SELECT ARRAY(SELECT name FROM jobs_queuecontrol
                  WHERE paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) AS names
-), p1 AS MATERIALIZED (
-    SELECT id, queue, concurrency_key AS key, key_limit, run_at FROM jobs_job
-    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-      AND (expires_at IS NULL OR expires_at > statement_timestamp())
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NOT NULL AND queue <> ALL(%(controlled)s::text[])
-      AND priority = %(p1)s
-    ORDER BY run_at, id LIMIT %(window)s
-), p2 AS MATERIALIZED (
-    SELECT id, queue, concurrency_key AS key, key_limit, run_at FROM jobs_job
-    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-      AND (expires_at IS NULL OR expires_at > statement_timestamp())
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NOT NULL AND queue <> ALL(%(controlled)s::text[])
-      AND priority = %(p2)s
-    ORDER BY run_at, id LIMIT %(window)s - (SELECT count(*) FROM p1)
-), p3 AS MATERIALIZED (
-    SELECT id, queue, concurrency_key AS key, key_limit, run_at FROM jobs_job
-    WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
-      AND (expires_at IS NULL OR expires_at > statement_timestamp())
-      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-      AND concurrency_key IS NOT NULL AND queue <> ALL(%(controlled)s::text[])
-      AND priority = %(p3)s
-    ORDER BY run_at, id LIMIT %(window)s - (SELECT count(*) FROM p1) - (SELECT count(*) FROM p2)
 ), candidates AS MATERIALIZED (
-    -- The queues the worker knows to be controlled are skipped as in
-    -- claim_jobs (which says why), and any controlled now are dropped.
-    SELECT * FROM (SELECT 1 AS rank, * FROM p1 UNION ALL SELECT 2, * FROM p2 UNION ALL SELECT 3, * FROM p3) AS c
+    -- The window: one range scan of job_keyed_claim_idx, which holds keyed
+    -- jobs in claim order (highest priority first, then oldest run_at). The
+    -- queues the worker knows to be controlled are skipped as in claim_jobs
+    -- (which says why), and those controlled now are dropped after.
+    SELECT * FROM (
+        SELECT id, queue, concurrency_key AS key, key_limit, priority, run_at FROM jobs_job
+        WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+          AND (expires_at IS NULL OR expires_at > statement_timestamp())
+          AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+          AND concurrency_key IS NOT NULL AND queue <> ALL(%(controlled)s::text[])
+        ORDER BY priority DESC, run_at, id LIMIT %(window)s
+    ) AS w
     WHERE queue <> ALL((SELECT names FROM controlled)::text[])
 ), held_keys AS MATERIALIZED (
     SELECT queue, concurrency_key AS key, count(*) AS held FROM jobs_job
@@ -277,29 +287,29 @@ WITH controlled AS MATERIALIZED (
                            THEN (SELECT sum(o.held)::bigint FROM held_keys AS o WHERE o.key = c.key)
                            ELSE h.held END, 0) AS room
     FROM (SELECT DISTINCT ON (queue, key) queue, key, key_limit FROM candidates
-          ORDER BY queue, key, rank, run_at, id) AS c
+          ORDER BY queue, key, priority DESC, run_at, id) AS c
     LEFT JOIN jobs_queuecontrol AS q ON q.name = c.queue
     LEFT JOIN jobs_keylimit AS l ON l.queue = c.queue AND l.key = c.key
     LEFT JOIN held_keys AS h ON h.queue = c.queue AND h.key = c.key
 ), picked AS MATERIALIZED (
-    SELECT id, rank, run_at FROM (
-        SELECT c.id, c.rank, c.run_at, k.room, k.rated,
+    SELECT id, priority, run_at FROM (
+        SELECT c.id, c.priority, c.run_at, k.room, k.rated,
                row_number() OVER (PARTITION BY CASE WHEN c.key LIKE 'owner:%%' THEN NULL ELSE c.queue END, c.key
-                                  ORDER BY c.rank, c.run_at, c.id) AS n
+                                  ORDER BY c.priority DESC, c.run_at, c.id) AS n
         FROM candidates AS c JOIN keys AS k ON k.queue = c.queue AND k.key = c.key
     ) AS r
     WHERE NOT rated AND (room IS NULL OR n <= room)
-    ORDER BY rank, run_at, id LIMIT %(limit)s
+    ORDER BY priority DESC, run_at, id LIMIT %(limit)s
 ), locked AS MATERIALIZED (
     -- By primary key, one row at a time: matched as an array, the planner
     -- would AND a bitmap of every job of the ready statuses with it.
-    SELECT j.id, p.rank, p.run_at FROM picked AS p JOIN jobs_job AS j ON j.id = p.id
+    SELECT j.id, p.priority, p.run_at FROM picked AS p JOIN jobs_job AS j ON j.id = p.id
     WHERE j.status IN ('queued', 'scheduled', 'retrying')
     FOR UPDATE OF j SKIP LOCKED
 ), chosen AS MATERIALIZED (
     -- OFFSET 0 keeps the array built once: pulled up, it is built for each use.
     SELECT ids, ids[1:%(start)s] AS starting
-    FROM (SELECT ARRAY(SELECT id FROM locked ORDER BY rank, run_at, id) AS ids OFFSET 0) AS a
+    FROM (SELECT ARRAY(SELECT id FROM locked ORDER BY priority DESC, run_at, id) AS ids OFFSET 0) AS a
 ), claimed AS (
     UPDATE jobs_job AS j
     SET status = CASE WHEN j.id = ANY((SELECT starting FROM chosen)::bigint[]) THEN 'running' ELSE 'claimed' END,
@@ -328,9 +338,10 @@ SELECT c.*, k.keys_read FROM (SELECT count(*) AS keys_read FROM keys) AS k LEFT 
 -- start is logged (jobs_startlog) by this same statement.
 --
 -- Fairness: each group (a queue's key, or a limited queue's jobs without a
--- key) offers its jobs in their own order, and the claim takes every
--- group's first job before any group's second (`turn`), so one busy key
--- cannot starve the others.
+-- key) offers its jobs in their own order, highest priority first, then
+-- oldest run_at (job_key_claim_idx and job_claim_idx hold them so), and the
+-- claim takes every group's first job before any group's second (`turn`),
+-- so one busy key cannot starve the others.
 --
 -- An owner's key ('owner:<id>', jobs.submission.owner_concurrency) limits
 -- one user's jobs in every queue together, or a user who named several
@@ -343,14 +354,14 @@ WITH RECURSIVE keys AS (
     (SELECT queue, concurrency_key AS key, key_limit FROM jobs_job
      WHERE status IN ('queued', 'scheduled', 'retrying') AND concurrency_key IS NOT NULL
        AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-     ORDER BY queue, concurrency_key, priority, run_at, id LIMIT 1)
+     ORDER BY queue, concurrency_key, priority DESC, run_at, id LIMIT 1)
     UNION ALL
     SELECT n.queue, n.key, n.key_limit FROM keys AS k CROSS JOIN LATERAL (
         SELECT queue, concurrency_key AS key, key_limit FROM jobs_job
         WHERE status IN ('queued', 'scheduled', 'retrying') AND concurrency_key IS NOT NULL
           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
           AND (queue, concurrency_key) > (k.queue, k.key)
-        ORDER BY queue, concurrency_key, priority, run_at, id LIMIT 1
+        ORDER BY queue, concurrency_key, priority DESC, run_at, id LIMIT 1
     ) AS n
 ), queues AS MATERIALIZED (
     -- The controlled queues, with what each holds and started within its rate period now.
@@ -392,26 +403,26 @@ WITH RECURSIVE keys AS (
     WHERE NOT paused AND (concurrency IS NOT NULL OR rate_limit IS NOT NULL)
 ), candidates AS MATERIALIZED (
     SELECT c.id, g.queue, g.key, c.priority, c.run_at, g.key_rated, g.room AS key_room,
-           row_number() OVER (PARTITION BY g.queue, g.key ORDER BY c.priority, c.run_at, c.id) AS turn
+           row_number() OVER (PARTITION BY g.queue, g.key ORDER BY c.priority DESC, c.run_at, c.id) AS turn
     FROM groups AS g CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM jobs_job AS j
         WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.concurrency_key IS NOT NULL
           AND j.queue = g.queue AND j.concurrency_key = g.key
           AND j.run_at <= statement_timestamp() AND (j.expires_at IS NULL OR j.expires_at > statement_timestamp())
-        ORDER BY j.priority, j.run_at, j.id
+        ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT greatest(0, least(coalesce(g.room, %(limit)s), %(limit)s))
         FOR UPDATE SKIP LOCKED
     ) AS c
     WHERE g.key IS NOT NULL
     UNION ALL
     SELECT c.id, g.queue, NULL, c.priority, c.run_at, false, NULL,
-           row_number() OVER (PARTITION BY g.queue ORDER BY c.priority, c.run_at, c.id)
+           row_number() OVER (PARTITION BY g.queue ORDER BY c.priority DESC, c.run_at, c.id)
     FROM groups AS g CROSS JOIN LATERAL (
         SELECT j.id, j.priority, j.run_at FROM jobs_job AS j
         WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.concurrency_key IS NULL
           AND j.queue = g.queue
           AND j.run_at <= statement_timestamp() AND (j.expires_at IS NULL OR j.expires_at > statement_timestamp())
-        ORDER BY j.priority, j.run_at, j.id
+        ORDER BY j.priority DESC, j.run_at, j.id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
@@ -420,25 +431,25 @@ WITH RECURSIVE keys AS (
     -- Within each queue's own room, taking turns across its groups.
     SELECT c.*, q.rate_limit IS NOT NULL AS queue_rated,
            least(q.concurrency - q.held, q.rate_limit - q.started) AS queue_room,
-           row_number() OVER (PARTITION BY c.queue ORDER BY c.turn, c.priority, c.run_at, c.id) AS in_queue,
+           row_number() OVER (PARTITION BY c.queue ORDER BY c.turn, c.priority DESC, c.run_at, c.id) AS in_queue,
            CASE WHEN c.key LIKE 'owner:%%' THEN
-               row_number() OVER (PARTITION BY c.key ORDER BY c.turn, c.priority, c.run_at, c.id) END AS in_key
+               row_number() OVER (PARTITION BY c.key ORDER BY c.turn, c.priority DESC, c.run_at, c.id) END AS in_key
     FROM candidates AS c LEFT JOIN queues AS q ON q.name = c.queue
 ), picked AS MATERIALIZED (
     -- Rated jobs only as many as start now; they go first, so the claim starts them.
     SELECT id, queue, key, key_rated, queue_rated, key_rated OR queue_rated AS rated, turn, priority, run_at
     FROM (
         SELECT w.*, count(*) FILTER (WHERE w.key_rated OR w.queue_rated)
-                        OVER (ORDER BY w.turn, w.priority, w.run_at, w.id) AS rated_so_far
+                        OVER (ORDER BY w.turn, w.priority DESC, w.run_at, w.id) AS rated_so_far
         FROM within_queues AS w
         WHERE (w.queue_room IS NULL OR w.in_queue <= w.queue_room) AND (w.in_key IS NULL OR w.key_room IS NULL OR w.in_key <= w.key_room)
     ) AS r
     WHERE NOT (key_rated OR queue_rated) OR rated_so_far <= %(start)s
-    ORDER BY NOT (key_rated OR queue_rated), turn, priority, run_at, id
+    ORDER BY NOT (key_rated OR queue_rated), turn, priority DESC, run_at, id
     LIMIT %(limit)s
 ), chosen AS MATERIALIZED (
     SELECT ids, ids[1:%(start)s] AS starting
-    FROM (SELECT ARRAY(SELECT id FROM picked ORDER BY NOT rated, turn, priority, run_at, id) AS ids) AS a
+    FROM (SELECT ARRAY(SELECT id FROM picked ORDER BY NOT rated, turn, priority DESC, run_at, id) AS ids) AS a
 ), logged AS (
     INSERT INTO jobs_startlog (scope, started_at)
     SELECT 'q:' || queue, statement_timestamp() FROM picked WHERE queue_rated
@@ -514,8 +525,12 @@ RETURNING j.id, j.owner_id;
 -- (completed, failed, timeout, interrupted), `run_s` how long the handler
 -- ran, `ago` how long since its slot started it, `due` the job's run_at
 -- when it was claimed (an epoch second): its wait is measured from then to
--- its start, since a retry moves run_at. A completed job keeps the error
--- of an earlier attempt, a failed one the result it never had.
+-- its start, since a retry moves run_at. `exception` is the importable
+-- path of the exception class a failed attempt raised, kept in its history
+-- entry (a Django task's TaskError names it; jobs.tasks); an entry without
+-- one leaves the key out (jsonb_strip_nulls: nothing else in it is NULL).
+-- A completed job keeps the error of an earlier attempt, a failed one the
+-- result it never had.
 WITH recorded AS (
     UPDATE jobs_job AS j
     SET status = CASE WHEN c.status IN ('retrying', 'scheduled') AND j.cancel_requested_at IS NOT NULL
@@ -532,14 +547,14 @@ WITH recorded AS (
         started_at = CASE WHEN c.status = 'scheduled' AND j.cancel_requested_at IS NULL THEN NULL
                           ELSE coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)) END,
         leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
-        history = j.history || jsonb_build_array(jsonb_build_object(
+        history = j.history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
             'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
             'started_at', coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
             'finished_at', statement_timestamp(), 'outcome', c.outcome, 'error', coalesce(c.error, ''),
-            'traceback', coalesce(c.traceback, '')))
+            'traceback', coalesce(c.traceback, ''), 'exception', c.exception)))
     FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, status text, result jsonb, delay float8,
-                                                   error text, traceback text, outcome text, run_s float8,
-                                                   ago float8, due float8)
+                                                   error text, traceback text, exception text, outcome text,
+                                                   run_s float8, ago float8, due float8)
     WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
     RETURNING j.id, j.owner_id, j.status, j.type, j.queue, c.run_s,
               extract(epoch FROM j.started_at)::float8 - c.due AS wait_s
@@ -720,8 +735,9 @@ SELECT nextval(pg_get_serial_sequence('jobs_job', 'id')) FROM generate_series(1,
 -- of a scheduler's round, one for each of many schedules), in the order of
 -- their `n`, with the `id` given (allocate_job_ids) or the next one,
 -- counted per type and queue, with one NOTIFY per queue that got a job due
--- now (with ":k" after the name for keyed jobs, as insert_job sends it).
--- `notified` is read by the last SELECT so that it runs, once.
+-- now (with ":k" after the name for keyed jobs, ":p" and the priority for
+-- a priority other than %(named)s, as insert_job sends them). `notified`
+-- is read by the last SELECT so that it runs, once.
 WITH inserted AS (
     INSERT INTO jobs_job (id, owner_id, queue, type, payload, priority, status, attempts, max_retries, run_at,
                           timeout, expires_at, unique_key, idempotency_key, trace_id, created_at, error, history,
@@ -735,14 +751,17 @@ WITH inserted AS (
                                                    expires_at timestamptz, trace_id text, key text,
                                                    key_limit integer)
     ORDER BY j.n
-    RETURNING id, queue, type, status, concurrency_key IS NOT NULL AS keyed
+    RETURNING id, queue, type, status, priority, concurrency_key IS NOT NULL AS keyed
 ), counted AS (
     INSERT INTO jobs_jobcounter (name, type, queue, value)
     SELECT 'enqueued', type, queue, count(*) FROM inserted GROUP BY type, queue
 ), notified AS (
     SELECT pg_notify(%(channel)s, wake) FROM (
-        SELECT DISTINCT queue || CASE WHEN keyed THEN %(keyed_suffix)s ELSE '' END AS wake FROM inserted
-        WHERE status = 'queued'
+        SELECT DISTINCT queue || CASE WHEN keyed THEN %(keyed_suffix)s
+                                      WHEN priority <> ALL(%(named)s::smallint[]) THEN %(priority_suffix)s || priority
+                                      ELSE '' END AS wake
+        FROM inserted
+        WHERE status = 'queued' OR (NOT keyed AND priority <> ALL(%(named)s::smallint[]))
     ) AS due
 )
 SELECT id, (SELECT count(*) FROM notified) FROM inserted ORDER BY id;

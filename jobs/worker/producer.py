@@ -17,18 +17,25 @@ import logging
 import math
 import threading
 import uuid
+from collections import deque
 
 import psycopg
 from django.db import connection
 
 from jobs import queue
-from jobs.models import Priority
+from jobs.models import NAMED_PRIORITIES
 
 logger = logging.getLogger("jobs.worker")
 
 
 class ClaimFront:
-    """Where a worker's claims start reading job_claim_idx, per priority.
+    """Which priorities a worker's claims read, and where each starts reading job_claim_idx.
+
+    A claim reads each priority it knows of, highest first: the named ones,
+    those the last sweep found jobs of (queue.ready_priorities), those of
+    jobs it claimed, and any a NOTIFY named since (learn()). A sweep forgets
+    the ones it no longer finds, so a priority seen once costs its probe
+    only until then.
 
     The claim index keeps an entry for every job that left the ready
     statuses until VACUUM removes it, and all of them sit in front of the
@@ -49,12 +56,26 @@ class ClaimFront:
         self.sweep_interval = self.base_interval = sweep_interval
         self.next_sweep = 0.0
         self.front: dict[int, float] = {}
+        self.known: set[int] = set(NAMED_PRIORITIES)
 
     def start(self, now: float) -> dict[int, float] | None:
-        """Return where the next claim starts per priority, or None for a sweep from the start."""
+        """Return where the next claim starts in each priority it reads, or None when it is due to sweep."""
         if now >= self.next_sweep:
             return None
-        return {p: self.front.get(p, -math.inf) - self.LOOKBACK for p in Priority}
+        return {p: self.front.get(p, -math.inf) - self.LOOKBACK for p in self.known}
+
+    def sweep(self, present: list[int]) -> dict[int, float]:
+        """Return where a sweep starts: every priority from the start, of those `present` and the named ones.
+
+        The priorities no longer present are forgotten, with their fronts.
+        """
+        self.known = {*NAMED_PRIORITIES, *present}
+        self.front = {p: due for p, due in self.front.items() if p in self.known}
+        return dict.fromkeys(self.known, -math.inf)
+
+    def learn(self, priorities) -> None:
+        """Read these priorities from now on (a NOTIFY named them: jobs of them were enqueued)."""
+        self.known.update(priorities)
 
     def claimed(self, jobs: list[queue.ClaimedJob], *, swept: bool, now: float) -> None:
         """Move the front past `jobs`; after a sweep, schedule the next one."""
@@ -65,9 +86,14 @@ class ClaimFront:
             )
             self.next_sweep = now + self.sweep_interval
         for job in jobs:
+            self.known.add(job.priority)
             if job.due > self.front.get(job.priority, -math.inf):
                 self.front[job.priority] = job.due
 
+
+# What follows a queue's name and ":" in a NOTIFY (jobs.queue.produce.wake_name).
+KEYED = queue.KEYED_SUFFIX.removeprefix(":")
+PRIORITY = queue.PRIORITY_SUFFIX.removeprefix(":")
 
 # Seconds between reads of flow control's state, at most: a pause takes effect within this.
 FLOW_INTERVAL = 1.0
@@ -111,6 +137,8 @@ class Producer:
         self.keyed_notified = threading.Event()
         # Someone cancelled held jobs: the runner's heartbeat reads which, at once.
         self.cancel_notified = threading.Event()
+        # Priorities NOTIFYs named, for the next claim to read (ClaimFront.learn).
+        self.learned: deque[int] = deque()
         self.next_limited = 0.0
         # A limited claim was put off (LIMITED_CLAIM_INTERVAL): due at next_limited.
         self.limited_pending = False
@@ -172,11 +200,15 @@ class Producer:
                 self.limited_pending = free <= 0
         if free <= 0 or not plain_due:
             return jobs
+        while self.learned:
+            self.front.learn([self.learned.popleft()])
         start = self.front.start(now)
+        self.swept = start is None
+        if start is None:
+            start = self.front.sweep(queue.ready_priorities())
         plain = queue.claim_jobs(worker_id=self.worker_id, limit=free, queues=self.queues,
                                  lease_seconds=self.lease_seconds, start=start, starting=max(0, starting),
                                  controlled=self.flow.controlled)
-        self.swept = start is None
         self.front.claimed(plain, swept=self.swept, now=now)
         self.more_likely = len(plain) == free
         return jobs + plain
@@ -221,7 +253,7 @@ class Producer:
             self._listener.join(timeout=2)  # it notices the stop within a second and closes its connection
 
     def _noticed(self, payload: str) -> None:
-        """Act on one NOTIFY: a queue's name, the name with KEYED_SUFFIX, FLOW_CHANGED or CANCEL_REQUESTED."""
+        """Act on one NOTIFY: a queue's name (with a suffix, perhaps: queue.wake_name), FLOW_CHANGED or CANCEL_REQUESTED."""
         if payload == queue.FLOW_CHANGED:
             self.flow_changed.set()
             self._wake.set()
@@ -230,10 +262,15 @@ class Producer:
             self.cancel_notified.set()
             self._wake.set()
             return
-        name, _, keyed = payload.partition(":")
+        name, _, suffix = payload.partition(":")
         if self.queues is None or name in self.queues:
-            if keyed:
+            if suffix == KEYED:
                 self.keyed_notified.set()
+            elif suffix.startswith(PRIORITY):
+                try:
+                    self.learned.append(int(suffix.removeprefix(PRIORITY)))
+                except ValueError:  # not one of ours: polling covers it
+                    logger.debug("NOTIFY with an unreadable priority: %r", payload)
             self.notified.set()
             self._wake.set()
 

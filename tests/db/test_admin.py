@@ -112,7 +112,7 @@ def test_each_filter_alone_narrows_the_changelist(admin_client):
     dead = JobFactory(status=JobStatus.DEAD, queue="emails", type="send_email", priority=Priority.LOW)
     queued = JobFactory(status=JobStatus.QUEUED)
 
-    for params in ({"status__exact": "dead"}, {"queue": "emails"}, {"type": "send_email"}, {"priority__exact": 2}):
+    for params in ({"status__exact": "dead"}, {"queue": "emails"}, {"type": "send_email"}, {"priority__exact": int(Priority.LOW)}):
         assert results(admin_client.get(reverse(CHANGELIST), params)) == [dead.pk], params
     assert results(admin_client.get(reverse(CHANGELIST), {"owner__isnull": "True"})) == sorted([dead.pk, queued.pk])
 

@@ -93,9 +93,10 @@ def test_the_fast_path_takes_jobs_in_claim_order_while_their_keys_have_room():
     a = keyed("a", 3, key_limit=1)
     b = keyed("b", 3, key_limit=2)
     high = keyed("c", 1, priority=Priority.HIGH)
-    claimed = fast(limit=10, order=[Priority.HIGH, Priority.NORMAL, Priority.LOW])
-    # High first, then normal in due order; each key only while it has room.
-    assert [j.id for j in claimed] == [high[0].id, a[0].id, b[0].id, b[1].id]
+    higher = keyed("d", 1, priority=77)
+    claimed = fast(limit=10)
+    # Highest priority first, then in due order; each key only while it has room.
+    assert [j.id for j in claimed] == [higher[0].id, high[0].id, a[0].id, b[0].id, b[1].id]
     assert low[0].id not in {j.id for j in claimed}
 
 

@@ -2,7 +2,6 @@
 
 import math
 import uuid
-from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from jobs import db, queue
 from jobs.counters import BUCKETS
 from jobs.errors import IllegalTransition, OwnerAtCapacity, PayloadError, UnknownJobType
 from jobs.models import ACTIVE_STATUSES, Job, JobCounter, JobStatus, Priority
+from jobs.spec import build as queue_spec
 from jobs.worker.producer import ClaimFront
 from tests.factories import JobFactory, UserFactory
 
@@ -187,15 +187,17 @@ def test_claim_skips_jobs_that_are_not_ready():
     assert {c.id for c in claim()} == {j.pk for j in due}
 
 
-def test_claim_serves_the_drawn_priority_first_then_the_rest_in_order():
-    """Fill a claim from the first priority in `order`, then the others."""
+def test_claim_serves_the_highest_priority_first_then_the_rest_in_order():
+    """Fill a claim from the highest priority down, named or not, each oldest run_at first."""
     low = JobFactory.create_batch(2, priority=Priority.LOW)
     high = JobFactory.create_batch(2, priority=Priority.HIGH)
     normal = JobFactory.create_batch(2, priority=Priority.NORMAL)
-    first = claim(3, order=[Priority.HIGH, Priority.NORMAL, Priority.LOW])
-    assert [c.id for c in first] == [high[0].pk, high[1].pk, normal[0].pk]
-    second = claim(2, order=[Priority.LOW, Priority.HIGH, Priority.NORMAL])
-    assert [c.id for c in second] == [low[0].pk, low[1].pk]
+    urgent = JobFactory(priority=100)
+    between = JobFactory(priority=-7)
+    first = claim(4)
+    assert [c.id for c in first] == [urgent.pk, high[0].pk, high[1].pk, normal[0].pk]
+    assert [c.priority for c in first] == [100, Priority.HIGH, Priority.HIGH, Priority.NORMAL]
+    assert [c.id for c in claim(10)] == [normal[1].pk, between.pk, low[0].pk, low[1].pk]
 
 
 def test_claim_within_a_priority_takes_the_oldest_run_at_first():
@@ -207,29 +209,34 @@ def test_claim_within_a_priority_takes_the_oldest_run_at_first():
     assert [c.id for c in claim(1)] == [newer.pk]
 
 
-def test_priority_weighting_draws_each_priority_first_in_its_share():
-    """Lead with high, normal and low in about 60/30/10 of claims."""
-    import random
+def test_a_claim_from_the_front_reads_only_the_priorities_it_names():
+    """Leave alone the jobs of a priority a worker's front does not name: it learns of them from a sweep or a NOTIFY."""
+    named = JobFactory(priority=Priority.NORMAL)
+    unnamed = JobFactory(priority=42)
+    start = {int(p): -math.inf for p in Priority}
+    assert [c.id for c in claim(10, start=start)] == [named.pk]
+    assert queue.ready_priorities() == [42]
+    assert [c.id for c in claim(10, start={**start, 42: -math.inf})] == [unnamed.pk]
 
-    rng = random.Random(1)
-    firsts = Counter(queue.priority_order(rng)[0] for _ in range(10_000))
-    assert 5700 < firsts[Priority.HIGH] < 6300
-    assert 2700 < firsts[Priority.NORMAL] < 3300
-    assert 800 < firsts[Priority.LOW] < 1200
+
+def test_ready_priorities_lists_each_priority_with_jobs_to_claim_once():
+    """List the priorities of ready and waiting jobs without a concurrency key, highest first, each once."""
+    for priority in (5, 5, -100, 100, 0):
+        JobFactory(priority=priority)
+    JobFactory(priority=9, status=JobStatus.SCHEDULED, run_at=timezone.now() + timedelta(hours=1))
+    JobFactory(priority=77, status=JobStatus.COMPLETED)
+    JobFactory(priority=66, concurrency_key="tenant:1")
+    assert queue.ready_priorities() == [100, 9, 5, 0, -100]
 
 
-def test_low_priority_is_not_starved_by_a_flood_of_high():
-    """Run low-priority jobs while high-priority ones keep arriving."""
-    import random
+def test_a_priority_outside_the_scale_is_refused():
+    """Refuse a priority below -100 or above 100 in enqueue, and in the table itself."""
+    from django.db import IntegrityError
 
-    rng = random.Random(5)  # the draws, fixed: low leads 5 of these 50 claims
-    JobFactory.create_batch(20, priority=Priority.LOW)
-    low_done = 0
-    for _ in range(50):
-        JobFactory.create_batch(5, priority=Priority.HIGH)  # more high work than one claim takes
-        batch = claim(5, order=queue.priority_order(rng))
-        low_done += sum(1 for c in batch if Job.objects.get(pk=c.id).priority == Priority.LOW)
-    assert low_done >= 5
+    with pytest.raises(ValueError, match="-100 to 100"):
+        queue.enqueue("reverse_string", "x", priority=101)
+    with pytest.raises(IntegrityError, match="job_priority_in_range"), transaction.atomic():
+        JobFactory(priority=-101)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -598,6 +605,40 @@ def test_claim_front_moves_forward_and_sweeps_less_often_while_nothing_is_behind
     assert intervals == [4.0, 8.0, 10.0, 10.0, 10.0]
     front.claimed([job(50.0)], swept=True, now=100.0)  # a straggler behind the front
     assert front.sweep_interval == 1.0 and front.next_sweep == 101.0
+
+
+def test_claim_front_reads_the_named_priorities_those_it_learns_and_forgets_them_at_a_sweep():
+    """Read high, normal and low always, a priority once claimed or named by a NOTIFY, until a sweep no longer finds it."""
+    front = ClaimFront(sweep_interval=1.0)
+    assert front.start(now=0.0) is None
+    assert front.sweep([90, 0]) == {90: -math.inf, **{int(p): -math.inf for p in Priority}}
+    front.claimed([], swept=True, now=0.0)
+    front.learn([-3])
+    front.claimed([queue.ClaimedJob(1, "t", {}, 1, 3, None, "", "default", uuid.uuid4(), None, 12, 100.0)],
+                  swept=False, now=0.1)
+    assert set(front.start(now=0.5)) == {90, 50, 12, 0, -3, -50}
+    assert front.start(now=0.5)[12] == 100.0 - front.LOOKBACK
+    assert set(front.sweep([12])) == {50, 12, 0, -50}, "a sweep forgets the priorities it found no job of"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_enqueue_of_a_priority_other_than_the_named_ones_names_it_in_its_notify():
+    """Name a new priority in the NOTIFY, for a job due now or later, so workers read it at once; the named ones as before."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as listener:
+        listener.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+        queue.enqueue("reverse_string", "a", priority=37)
+        queue.enqueue("reverse_string", "a", priority=-8, delay=3600)
+        queue.enqueue_many("reverse_string", ["a", "b"], priority="high")
+        queue.enqueue_specs([spec.with_options(priority=12) for spec in
+                             [queue_spec("reverse_string", "c", queue="emails")]])
+        queue.enqueue("reverse_string", "a", priority=5, delay=3600, concurrency_key="k:1")
+        notices = [note.payload for note in listener.notifies(timeout=1.0, stop_after=5)]
+    assert notices == ["default:p37", "default:p-8", "default", "emails:p12"], "none for the keyed job due later"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -592,7 +592,7 @@ def test_the_command_refuses_bad_input_with_a_one_line_reason(argv, message):
 
 
 ADMIN_FORM = {"name": "admin-made", "cron": "*/5 * * * *", "interval_seconds": "", "timezone": "UTC",
-              "type": "reverse_string", "payload": '"x"', "queue": "", "priority": "1", "max_retries": "",
+              "type": "reverse_string", "payload": '"x"', "queue": "", "priority": "0", "max_retries": "",
               "timeout": "", "ttl": "", "enabled": "on", "misfire": "once", "catch_up_limit": "10",
               "overlap": "allow", "jitter_seconds": "0"}
 

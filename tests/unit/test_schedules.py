@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.models import Misfire, TickOutcome
+from jobs.models import Misfire, Priority, TickOutcome
 from jobs.schedules import Cadence, ScheduleInvalid, check_cron, clean, jitter, plan_round, zone
 
 
@@ -176,7 +176,7 @@ def test_a_valid_definition_is_normalized():
                         "timezone": "Europe/Berlin", "priority": "high"})
     assert definition["cron"] == "0 3 * * *"
     assert definition["payload"] == {"text": "hi"}
-    assert definition["priority"] == 0 and definition["interval_seconds"] is None
+    assert definition["priority"] == Priority.HIGH and definition["interval_seconds"] is None
 
 
 @pytest.mark.parametrize(("data", "field", "message"), [
