@@ -44,6 +44,7 @@ from jobs.submission import (
     retry_for_user,
     submit_job,
 )
+from jobs.tasks.runtime import task_names
 from jobs.waiting import reason_for
 
 LIVE_TARGET = "live"
@@ -105,7 +106,7 @@ def job_list(request):
         page = selectors.job_page(jobs, before=form.cleaned_data["before"], after=form.cleaned_data["after"])
     else:
         status = 400
-    context = {"form": form, "page": page, "type_names": [h.name for h in handlers()]}
+    context = {"form": form, "page": page, "type_names": [h.name for h in handlers()] + task_names()}
     return _render(request, "dashboard/jobs.html", "dashboard/_jobs.html", context, status=status)
 
 

@@ -18,6 +18,7 @@ from django.utils.html import format_html, format_html_join
 from jobs import flow, queue, registry, schedules, selectors
 from jobs.models import Job, KeyLimit, QueueControl, Schedule, ScheduleSource, Worker
 from jobs.queue.control import KEY_FIELDS, QUEUE_FIELDS
+from jobs.tasks.runtime import task_names
 from jobs.waiting import reason_for
 
 # Above this many rows (by the planner's estimate) an unfiltered changelist
@@ -56,7 +57,8 @@ class JobTypeFilter(admin.SimpleListFilter):
     parameter_name = "type"
 
     def lookups(self, request, model_admin):
-        return [(handler.name, handler.name) for handler in registry.handlers()]
+        names = [handler.name for handler in registry.handlers()] + task_names()
+        return [(name, name) for name in names]
 
     def queryset(self, request, queryset):
         return queryset.filter(type=self.value()) if self.value() else queryset

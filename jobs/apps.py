@@ -10,5 +10,5 @@ class JobsConfig(AppConfig):
     def ready(self):
         from jobs import checks, conf, handlers  # noqa: F401 - registers the built-in handlers and the checks
 
-        for module in conf.get("JOBS_HANDLER_MODULES"):
+        for module in (*conf.get("JOBS_HANDLER_MODULES"), *conf.get("JOBS_TASK_MODULES")):
             import_module(module)

@@ -54,6 +54,9 @@ DEFAULTS = {
     "JOBS_SCRAPE_TIMEOUT": 10.0,
     # Modules imported at startup so the handlers they define register.
     "JOBS_HANDLER_MODULES": (),
+    # Modules whose Django tasks (@task functions) workers run, imported at
+    # startup; a job naming a task of any other module is refused (jobs.tasks.runtime).
+    "JOBS_TASK_MODULES": (),
     # Per-user submission limits for non-staff users (API and dashboard).
     "JOBS_USER_SUBMISSIONS_PER_MINUTE": 10,
     "JOBS_USER_MAX_ACTIVE": 5,

@@ -31,10 +31,26 @@ class Snooze(Exception):  # noqa: N818 - what a handler says: raise Snooze(60)
         super().__init__(f"snoozed for {seconds:g}s")
 
 
+class JobExpired(Exception):
+    """What a job that expired failed of: its TTL passed before a worker could start it."""
+
+
+class LeaseExpired(Exception):
+    """What an attempt failed of when its worker stopped renewing the lease (it died, or froze) and it was rescued."""
+
+
+class WorkerShutdown(Exception):
+    """What an attempt failed of when its worker shut down before the handler finished."""
+
+
 class UnknownJobType(LookupError):
-    def __init__(self, name: str):
-        super().__init__(f"Unknown job type {name!r}.")
+    def __init__(self, name: str, message: str | None = None):
+        super().__init__(message or f"Unknown job type {name!r}.")
         self.name = name
+
+
+class TaskNotRunnable(UnknownJobType):
+    """A job names a Django task that the worker will not or cannot run (jobs.tasks.runtime): it fails for good."""
 
 
 class JobTypeNotAllowed(PermissionError):

@@ -51,10 +51,12 @@ def backoff_for(type_name: str, handler: "Handler | None" = None) -> tuple[float
 
     `handler` is the type's handler if the caller resolved it already.
     """
-    from jobs.registry import get_handler  # the registry imports the handlers' modules
+    from jobs.tasks.runtime import (
+        handler_for,  # imported here: the tasks' backend imports the queue, which imports this
+    )
 
     try:
-        handler = handler or get_handler(type_name)
+        handler = handler or handler_for(type_name)
         base, cap = handler.backoff_base, handler.backoff_cap
     except LookupError:  # an unknown type fails for good anyway
         base = cap = None

@@ -159,7 +159,34 @@ def build(
     enabled), PayloadError with every bad field of the payload, and
     ValueError for a bad option, in that order.
     """
-    handler = get_handler(type)
+    return build_for(get_handler(type), payload, owner=owner, queue=queue, priority=priority,
+                     max_retries=max_retries, timeout=timeout, run_at=run_at, delay=delay, ttl=ttl,
+                     unique_key=unique_key, idempotency_key=idempotency_key, concurrency_key=concurrency_key,
+                     trace_id=trace_id)
+
+
+def build_for(
+    handler: Handler,
+    payload: Any = None,
+    *,
+    owner=None,
+    queue: str | None = None,
+    priority: Any = Priority.NORMAL,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    ttl: float | None = None,
+    unique_key: str | None = None,
+    idempotency_key: str | None = None,
+    concurrency_key: str | None = None,
+    trace_id: str = "",
+) -> JobSpec:
+    """Return the validated spec of one job run by `handler`, resolved already (see build()).
+
+    For handlers that are not in the registry: those jobs.tasks makes of a
+    Django task, which code enqueues but no submission may name.
+    """
     payload = normalize_payload(handler, {} if payload is None else payload)
     _check_storable(queue=queue, unique_key=unique_key, idempotency_key=idempotency_key, trace_id=trace_id)
     options = _resolve_options(

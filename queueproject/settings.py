@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+import django
 from django.core.exceptions import ImproperlyConfigured
 
 from queueproject import embedded
@@ -73,6 +74,12 @@ INSTALLED_APPS = [
     "django_prometheus",
     "channels",
 ]
+if django.VERSION < (6, 0):
+    # The backport of django.tasks: its system checks and signals' log lines.
+    INSTALLED_APPS.append("django_tasks")
+
+# Django's Tasks API (django.tasks), with the jobs table as its queue (jobs.tasks).
+TASKS = {"default": {"BACKEND": "jobs.tasks.SkipjackBackend"}}
 
 MIDDLEWARE = [
     # /healthz/ and /readyz/ are answered here, before host validation and the HTTPS redirect.
@@ -301,6 +308,9 @@ if os.environ.get("JOBS_USER_MAX_RUNNING", "").strip():
     JOBS_USER_MAX_RUNNING = int(_value) or None
 if "JOBS_HANDLER_MODULES" in os.environ:
     JOBS_HANDLER_MODULES = env_list("JOBS_HANDLER_MODULES", "")
+# Modules whose Django tasks (@task functions) workers run (jobs.tasks), comma-separated.
+if "JOBS_TASK_MODULES" in os.environ:
+    JOBS_TASK_MODULES = env_list("JOBS_TASK_MODULES", "")
 if "JOBS_ENABLE_SHELL_COMMANDS" in os.environ:
     JOBS_ENABLE_SHELL_COMMANDS = env_bool("JOBS_ENABLE_SHELL_COMMANDS", False)
 if "JOBS_SHELL_ALLOWED_COMMANDS" in os.environ:

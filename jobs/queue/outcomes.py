@@ -48,6 +48,8 @@ class Failure:
     started_ago: float = 0.0
     # The job's handler, if the caller resolved it already: its backoff decides the retry.
     handler: Handler | None = None
+    # The importable path of the exception class the attempt raised ("builtins.ValueError"), if it raised one.
+    exception: str = ""
 
 
 @dataclass(slots=True)
@@ -101,9 +103,12 @@ def record_outcomes(completions: list[Completion], failures: list[Failure], snoo
         decision = retry.decide(type_name=job.type, attempts=job.attempts, max_retries=job.max_retries,
                                 permanent=failure.permanent, now=now, handler=failure.handler)
         # The delay, not decision.run_at: it counts from the database's clock.
-        rows.append({"id": job.id, "token": str(job.lease_token), "status": decision.status, "delay": decision.delay,
-                     "error": failure.error, "traceback": failure.traceback[-20000:], "outcome": failure.outcome,
-                     "run_s": failure.run_seconds, "ago": failure.started_ago, "due": job.due})
+        row = {"id": job.id, "token": str(job.lease_token), "status": decision.status, "delay": decision.delay,
+               "error": failure.error, "traceback": failure.traceback[-20000:], "outcome": failure.outcome,
+               "run_s": failure.run_seconds, "ago": failure.started_ago, "due": job.due}
+        if failure.exception:
+            row["exception"] = failure.exception
+        rows.append(row)
     for snooze in snoozes:
         snooze.job.begin()
         rows.append({"id": snooze.job.id, "token": str(snooze.job.lease_token), "status": JobStatus.SCHEDULED,

@@ -375,8 +375,12 @@ RETURNING j.id, j.owner_id;
 -- (completed, failed, timeout, interrupted), `run_s` how long the handler
 -- ran, `ago` how long since its slot started it, `due` the job's run_at
 -- when it was claimed (an epoch second): its wait is measured from then to
--- its start, since a retry moves run_at. A completed job keeps the error
--- of an earlier attempt, a failed one the result it never had.
+-- its start, since a retry moves run_at. `exception` is the importable
+-- path of the exception class a failed attempt raised, kept in its history
+-- entry (a Django task's TaskError names it; jobs.tasks); an entry without
+-- one leaves the key out (jsonb_strip_nulls: nothing else in it is NULL).
+-- A completed job keeps the error of an earlier attempt, a failed one the
+-- result it never had.
 WITH recorded AS (
     UPDATE jobs_job AS j
     SET status = CASE WHEN c.status IN ('retrying', 'scheduled') AND j.cancel_requested_at IS NOT NULL
@@ -393,14 +397,14 @@ WITH recorded AS (
         started_at = CASE WHEN c.status = 'scheduled' AND j.cancel_requested_at IS NULL THEN NULL
                           ELSE coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)) END,
         leased_by = NULL, lease_token = NULL, lease_expires_at = NULL,
-        history = j.history || jsonb_build_array(jsonb_build_object(
+        history = j.history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
             'attempt', j.attempts + (j.started_at IS NULL)::integer, 'worker', j.leased_by,
             'started_at', coalesce(j.started_at, statement_timestamp() - make_interval(secs => c.ago)),
             'finished_at', statement_timestamp(), 'outcome', c.outcome, 'error', coalesce(c.error, ''),
-            'traceback', coalesce(c.traceback, '')))
+            'traceback', coalesce(c.traceback, ''), 'exception', c.exception)))
     FROM jsonb_to_recordset(%(batch)s::jsonb) AS c(id bigint, token uuid, status text, result jsonb, delay float8,
-                                                   error text, traceback text, outcome text, run_s float8,
-                                                   ago float8, due float8)
+                                                   error text, traceback text, exception text, outcome text,
+                                                   run_s float8, ago float8, due float8)
     WHERE j.id = c.id AND j.lease_token = c.token AND (j.status IN ('claimed', 'running')) IS TRUE
     RETURNING j.id, j.owner_id, j.status, j.type, j.queue, c.run_s,
               extract(epoch FROM j.started_at)::float8 - c.due AS wait_s

@@ -17,9 +17,13 @@ import psycopg
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError
 
 from jobs import queue
+from jobs.tasks import runtime as task_runtime
+from jobs.tasks.runtime import TaskHandler
 from jobs.worker.executor import describe
 from jobs.worker.slots import Slots
 from jobs.worker.state import Outcome, Running, log_job
+
+logger = logging.getLogger("jobs.worker")
 
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError, psycopg.Error)
 # The connection is gone: any write may work again once it is back.
@@ -107,7 +111,7 @@ class Completer:
             [queue.Completion(o.running.job, o.result, o.duration, now - (o.running.started or now))
              for o in successes],
             [queue.Failure(o.running.job, o.error, o.traceback, o.permanent, o.kind, o.duration,
-                           now - (o.running.started or now), o.running.handler)
+                           now - (o.running.started or now), o.running.handler, o.exception)
              for o in failures],
             [queue.Snoozed(o.running.job, o.snooze, o.duration, now - (o.running.started or now)) for o in snoozes],
             [queue.Cancelled(o.running.job, o.error, o.result, o.duration, now - (o.running.started or now))
@@ -116,6 +120,14 @@ class Completer:
         self._completed(successes, statuses)
         self._failed(failures, statuses)
         self._ended(snoozes + cancels, statuses)
+        ended = [(o.running.handler, o.running.job, statuses[o.running.job.id], o) for o in batch
+                 if isinstance(o.running.handler, TaskHandler) and o.running.job.id in statuses]
+        if ended:
+            try:
+                task_runtime.finished(ended, self.worker_id)
+            except Exception:  # the outcomes are recorded; a receiver's failure, or a lost read, must not undo that
+                logger.exception("task_finished could not be sent", extra={"event": "signal_failed",
+                                                                             "worker_id": str(self.worker_id)})
 
     def _write_alone(self, outcome: Outcome) -> None:
         try:

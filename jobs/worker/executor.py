@@ -5,13 +5,15 @@ SystemExit or a result no database can store, becomes an Outcome.
 """
 
 import logging
+import sys
 import time
 import traceback
 
 from jobs import conf, tracing
 from jobs.errors import PayloadError, PermanentError, Snooze, UnknownJobType
-from jobs.registry import get_handler, stored_payload
+from jobs.registry import stored_payload
 from jobs.storable import storable_json, storable_text
+from jobs.tasks.runtime import handler_for
 from jobs.worker.state import Outcome, Running, log_job
 
 # Longest error message stored; the traceback keeps its last TRACEBACK_CHARS.
@@ -60,7 +62,7 @@ def _run(running: Running) -> Outcome:
     # Resolve and run.
     try:
         # Resolved when the job was claimed; looked up again only to say why an unknown type fails.
-        handler = running.handler or get_handler(job.type)
+        handler = running.handler or handler_for(job.type)
         # The one check of the worker: the stored payload against its type's
         # schema, which jobs.spec.build ran before storing it. A job built
         # that way passes unchanged (a schema accepts its own output), but
@@ -101,6 +103,21 @@ def _ran(running: Running) -> float:
     return now - (running.started if running.started is not None else now)
 
 
+def exception_path(exc_type: type[BaseException]) -> str:
+    """Return the importable path of `exc_type` ("builtins.ValueError"), or of its nearest base class that has one.
+
+    A class defined inside a function, or no longer where its module says,
+    cannot be imported by that path; its base classes stand in for it.
+    """
+    for cls in exc_type.__mro__:
+        found = sys.modules.get(cls.__module__)
+        for part in cls.__qualname__.split("."):
+            found = getattr(found, part, None)
+        if found is cls:
+            return f"{cls.__module__}.{cls.__qualname__}"
+    return "builtins.BaseException"
+
+
 def _failed(running: Running, exc: BaseException, *, permanent=False, prefix="") -> Outcome:
     return Outcome(running=running, ok=False, error=describe(exc, prefix), traceback=format_traceback(),
-                   permanent=permanent, duration=_ran(running))
+                   exception=exception_path(type(exc)), permanent=permanent, duration=_ran(running))

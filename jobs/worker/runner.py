@@ -35,7 +35,8 @@ from django.db import connection
 
 from jobs import conf, db, events, queue
 from jobs.errors import UnknownJobType
-from jobs.registry import Handler, JobContext, get_handler
+from jobs.registry import Handler, JobContext
+from jobs.tasks.runtime import handler_for
 from jobs.worker.completer import DB_ERRORS, Completer
 from jobs.worker.maintainer import Maintainer
 from jobs.worker.producer import Producer
@@ -312,7 +313,7 @@ class Worker:
     @staticmethod
     def _handler(type_name: str) -> Handler | None:
         try:
-            return get_handler(type_name)
+            return handler_for(type_name)  # a registered type's, or a Django task's
         except UnknownJobType:  # the executor fails it for good, saying so
             return None
 

@@ -39,6 +39,8 @@ class Outcome:
     result: object = None
     error: str = ""
     traceback: str = ""
+    # The importable path of the exception class the handler raised, if it raised one.
+    exception: str = ""
     permanent: bool = False
     duration: float = 0.0
     # How the attempt ended, as stored in the job's history: completed, failed,

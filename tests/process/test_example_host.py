@@ -205,6 +205,6 @@ def test_runworker_is_the_queue_s_only_when_jobs_comes_before_channels(tmp_path,
     host.env["PYTHONPATH"] = str(ROOT)  # Skipjack from this checkout: the check is what is tested here
     check = host.manage("check")
     assert check.returncode == 1
-    assert ('(jobs.E002) "channels" comes before "jobs" in INSTALLED_APPS, so manage.py runworker would run '
+    assert ('(jobs.E004) "channels" comes before "jobs" in INSTALLED_APPS, so manage.py runworker would run '
             "Channels' worker.") in check.stderr
     assert 'HINT: Put "jobs" before "channels" in INSTALLED_APPS.' in check.stderr

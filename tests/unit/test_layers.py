@@ -26,6 +26,15 @@ LAYERS = {
     "jobs.worker": 2,
     # The limits of a user's submission, checked before the queue is asked to enqueue.
     "jobs.submission": 2,
+    # Django's Tasks API: the backend enqueues through the queue; what the
+    # worker and the retry rule need of a task (resolving, running, its
+    # result) is core.
+    "jobs.tasks": 2,
+    "jobs.tasks.base": 0,
+    "jobs.tasks.compat": 0,
+    "jobs.tasks.priorities": 0,
+    "jobs.tasks.results": 0,
+    "jobs.tasks.runtime": 0,
     "jobs.api": 3,
     "jobs.admin": 3,
     "jobs.management": 3,
