@@ -1,4 +1,4 @@
-"""The benchmark's no-op task for Skipjack through Django's Tasks API (bench/tasks_settings.py)."""
+"""The benchmark's no-op task for Skipjack through Django's Tasks API (JOBS_TASK_MODULES=bench.tasks)."""
 
 try:
     from django.tasks import task

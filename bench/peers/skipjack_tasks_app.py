@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.tasks_settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "queueproject.settings")
 # The driver's loop is asyncio, but these calls are plain blocking ones made
 # one at a time: nothing else runs on the loop meanwhile.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"

@@ -11,8 +11,8 @@ class SkipjackTasks(Skipjack):
 
     def env(self) -> dict:
         env = super().env()
-        # Skipjack's settings with TASKS on jobs.tasks.SkipjackBackend and bench.tasks allowed.
-        env.update(DJANGO_SETTINGS_MODULE="bench.tasks_settings")
+        # The project's TASKS is on jobs.tasks.SkipjackBackend; workers run the tasks of bench.tasks.
+        env.update(JOBS_TASK_MODULES="bench.tasks")
         return env
 
     def settings(self) -> str:
