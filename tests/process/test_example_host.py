@@ -83,6 +83,11 @@ def test_a_project_of_its_own_installs_skipjack_and_runs_its_tasks_end_to_end(tm
     """The README's commands, then @task functions enqueued, run, read back, and seen on the mounted dashboard."""
     clone = fresh_clone(tmp_path / "skipjack")
     venv = reusing_venv(tmp_path / "venv")
+    # The virtualenv's own `pip` command, as pip installs it, running the pip it reuses.
+    pip = venv / "bin" / "pip"
+    pip.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\n\nfrom pip._internal.cli.main import main\n\n"
+                   "sys.exit(main())\n")
+    pip.chmod(0o755)
     host = Host(clone / "examples" / "hostproject", venv, host_database)
     block = readme_host_block()
     assert block[:2] == [HOST_BLOCK, "pip install ../.."], block
