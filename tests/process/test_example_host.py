@@ -179,12 +179,16 @@ def test_a_project_of_its_own_installs_skipjack_and_runs_its_tasks_end_to_end(tm
         detail = browser.get(f"{base}/skipjack/jobs/{ids['refund']}/", timeout=10)
         assert detail.status_code == 200 and "ValueError" in detail.text and "cannot be refunded" in detail.text
 
-        api = browser.get(f"{base}/skipjack/api/jobs/", timeout=10)
-        assert api.status_code == 200, api.text
+        # The project's REST_FRAMEWORK names only its authentication: DRF's defaults would let anyone in
+        # (AllowAny) and answer a browser in HTML; the API keeps its own rules.
+        api = browser.get(f"{base}/skipjack/api/jobs/", headers={"Accept": "text/html"}, timeout=10)
+        assert api.status_code == 200 and api.headers["Content-Type"] == "application/json", api.text
         assert {job["type"]: job["status"] for job in api.json()["results"]} == {
             "shop.tasks.add": "completed", "shop.tasks.send_receipt": "completed", "shop.tasks.refund": "retrying",
         }
-        assert requests.get(f"{base}/skipjack/api/jobs/", timeout=10).status_code in (401, 403)
+        anonymous = requests.get(f"{base}/skipjack/api/jobs/", headers={"Accept": "text/html"}, timeout=10)
+        assert anonymous.status_code == 403 and anonymous.json() == {
+            "detail": "Authentication credentials were not provided."}
 
         metrics = requests.get(f"{base}/skipjack/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
                                timeout=10)
