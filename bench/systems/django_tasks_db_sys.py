@@ -39,8 +39,8 @@ class DjangoTasksDb(System):
         self.db.execute("TRUNCATE django_tasks_database_dbtaskresult")
 
     def settings(self) -> str:
-        return (f"{self.workers} processes (django-admin db_worker --no-startup-delay, and --batch to exit once "
-                "nothing is ready), its default poll interval (1 s), one task claimed per transaction")
+        return (f"{self.workers} processes (django-admin db_worker --no-startup-delay --verbosity 0, and --batch to "
+                "exit once nothing is ready), its default poll interval (1 s), one task claimed per transaction")
 
     def versions(self) -> dict:
         return {"django-tasks-db": package_version(self.venv_python, "django-tasks-db"),
@@ -48,8 +48,9 @@ class DjangoTasksDb(System):
                 "django": package_version(self.venv_python, "django")}
 
     def worker_commands(self, *, drain: bool) -> list[list[str]]:
-        # Without its random start-up delay of up to a second, so both processes start as the others' do.
-        command = self._admin("db_worker", "--no-startup-delay")
+        # Without its random start-up delay of up to a second, so both processes start as the others' do, and
+        # without its two INFO lines per task (--verbosity 0), as Skipjack's workers run at LOG_LEVEL=WARNING.
+        command = self._admin("db_worker", "--no-startup-delay", "--verbosity", "0")
         if drain:
             command.append("--batch")
         return [command] * self.workers
