@@ -17,7 +17,7 @@ first of those that sets one wins, then the queue's own defaults.
 """
 
 import copy
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from django.db import transaction
 
@@ -30,14 +30,11 @@ from jobs.tasks.priorities import job_priority
 from jobs.tasks.results import result_for
 from jobs.tasks.runtime import handler_for_task
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
 
 class SkipjackBackend(SkipjackBackendBase):
     """Django's task backend on the jobs table: workers are `manage.py runworker`, results are jobs."""
 
-    def enqueue(self, task: Task[P, T], args, kwargs) -> TaskResult:
+    def enqueue(self, task: Task, args, kwargs) -> TaskResult:
         """Store a job that runs `task` with `args` and `kwargs`, in the caller's transaction; return its result.
 
         Raise InvalidTask for a task that must not be stored, TypeError

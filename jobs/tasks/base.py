@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, cast
 
 from jobs import conf, flow
 from jobs.models import Job
@@ -26,9 +26,6 @@ from jobs.tasks.compat import (
     TaskResultDoesNotExist,
     task_backends,
 )
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 # The options a backend's OPTIONS may set for all its tasks.
 BACKEND_OPTIONS = ("max_retries", "timeout", "ttl", "backoff_base", "backoff_cap", "key_concurrency")
@@ -81,7 +78,7 @@ def check_unique_key(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SkipjackTask(Task[P, T]):  # type: ignore[misc]  # the stubs do not declare Task frozen; it is
+class SkipjackTask(Task):  # type: ignore[misc]  # the stubs do not declare Task frozen; it is (and generic only in the backport)
     """A Django task with Skipjack's options: each None falls back to the backend's OPTIONS, then the queue's defaults."""
 
     # Retries after the first attempt fails (so at most max_retries + 1 attempts).
@@ -102,14 +99,14 @@ class SkipjackTask(Task[P, T]):  # type: ignore[misc]  # the stubs do not declar
     key_concurrency: int | None = None
 
     def using(self, *, priority: int | None = None, queue_name: str | None = None, run_after=None,
-              backend: str | None = None, **options: Any) -> "SkipjackTask[P, T]":
+              backend: str | None = None, **options: Any) -> "SkipjackTask":
         """Return the task with other defaults: Django's, and those of ENQUEUE_OPTIONS."""
         unknown = sorted(set(options) - set(ENQUEUE_OPTIONS))
         if unknown:
             raise TypeError(f"using() got unexpected keyword arguments {', '.join(map(repr, unknown))}; "
                             f"it takes {', '.join(ENQUEUE_OPTIONS)} besides Django's.")
         # Task.using, not super(): the slotted dataclass is a new class, which zero-argument super() does not see.
-        task = cast("SkipjackTask[P, T]", Task.using(self, priority=priority, queue_name=queue_name,
+        task = cast("SkipjackTask", Task.using(self, priority=priority, queue_name=queue_name,
                                                      run_after=run_after, backend=backend))
         changes = {name: value for name, value in options.items() if value is not None}
         return replace(task, **changes) if changes else task

@@ -87,7 +87,7 @@ def test_retries_with_backoff_reach_the_dlq_through_a_task(start_worker):
     """Retry a failing task max_retries times, with its own backoff, then leave it dead in the DLQ with every error."""
     result = tasks.failing_task.enqueue("always")
     worker = start_worker(*FAST, env={"JOBS_TASK_MODULES": TASK_MODULES})
-    wait_for_status(result.id, JobStatus.DEAD, timeout=30)
+    wait_for_status(result.id, JobStatus.DEAD, timeout=60)
     final = tasks.failing_task.get_result(result.id)
     assert (final.status, final.attempts) == (TaskResultStatus.FAILED, 3)
     assert [e.exception_class for e in final.errors] == [tasks.TaskFailure] * 3
@@ -102,7 +102,7 @@ def test_a_timeout_given_to_a_task_stops_it(start_worker):
     """Stop a task past the timeout its decorator gave it; with no retries left it is dead, failed of JobTimeout."""
     result = tasks.sleeps.enqueue(30)
     worker = start_worker(*FAST, env={"JOBS_TASK_MODULES": TASK_MODULES})
-    wait_for_status(result.id, JobStatus.DEAD, timeout=30)
+    wait_for_status(result.id, JobStatus.DEAD, timeout=60)
     [error] = tasks.sleeps.get_result(result.id).errors
     assert error.exception_class.__name__ == "JobTimeout"
     assert Job.objects.get(pk=int(result.id)).error == "Timed out after 0.5s"
