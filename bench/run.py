@@ -88,7 +88,8 @@ def main(argv=None) -> int:
             if mode.name not in sc.modes:
                 results[key] = {"status": "full mode only"}
                 continue
-            if sc.systems is not None and name not in sc.systems:
+            if (sc.systems is not None and name not in sc.systems) or (
+                    system.scenarios is not None and key not in system.scenarios):
                 results[key] = {"status": "-"}
                 continue
             if name != "skipjack" and sc.skipjack_only is not None and sc.skipjack_only(ctx):

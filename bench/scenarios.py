@@ -37,10 +37,12 @@ class Mode:
 
 
 MODES = {
-    "quick": Mode("quick", 1000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 2000, "celery": 4000}, 1,
+    "quick": Mode("quick", 1000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 2000, "celery": 4000,
+                                  "skipjack_tasks": 20000, "django_tasks_db": 2000}, 1,
                   latency_seconds=6, api_seconds=8, dashboard_jobs=20000, dashboard_rounds=1,
                   stability_seconds=24, stability_bucket=4),
-    "full": Mode("full", 5000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 20000, "celery": 20000}, 3,
+    "full": Mode("full", 5000, {"skipjack": 20000, "pgqueuer": 20000, "procrastinate": 20000, "celery": 20000,
+                                 "skipjack_tasks": 20000, "django_tasks_db": 20000}, 3,
                  latency_seconds=30, api_seconds=30, dashboard_jobs=100000, dashboard_rounds=5,
                  stability_seconds=600, stability_bucket=60),
 }
@@ -138,6 +140,23 @@ def drain_large_batches(ctx: Context, system) -> dict:
         return {"settings": system.settings(), **_drains(ctx, system, ctx.drain_jobs(system))}
     finally:
         system.large_batches = False
+
+
+@scenario("tasks", "Django's Tasks API: a no-op @task enqueued one per call and 1000 per transaction, then drained",
+          systems=("skipjack", "skipjack_tasks", "django_tasks_db"))
+def tasks(ctx: Context, system) -> dict:
+    """Skipjack's @task beside django-tasks-db's, and beside Skipjack's own enqueue of a no-op job type.
+
+    The Tasks API enqueues one task a call and has no batch: its "batch" is
+    1000 calls inside one transaction (Skipjack's own enqueue uses
+    enqueue_many, one statement). The drain is the drain scenario's.
+    """
+    system.reset()
+    ctx.probes.clear()
+    count = min(ctx.jobs or ctx.mode.single_jobs, ctx.mode.single_jobs)
+    single = _run(system, ctx, "enqueue", "--count", str(count), "--batch", "1")
+    drained = _drains(ctx, system, ctx.drain_jobs(system))
+    return {"single_jobs": count, "single_enqueue_rate": count / single["seconds"], **drained}
 
 
 def _drains(ctx: Context, system, count: int) -> dict:

@@ -24,4 +24,5 @@ urlpatterns = [
     path("schedules/<int:schedule_id>/<str:action>/", views.schedule_action, name="schedule-action"),
     path("submit/", views.submit, name="submit"),
     path("submit/fields/", views.submit_fields, name="submit-fields"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
 ]

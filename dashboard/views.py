@@ -8,11 +8,13 @@ reconnect), and gets only that fragment back.
 
 import re
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, redirect, render, resolve_url
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -49,6 +51,16 @@ LIVE_TARGET = "live"
 GROUP_KEY = re.compile(r"^[0-9a-f]{32}$")
 # A selection on the DLQ pages names at most this many jobs.
 MAX_SELECTION = 500
+
+
+class LogoutView(auth_views.LogoutView):
+    """Log out (a POST, as Django's own), then go to LOGOUT_REDIRECT_URL, or else to the login page.
+
+    The dashboard's own, so that it needs no URL named "logout" in the project it is mounted in.
+    """
+
+    def get_default_redirect_url(self):
+        return resolve_url(settings.LOGOUT_REDIRECT_URL or settings.LOGIN_URL)
 
 
 def _render(request, template: str, fragment: str, context: dict, status: int = 200):

@@ -81,23 +81,31 @@ _registered = False
 _register_lock = threading.Lock()
 
 
-def _redis() -> redis.Redis:
+def _redis() -> redis.Redis | None:
+    """Return the client of the Redis at REDIS_URL, or None in a project that sets no REDIS_URL."""
     global _redis_client
+    url = getattr(settings, "REDIS_URL", None)
+    if not url:
+        return None
     if _redis_client is None:
         # Short timeouts: a metric must never hold up the request it counts.
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+        _redis_client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     return _redis_client
 
 
 def count_rate_limit_rejection(kind: str) -> None:
     """Count one request refused by a rate limit; `kind` names the limit ("login", "submit", ...).
 
-    The count is shared by every web process. Use a fixed set of kinds, not
+    The count is shared by every web process, in the Redis at REDIS_URL (a
+    project without one has no such counter). Use a fixed set of kinds, not
     anything taken from the request: each kind is a time series. Never
     raises: a Redis outage loses the count, not the response.
     """
+    client = _redis()
+    if client is None:
+        return
     try:
-        _redis().hincrby(RATE_LIMIT_KEY, kind, 1)
+        client.hincrby(RATE_LIMIT_KEY, kind, 1)
     except redis.RedisError as exc:
         logger.debug("could not count a rate-limit rejection: %s", exc)
 
@@ -239,8 +247,11 @@ class QueueCollector(Collector):
         return [ticks, lag]
 
     def _rate_limit_rejections(self):
+        client = _redis()
+        if client is None:
+            return
         try:
-            counts = _redis().hgetall(RATE_LIMIT_KEY)
+            counts = client.hgetall(RATE_LIMIT_KEY)
         except redis.RedisError as exc:
             logger.warning("cannot read rate-limit rejections: %s", exc, extra={"event": "metrics_error"})
             return

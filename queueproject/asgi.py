@@ -40,20 +40,17 @@ class OneHopASGIHandler(ASGIHandler):
 django.setup(set_prefix=False)
 django_asgi_app = OneHopASGIHandler()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
-from dashboard.routing import websocket_urlpatterns  # noqa: E402
-from queueproject.origin import SameOriginValidator  # noqa: E402
+from dashboard.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # The dashboard's live events: pages of this very origin (scheme, host
-        # and port) only, signed in with the session cookie.
-        # (Channels' stubs take only a URLPattern subclass of their own, which path() never returns.)
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),  # type: ignore[arg-type]
+        # The dashboard's live events at /ws/events/: pages of this very
+        # origin (scheme, host and port) only, signed in with the session cookie.
+        "websocket": websocket_application(),
     }
 )
 

@@ -2,7 +2,7 @@
 
 Scripts come from this site's own static files only: no inline script, no
 eval, nothing from another origin. That is what the dashboard (htmx and its
-WebSocket extension, vendored under static/vendor/, and static/js/), the
+WebSocket extension, vendored under dashboard/static/dashboard/), the
 admin and Swagger UI (drf-spectacular's split view, which serves its
 setup script as a file) need, so an injected <script> or on* attribute
 runs nowhere. Style elements and sheets come from this site too; style

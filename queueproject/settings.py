@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     # `jobs` comes before anything else that might ship a `runworker` command
     # (Channels does): Django picks the first app that defines a command name.
     "jobs",
+    "jobs.api",
     "accounts",
     "dashboard",
     "django.contrib.admin",

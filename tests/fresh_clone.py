@@ -1,12 +1,20 @@
-"""A fresh clone of the project, and a virtualenv for dev.py that installs without downloading anything."""
+"""A fresh clone of the project, and virtualenvs for dev.py that install without downloading anything."""
 
+import json
+import os
 import shutil
 import subprocess
+import sys
 import sysconfig
-import venv
 from pathlib import Path
 
+import django
+
+import dev
 from tests.conftest import ROOT
+
+# The Django series these tests run on, as dev.py names it.
+RUNNING_SERIES = f"{django.VERSION[0]}.{django.VERSION[1]}"
 
 
 def fresh_clone(target: Path) -> Path:
@@ -20,17 +28,41 @@ def fresh_clone(target: Path) -> Path:
     return target
 
 
-def reusing_venv(target: Path) -> Path:
-    """Create a virtualenv at `target` that sees every package of the one running the tests; return `target`.
+def _paths(python: str) -> dict:
+    script = "import json, sysconfig; print(json.dumps({k: sysconfig.get_path(k) for k in ('purelib', 'platlib', 'data')}))"
+    return json.loads(subprocess.run([python, "-c", script], capture_output=True, text=True, check=True).stdout)
 
-    dev.py then installs into it as into any virtualenv, and pip finds every
-    requirement already satisfied, so nothing is downloaded and the tests'
-    own virtualenv is left unchanged (not even its stamp file).
+
+def reusing_venv(target: Path, source: Path | None = None) -> Path:
+    """Create a virtualenv at `target` that sees every package of the virtualenv `source`; return `target`.
+
+    `source` is the one running the tests unless given. dev.py then installs
+    into it as into any virtualenv, and pip finds every requirement already
+    satisfied, so nothing is downloaded and `source` is left unchanged (not
+    even its stamp file).
     """
-    venv.create(target, with_pip=False)
-    site = target / Path(sysconfig.get_path("purelib")).relative_to(sysconfig.get_path("data"))
-    ours = dict.fromkeys([sysconfig.get_path("purelib"), sysconfig.get_path("platlib")])
-    # Plain paths: the .pth files in there (the tests' editable install of
-    # the project among them) stay out, so the clone imports its own code.
+    python = str(source / "bin" / "python") if source else sys.executable
+    paths = _paths(python) if source else {k: sysconfig.get_path(k) for k in ("purelib", "platlib", "data")}
+    subprocess.run([python, "-m", "venv", "--without-pip", str(target)], check=True)
+    site = target / Path(paths["purelib"]).relative_to(paths["data"])
+    ours = dict.fromkeys([paths["purelib"], paths["platlib"]])
+    # Plain paths: the .pth files in there stay out, so the clone imports its own code.
     (site / "tests-virtualenv.pth").write_text("".join(f"{path}\n" for path in ours))
     return target
+
+
+def series_under_test() -> list[str]:
+    """Return the Django series this test run covers: those `dev.py test` ran, else the one running."""
+    return os.environ.get("SKIPJACK_TEST_DJANGO", RUNNING_SERIES).split(",")
+
+
+def reusing_venvs(base: Path) -> Path:
+    """Create, where dev.py looks for them with SKIPJACK_VENV=`base`, a reusing virtualenv per tested series.
+
+    Each reuses the packages of dev.py's own virtualenv of that series (this
+    one's for the series running). Return `base`.
+    """
+    for series in series_under_test():
+        target = base if series == dev.DEFAULT_SERIES else base.with_name(f"{base.name}-django{series}")
+        reusing_venv(target, None if series == RUNNING_SERIES else dev.venv_for(series))
+    return base

@@ -13,6 +13,8 @@ class System(abc.ABC):
     workers = 2  # worker processes, the same for every system
     large_batches = False  # set by the drain_large_batches scenario
     venv_python = ""
+    # The scenarios this system takes part in; None: every scenario that does not name its own systems.
+    scenarios: tuple[str, ...] | None = None
 
     @abc.abstractmethod
     def prepare(self) -> None:

@@ -1,14 +1,19 @@
-"""Template filters of the dashboard. None of them marks its output safe."""
+"""Template filters and tags of the dashboard. None of them marks its output safe."""
 
 import json
 from datetime import UTC, datetime, timedelta
 
 from django import template
+from django.conf import settings
 from django.utils import timezone
 
 from dashboard.selectors import COUNT_CAP
 
 register = template.Library()
+
+# Where the pages open their WebSocket for live updates: the path a project's
+# ASGI routing mounts dashboard.routing.websocket_urlpatterns under.
+DEFAULT_WEBSOCKET_URL = "/ws/events/"
 
 
 def _span(seconds: float) -> str:
@@ -97,3 +102,9 @@ def query_with(context, **changes) -> str:
             query[key] = value
     encoded = query.urlencode()
     return f"?{encoded}" if encoded else "?"
+
+
+@register.simple_tag
+def dashboard_websocket_url() -> str:
+    """Return DASHBOARD_WEBSOCKET_URL, the live updates' WebSocket path; empty (or None) turns them off."""
+    return getattr(settings, "DASHBOARD_WEBSOCKET_URL", DEFAULT_WEBSOCKET_URL) or ""

@@ -7,9 +7,9 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from jobs import flow, queue, selectors
+from jobs.api.base import ApiView
 from jobs.api.serializers import (
     DeadJobSerializer,
     ErrorSerializer,
@@ -59,7 +59,7 @@ def owned_job(request, job_id: int) -> Job:
     return get_object_or_404(Job.objects.for_user(request.user), pk=job_id)
 
 
-class JobListCreateApi(APIView):
+class JobListCreateApi(ApiView):
     @extend_schema(
         parameters=[JobFilterSerializer],
         responses={200: paginated(JobSerializer), 400: ERRORS[400], 401: ErrorSerializer, 404: ErrorSerializer},
@@ -116,14 +116,14 @@ class JobListCreateApi(APIView):
         )
 
 
-class JobDetailApi(APIView):
+class JobDetailApi(ApiView):
     @extend_schema(responses={200: JobInspectSerializer, 401: ErrorSerializer, 404: ErrorSerializer}, summary="One job",
                    description="The job, with `waiting`: why a job that is not running waits.", operation_id="jobs_retrieve")
     def get(self, request, job_id: int):
         return Response(JobInspectSerializer(owned_job(request, job_id)).data)
 
 
-class JobCancelApi(APIView):
+class JobCancelApi(ApiView):
     @extend_schema(
         request=None,
         responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
@@ -135,7 +135,7 @@ class JobCancelApi(APIView):
         return Response(JobDetailSerializer(owned_job(request, job_id)).data)
 
 
-class JobRetryApi(APIView):
+class JobRetryApi(ApiView):
     @extend_schema(
         request=None,
         responses={200: JobDetailSerializer, 401: ErrorSerializer, 404: ErrorSerializer,
@@ -148,13 +148,13 @@ class JobRetryApi(APIView):
         return Response(JobDetailSerializer(owned_job(request, job_id)).data)
 
 
-class JobStatsApi(APIView):
+class JobStatsApi(ApiView):
     @extend_schema(responses={200: StatsSerializer, 401: ErrorSerializer}, summary="Counts and timings of your jobs")
     def get(self, request):
         return Response(StatsSerializer(selectors.job_stats(request.user)).data)
 
 
-class DeadJobListApi(APIView):
+class DeadJobListApi(ApiView):
     @extend_schema(
         parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
         responses={200: paginated(DeadJobSerializer), 401: ErrorSerializer, 404: ErrorSerializer},
@@ -168,7 +168,7 @@ class DeadJobListApi(APIView):
         return paginator.get_paginated_response(DeadJobSerializer(page, many=True).data)
 
 
-class DeadJobRequeueApi(APIView):
+class DeadJobRequeueApi(ApiView):
     @extend_schema(
         request=RequeueSerializer,
         responses={200: RequeueResultSerializer, 400: ERRORS[400], 401: ErrorSerializer, 429: RateLimitSerializer},
@@ -183,7 +183,7 @@ class DeadJobRequeueApi(APIView):
         return Response(RequeueResultSerializer({"requeued": len(ids), "job_ids": ids}).data)
 
 
-class WorkerListApi(APIView):
+class WorkerListApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses={200: WorkerSerializer(many=True), 401: ErrorSerializer, 403: ErrorSerializer},
@@ -214,7 +214,7 @@ def applied(change) -> None:
         raise ValidationError({"non_field_errors": [str(exc)]}) from exc
 
 
-class QueueListApi(APIView):
+class QueueListApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses={200: QueueSerializer(many=True), 401: ErrorSerializer, 403: ErrorSerializer},
@@ -223,7 +223,7 @@ class QueueListApi(APIView):
         return Response(QueueSerializer(selectors.queue_list(), many=True).data)
 
 
-class QueueDetailApi(APIView):
+class QueueDetailApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses={200: QueueSerializer, 401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
@@ -248,7 +248,7 @@ class QueueDetailApi(APIView):
         return Response(QueueSerializer(queue_row(name)).data)
 
 
-class QueuePauseApi(APIView):
+class QueuePauseApi(ApiView):
     permission_classes = [IsAdminUser]
     paused = True
 
@@ -271,7 +271,7 @@ class QueueResumeApi(QueuePauseApi):
         return super().post(request, name)
 
 
-class KeyLimitListApi(APIView):
+class KeyLimitListApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses={200: KeyLimitSerializer(many=True), 401: ErrorSerializer, 403: ErrorSerializer,
@@ -281,7 +281,7 @@ class KeyLimitListApi(APIView):
         return Response(KeyLimitSerializer(KeyLimit.objects.filter(queue=known_queue(name)), many=True).data)
 
 
-class KeyLimitApi(APIView):
+class KeyLimitApi(ApiView):
     permission_classes = [IsAdminUser]
 
     def key_limit(self, name: str, key: str) -> KeyLimit:
@@ -328,7 +328,7 @@ def _schedule(schedule_id: int) -> Schedule:
 STAFF_ERRORS = {401: ErrorSerializer, 403: ErrorSerializer}
 
 
-class ScheduleListCreateApi(APIView):
+class ScheduleListCreateApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses={200: paginated(ScheduleSerializer), **STAFF_ERRORS},
@@ -354,7 +354,7 @@ class ScheduleListCreateApi(APIView):
         return Response(ScheduleSerializer(schedule).data, status=status.HTTP_201_CREATED)
 
 
-class ScheduleDetailApi(APIView):
+class ScheduleDetailApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(responses={200: ScheduleSerializer, 404: ErrorSerializer, **STAFF_ERRORS},
@@ -390,7 +390,7 @@ class ScheduleDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class SchedulePauseApi(APIView):
+class SchedulePauseApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(request=None, responses={200: ScheduleSerializer, 404: ErrorSerializer, **STAFF_ERRORS},
@@ -399,7 +399,7 @@ class SchedulePauseApi(APIView):
         return Response(ScheduleSerializer(queue.pause_schedule(_schedule(schedule_id).pk)).data)
 
 
-class ScheduleResumeApi(APIView):
+class ScheduleResumeApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(request=None,
@@ -413,7 +413,7 @@ class ScheduleResumeApi(APIView):
         return Response(ScheduleSerializer(schedule).data)
 
 
-class ScheduleRunApi(APIView):
+class ScheduleRunApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(request=None,
@@ -428,7 +428,7 @@ class ScheduleRunApi(APIView):
         return Response(ScheduleRunSerializer({"job_id": job_id}).data)
 
 
-class ScheduleTickListApi(APIView):
+class ScheduleTickListApi(ApiView):
     permission_classes = [IsAdminUser]
 
     @extend_schema(parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],

@@ -1,8 +1,7 @@
 import os
+from importlib.util import find_spec
 
 from django.core.management.base import BaseCommand, CommandError
-
-from jobs.stack import port_in_use, run_stack
 
 
 class Command(BaseCommand):
@@ -17,6 +16,11 @@ class Command(BaseCommand):
                             help="Log every HTTP request and WebSocket (by default only warnings and errors).")
 
     def handle(self, *args, **options):
+        if find_spec("queueproject") is None:
+            raise CommandError("serve runs Skipjack's own project, from its checkout (python3 dev.py run); "
+                               "in your project, run your web server and manage.py runworker.")
+        from jobs.stack import port_in_use, run_stack
+
         host, port = options["host"], options["port"]
         if port_in_use(host, port):
             raise CommandError(f"Port {port} on {host} is in use. Choose another with --port, e.g. --port {port + 1}.")
