@@ -256,23 +256,42 @@ SELECT pg_try_advisory_xact_lock(%(lock)s), set_config('jit', 'off', true);
 -- and the plain claim takes no keyed job. The rows picked are then locked
 -- SKIP LOCKED with their status checked again (a user may have cancelled
 -- one).
-WITH controlled AS MATERIALIZED (
+WITH RECURSIVE controlled AS MATERIALIZED (
     SELECT ARRAY(SELECT name FROM jobs_queuecontrol
                  WHERE paused OR concurrency IS NOT NULL OR rate_limit IS NOT NULL) AS names
+), present AS (
+    -- The priorities keyed jobs wait at: a skip scan of job_keyed_claim_idx,
+    -- one probe per priority, going up from the lowest as ready_priorities
+    -- does (which says why).
+    (SELECT priority FROM jobs_job
+     WHERE status IN ('queued', 'scheduled', 'retrying') AND concurrency_key IS NOT NULL
+     ORDER BY priority LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.priority FROM jobs_job AS j
+            WHERE j.status IN ('queued', 'scheduled', 'retrying') AND j.concurrency_key IS NOT NULL
+              AND j.priority > p.priority
+            ORDER BY j.priority LIMIT 1)
+    FROM present AS p WHERE p.priority IS NOT NULL
 ), candidates AS MATERIALIZED (
-    -- The window: one range scan of job_keyed_claim_idx, which holds keyed
-    -- jobs in claim order (highest priority first, then oldest run_at). The
-    -- queues the worker knows to be controlled are skipped as in claim_jobs
-    -- (which says why), and those controlled now are dropped after.
-    SELECT * FROM (
+    -- The window: per priority, highest first, one range scan of
+    -- job_keyed_claim_idx in run_at order, as claim_jobs reads job_claim_idx,
+    -- and the LIMIT stops the nested loop once the window is full. (One scan
+    -- of the whole index in claim order looked the same to the planner as a
+    -- bitmap scan of every keyed job sorted, and that it took: 19 ms at
+    -- 20,000 jobs.) The queues the worker knows to be controlled are skipped
+    -- as in claim_jobs (which says why), and those controlled now dropped.
+    SELECT c.* FROM (SELECT priority FROM present WHERE priority IS NOT NULL ORDER BY priority DESC) AS pr
+    CROSS JOIN LATERAL (
         SELECT id, queue, concurrency_key AS key, key_limit, priority, run_at FROM jobs_job
         WHERE status IN ('queued', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
           AND (expires_at IS NULL OR expires_at > statement_timestamp())
           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
           AND concurrency_key IS NOT NULL AND queue <> ALL(%(controlled)s::text[])
-        ORDER BY priority DESC, run_at, id LIMIT %(window)s
-    ) AS w
-    WHERE queue <> ALL((SELECT names FROM controlled)::text[])
+          AND priority = pr.priority
+        ORDER BY run_at, id LIMIT %(window)s
+    ) AS c
+    WHERE c.queue <> ALL((SELECT names FROM controlled)::text[])
+    LIMIT %(window)s
 ), held_keys AS MATERIALIZED (
     SELECT queue, concurrency_key AS key, count(*) AS held FROM jobs_job
     WHERE status IN ('claimed', 'running') AND concurrency_key IS NOT NULL
