@@ -786,3 +786,34 @@ def test_the_leader_stages_due_jobs_in_its_round():
     again = JobFactory(status=JobStatus.RETRYING, run_at=timezone.now() - timedelta(seconds=1))
     follower.run(now=0.0)
     assert status_of(again) == JobStatus.RETRYING, "only the leader runs the maintenance"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_priority_migration_moves_stored_priorities_to_their_named_points():
+    """Move the priorities of jobs and schedules stored as 0/1/2 (lower first) to 50/0/-50 (higher first), and back."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("jobs", "0013_schedules")], [("jobs", "0014_priority_scale")]
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps
+        jobs = {old_value: old.get_model("jobs", "Job").objects.create(type="reverse_string", priority=old_value).pk
+                for old_value in (0, 1, 2)}
+        schedule = old.get_model("jobs", "Schedule").objects.create(name="n", cron="* * * * *", type="reverse_string",
+                                                                    priority=2)
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        assert {old_value: Job.objects.get(pk=pk).priority for old_value, pk in jobs.items()} == {
+            0: Priority.HIGH, 1: Priority.NORMAL, 2: Priority.LOW}
+        from jobs.models import Schedule
+
+        assert Schedule.objects.get(pk=schedule.pk).priority == Priority.LOW
+        Job.objects.filter(pk=jobs[1]).update(priority=7)
+        executor = MigrationExecutor(connection)
+        executor.migrate(before)
+        back = executor.loader.project_state(before).apps.get_model("jobs", "Job")
+        assert {old_value: back.objects.get(pk=pk).priority for old_value, pk in jobs.items()} == {0: 0, 1: 0, 2: 2}
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
