@@ -9,6 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import django
+import pytest
 
 import dev
 from tests.conftest import ROOT
@@ -59,10 +60,14 @@ def series_under_test() -> list[str]:
 def reusing_venvs(base: Path) -> Path:
     """Create, where dev.py looks for them with SKIPJACK_VENV=`base`, a reusing virtualenv per tested series.
 
-    Each reuses the packages of dev.py's own virtualenv of that series (this
-    one's for the series running). Return `base`.
+    And one of Django 5.2, which `dev.py run` and `manage` use, in a run of
+    Django 6.0 alone. Each reuses the packages of dev.py's own virtualenv of
+    that series (this one's for the series running). Return `base`.
     """
-    for series in series_under_test():
+    wanted = dict.fromkeys([dev.DEFAULT_SERIES, *series_under_test()])
+    for series in wanted:
+        if series != RUNNING_SERIES and not (dev.venv_for(series) / "bin" / "python").exists():
+            pytest.skip(f"dev.py's virtualenv of Django {series} is not installed (python3 dev.py test installs it)")
         target = base if series == dev.DEFAULT_SERIES else base.with_name(f"{base.name}-django{series}")
         reusing_venv(target, None if series == RUNNING_SERIES else dev.venv_for(series))
     return base

@@ -2,6 +2,9 @@ from django.urls import path
 
 from jobs.api import views
 
+# Namespaced, so that a project that mounts them keeps its own URL names (job-list, ...) free.
+app_name = "skipjack_api"
+
 urlpatterns = [
     path("jobs/", views.JobListCreateApi.as_view(), name="job-list"),
     path("jobs/stats/", views.JobStatsApi.as_view(), name="job-stats"),
