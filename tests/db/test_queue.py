@@ -793,7 +793,7 @@ def test_the_priority_migration_moves_stored_priorities_to_their_named_points():
     """Move the priorities of jobs and schedules stored as 0/1/2 (lower first) to 50/0/-50 (higher first), and back."""
     from django.db.migrations.executor import MigrationExecutor
 
-    before, after = [("jobs", "0013_schedules")], [("jobs", "0014_priority_scale")]
+    before, after = [("jobs", "0014_keyed_claim_order")], [("jobs", "0015_priority_scale")]
     executor = MigrationExecutor(connection)
     try:
         executor.migrate(before)
