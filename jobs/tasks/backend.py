@@ -69,7 +69,8 @@ class SkipjackBackend(SkipjackBackendBase):
             raise InvalidTask(f"Task {task.module_path!r}: {exc}") from None
         job = queue.enqueue(spec)
         result = result_for(job, task=task, backend=self.alias)
-        # Sent once the task exists for others: at commit, never for a rolled-back enqueue.
-        transaction.on_commit(lambda: task_enqueued.send(type(self), task_result=copy.copy(result)), robust=True)
+        if not job.deduplicated:
+            # Sent once the task exists for others: at commit, never for a rolled-back enqueue.
+            transaction.on_commit(lambda: task_enqueued.send(type(self), task_result=copy.copy(result)), robust=True)
         return result
 

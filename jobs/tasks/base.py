@@ -26,6 +26,7 @@ from jobs.tasks.compat import (
     TaskResultDoesNotExist,
     task_backends,
 )
+from jobs.tasks.results import result_for
 
 # The options a backend's OPTIONS may set for all its tasks.
 BACKEND_OPTIONS = ("max_retries", "timeout", "ttl", "backoff_base", "backoff_cap", "key_concurrency")
@@ -202,8 +203,6 @@ class SkipjackBackendBase(BaseTaskBackend):
         unknown, a job that is no task, or one whose task can no longer be
         imported.
         """
-        from jobs.tasks.results import result_for  # which reads tasks through this module
-
         if not isinstance(result_id, str) or not RESULT_ID.fullmatch(result_id) or int(result_id) > MAX_JOB_ID:
             raise TaskResultDoesNotExist(result_id)
         job = Job.objects.filter(pk=int(result_id)).first()

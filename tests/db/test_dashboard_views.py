@@ -734,6 +734,18 @@ def test_overview_shows_throughput_depth_and_oldest_waiting(staff):
     assert 'class="chart"' in html and 'class="bar completed"' in html
 
 
+def test_overview_counts_and_finds_jobs_of_any_priority(staff):
+    """Count waiting jobs of priorities between and beyond the named ones, highest first, and find the oldest of them."""
+    oldest = JobFactory(priority=-7, run_at=timezone.now() - timedelta(minutes=5))
+    JobFactory.create_batch(2, priority=100)
+    JobFactory(priority=Priority.NORMAL)
+    data = selectors._overview(staff)
+    assert [(row["priority_label"], row["count"]) for row in data["depth"]] == [("100", 2), ("normal", 1), ("-7", 1)]
+    assert data["oldest"].pk == oldest.pk
+    html = client_for(staff).get(reverse("dashboard:jobs")).content.decode()
+    assert 'class="priority priority-100">100<' in html
+
+
 def test_the_chart_is_laid_out_in_plain_decimals():
     """Scale the bars to a round top, and give the SVG coordinates as plain decimals with their titles."""
     from datetime import datetime

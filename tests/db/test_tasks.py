@@ -108,14 +108,15 @@ def test_enqueue_inside_a_transaction_that_rolls_back_leaves_no_task():
 
 @pytest.mark.django_db(transaction=True)
 def test_task_enqueued_is_sent_once_the_enqueue_commits():
-    """Send task_enqueued with the READY result, after commit and not before."""
+    """Send task_enqueued with the READY result, after commit and not before; not for a task a unique key returned."""
     sent = []
     task_enqueued.connect(lambda sender, task_result, **kw: sent.append((sender, task_result)), weak=False,
                           dispatch_uid="test-commit")
     try:
         with transaction.atomic():
-            result = tasks.add.enqueue(1, 1)
+            result = tasks.add.using(unique_key="once").enqueue(1, 1)
             assert sent == []
+        assert tasks.add.using(unique_key="once").enqueue(1, 1).id == result.id
     finally:
         task_enqueued.disconnect(dispatch_uid="test-commit")
     [(sender, sent_result)] = sent
@@ -320,6 +321,7 @@ def test_a_unique_key_returns_the_unfinished_task_with_that_key():
     first = tasks.add.using(unique_key="sum-1").enqueue(1, 1)
     again = tasks.add.using(unique_key="sum-1").enqueue(5, 5)
     assert again.id == first.id and again.args == [1, 1]
+    assert Job.objects.count() == 1
     Job.objects.filter(pk=int(first.id)).update(status=JobStatus.COMPLETED, finished_at=timezone.now())
     assert tasks.add.using(unique_key="sum-1").enqueue(2, 2).id != first.id
 

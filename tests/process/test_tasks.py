@@ -55,7 +55,7 @@ def results_in_another_process(pairs):
     """Return the results of `pairs` (task name, result id) as a fresh `manage.py shell` reads them."""
     reader = ChildProcess([str(ROOT / "manage.py"), "shell", "-c", READ_RESULTS.format(pairs=repr(pairs))],
                           env={"JOBS_TASK_MODULES": TASK_MODULES})
-    assert reader.wait(timeout=60) == 0, reader.output()
+    assert reader.wait(timeout=120) == 0, reader.output()
     [line] = [line for line in reader.output().splitlines() if line.startswith("RESULTS ")]
     return json.loads(line.removeprefix("RESULTS "))
 
@@ -67,7 +67,7 @@ def test_results_are_read_from_another_process(start_worker):
     context = tasks.attempt_number.enqueue()
     failed = tasks.permanent_failure.enqueue()
     worker = start_worker("--burst", *FAST, env={"JOBS_TASK_MODULES": TASK_MODULES})
-    assert worker.wait(timeout=60) == 0, worker.output()
+    assert worker.wait(timeout=120) == 0, worker.output()
     read = results_in_another_process([("add", plain.id), ("async_multiply", coroutine.id),
                                        ("attempt_number", context.id), ("permanent_failure", failed.id)])
     here = [tasks.add.get_result(plain.id), tasks.async_multiply.get_result(coroutine.id),
@@ -144,7 +144,7 @@ def test_a_task_whose_function_or_module_is_gone_goes_to_the_dlq_with_a_clear_er
     module.write_text(EPHEMERAL)  # the deploy that removed doomed()
     env = {"PYTHONPATH": str(tmp_path), "JOBS_TASK_MODULES": f"{TASK_MODULES},skipjack_ephemeral_tasks"}
     worker = start_worker("--burst", *FAST, env=env)
-    assert worker.wait(timeout=60) == 0, worker.output()
+    assert worker.wait(timeout=120) == 0, worker.output()
     job = Job.objects.get(pk=int(removed.id))
     assert (job.status, job.attempts) == (JobStatus.DEAD, 1)
     assert job.error == ("TaskNotRunnable: Task 'skipjack_ephemeral_tasks.doomed' cannot run: module "
@@ -153,7 +153,7 @@ def test_a_task_whose_function_or_module_is_gone_goes_to_the_dlq_with_a_clear_er
     # The next deploy takes the module out of the settings too: its tasks are refused the same way.
     again = JobFactory(type="skipjack_ephemeral_tasks.kept", payload={"args": [], "kwargs": {}})
     worker = start_worker("--burst", *FAST, env={"PYTHONPATH": str(tmp_path), "JOBS_TASK_MODULES": TASK_MODULES})
-    assert worker.wait(timeout=60) == 0, worker.output()
+    assert worker.wait(timeout=120) == 0, worker.output()
     job = Job.objects.get(pk=again.pk)
     assert job.status == JobStatus.DEAD
     assert "nor a task of a module in JOBS_TASK_MODULES; it was not run" in job.error
@@ -172,7 +172,7 @@ def test_a_row_naming_a_callable_that_is_no_task_is_refused_and_never_run(start_
     jobs = {path: JobFactory(type=path, payload={"args": [str(files[path])], "kwargs": {}}) for path in targets}
     after = tasks.record.enqueue("7")
     worker = start_worker("--burst", *FAST, env={"JOBS_TASK_MODULES": TASK_MODULES})
-    assert worker.wait(timeout=60) == 0, worker.output()
+    assert worker.wait(timeout=120) == 0, worker.output()
     for path, reason in targets.items():
         job = Job.objects.get(pk=jobs[path].pk)
         assert job.status == JobStatus.DEAD, path
