@@ -82,26 +82,37 @@ def claim_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | None = N
     priorities = sorted(start, reverse=True)
     params = {
         "priorities": priorities, "fronts": [start[p] for p in priorities], "limit": limit, "worker": worker_id,
-        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "lease": _lease(lease_seconds),
         "queues": queues or None, "start": limit if starting is None else max(0, starting),
-        "controlled": sorted(flow_state().controlled if controlled is None else controlled),
+        "controlled": _controlled(controlled),
     }
     with transaction.atomic(), statement_cursor() as cursor:
         cursor.execute(query("claim_jobs"), params)
         claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
-    # An UPDATE returns its rows in no set order: the claim's order is priority, then due time.
-    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed
 
 
 def _announce_claimed(claimed: list[ClaimedJob]) -> None:
+    """Put `claimed` in the order to run them, decode their payloads and announce their new status."""
+    # An UPDATE returns its rows in no set order: started first, then highest priority, then due time.
+    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     for job in claimed:
         if isinstance(job.payload, str):  # Django registers jsonb as text for psycopg
             job.payload = json.loads(job.payload)
     for status, started in ((JobStatus.RUNNING, True), (JobStatus.CLAIMED, False)):
         jobs = [job for job in claimed if job.started is started]
         events.jobs_changed([job.id for job in jobs], [job.owner_id for job in jobs], status, 0)
+
+
+def _lease(seconds: float | None) -> float:
+    """A claim's lease in seconds: the one given, else JOBS_LEASE_SECONDS."""
+    return seconds if seconds is not None else conf.get("JOBS_LEASE_SECONDS")
+
+
+def _controlled(queues: Iterable[str] | None) -> list[str]:
+    """The controlled queues a claim's scans skip: those given (a worker's FlowState), else read now."""
+    return sorted(flow_state().controlled if queues is None else queues)
 
 
 # The advisory lock limited claims take turns on (lock_limited_claims): "skipjack" in ASCII.
@@ -180,7 +191,7 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
         return []
     params = {
         "limit": limit, "worker": worker_id, "queues": queues or None,
-        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "lease": _lease(lease_seconds),
         "start": limit if starting is None else max(0, min(starting, limit)),
     }
     with transaction.atomic(), statement_cursor() as cursor:
@@ -188,7 +199,6 @@ def claim_limited_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | 
             return None
         cursor.execute(query("claim_limited_jobs"), params)
         claimed = [ClaimedJob(*row) for row in cursor.fetchall()]
-    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed
 
@@ -216,11 +226,10 @@ def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | No
     """
     if limit <= 0:
         return [], 0
-    if controlled is None:
-        controlled = flow_state().controlled
     params = {
-        "limit": limit, "worker": worker_id, "window": window or 4 * limit, "queues": queues or None, "controlled": sorted(controlled),
-        "lease": lease_seconds if lease_seconds is not None else conf.get("JOBS_LEASE_SECONDS"),
+        "limit": limit, "worker": worker_id, "window": window or 4 * limit, "queues": queues or None,
+        "controlled": _controlled(controlled),
+        "lease": _lease(lease_seconds),
         "start": limit if starting is None else max(0, min(starting, limit)),
     }
     with transaction.atomic(), statement_cursor() as cursor:
@@ -229,7 +238,6 @@ def claim_keyed_jobs(*, worker_id: uuid.UUID, limit: int, queues: list[str] | No
         cursor.execute(query("claim_keyed_jobs"), params)
         rows = cursor.fetchall()
     claimed = [ClaimedJob(*row[:-1]) for row in rows if row[0] is not None]
-    claimed.sort(key=lambda job: (not job.started, -job.priority, job.due, job.id))
     _announce_claimed(claimed)
     return claimed, rows[0][-1]
 

@@ -103,8 +103,8 @@ FLOW_INTERVAL = 1.0
 # finished jobs freed. A worker with an idle slot and nothing for it claims at once.
 LIMITED_CLAIM_INTERVAL = 0.01
 # Seconds between full limited claims while the fast path (claim_keyed_jobs) serves keyed
-# jobs: the full claim offers every waiting key its turn, which the fast path's window and
-# front do not, so no key waits longer than this for a look of its own.
+# jobs: the full claim offers every waiting key its turn, which the fast path's window does
+# not, so no key waits longer than this for a look of its own.
 FULL_LIMITED_CLAIM_INTERVAL = 1.0
 # The fast path reads this many keyed jobs for each free place, and at least this many for
 # each waiting key, up to KEYED_WINDOW_MAX.
