@@ -99,3 +99,23 @@ def main(enqueue_one, enqueue_batch, *, setup=None, teardown=None) -> None:
 
     result = asyncio.run(run())
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+def main_for_task(task) -> None:
+    """main() for a Django task, enqueued as application code would through the Tasks API.
+
+    One `.enqueue()` a call, outside any transaction (each call commits on
+    its own). The Tasks API has no batch enqueue, so a "batch" is that many
+    calls inside one transaction. Called after django.setup().
+    """
+    from django.db import transaction
+
+    async def enqueue_one(payload):
+        task.enqueue(**payload)
+
+    async def enqueue_batch(payloads):
+        with transaction.atomic():
+            for payload in payloads:
+                task.enqueue(**payload)
+
+    main(enqueue_one, enqueue_batch)

@@ -1,9 +1,7 @@
 """Skipjack's enqueue side through Django's Tasks API, for the benchmark driver (runs in the project's virtualenv).
 
-A no-op @task enqueued as application code would: one `.enqueue()` a call,
-outside any transaction (each call commits on its own). The Tasks API has
-no batch enqueue, so a "batch" is that many calls inside one transaction,
-which Skipjack's enqueue joins.
+A no-op @task enqueued as application code would (driver.main_for_task);
+Skipjack's enqueue joins the transaction a "batch" runs in.
 """
 
 import os
@@ -21,21 +19,8 @@ import django  # noqa: E402 - after the environment it reads
 
 django.setup()
 
-from django.db import transaction  # noqa: E402
-
-from bench.peers.driver import main  # noqa: E402 - after django.setup()
+from bench.peers.driver import main_for_task  # noqa: E402 - after django.setup()
 from bench.tasks import bench_noop  # noqa: E402
 
-
-async def enqueue_one(payload):
-    bench_noop.enqueue(**payload)
-
-
-async def enqueue_batch(payloads):
-    with transaction.atomic():
-        for payload in payloads:
-            bench_noop.enqueue(**payload)
-
-
 if __name__ == "__main__":
-    main(enqueue_one, enqueue_batch)
+    main_for_task(bench_noop)

@@ -3,9 +3,8 @@
     django-admin db_worker ...                 a worker (DJANGO_SETTINGS_MODULE=tasksdb_settings)
     python tasksdb_app.py enqueue|offer ...    the enqueue side (see driver.py)
 
-The task is enqueued as application code would through the Tasks API: one
-`.enqueue()` a call, each its own transaction; the Tasks API has no batch
-enqueue, so a "batch" is that many calls inside one transaction.
+The task is enqueued as application code would through the Tasks API
+(driver.main_for_task).
 """
 
 import os
@@ -19,20 +18,8 @@ import django  # noqa: E402 - after the environment it reads
 
 django.setup()
 
-from django.db import transaction  # noqa: E402
-from driver import main  # noqa: E402
+from driver import main_for_task  # noqa: E402
 from tasksdb_tasks import bench_noop  # noqa: E402
 
-
-async def enqueue_one(payload):
-    bench_noop.enqueue(**payload)
-
-
-async def enqueue_batch(payloads):
-    with transaction.atomic():
-        for payload in payloads:
-            bench_noop.enqueue(**payload)
-
-
 if __name__ == "__main__":
-    main(enqueue_one, enqueue_batch)
+    main_for_task(bench_noop)
